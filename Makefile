@@ -1,0 +1,30 @@
+# Two commands from a fresh clone: `make test` and `make figures` (both do the set-up first).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test figures bench clean
+
+setup: $(STAMP)
+
+# The venv is created if missing; pinned dependencies (requirements.txt, torch==2.13.0 CPU build) then
+# the project itself, editable. Re-runs when the pins or pyproject.toml change.
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+figures: setup
+	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results
+
+bench: setup
+	$(PY) benchmarks/layers.py
+	$(PY) benchmarks/recorder.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
