@@ -1,0 +1,1 @@
+"""Activation-statistics suite: what conv, pconv and mconv do to activations on padded batches."""
