@@ -1,0 +1,542 @@
+"""Per-channel activation statistics over the valid positions, streamed over any number of forward passes.
+
+::
+
+    from analysis.record import ActivationRecorder
+
+    with ActivationRecorder(stack) as rec:
+        for x, mask in batches:
+            stack(x, mask)
+    df = rec.to_frame()  # one row per (layer, channel): count, mean, var, std, min, max, zero_frac
+
+Forward hooks on the selected layers reduce each output, per channel, to a :class:`Moments` (count, mean,
+centred sum of squares ``m2``, min, max, number of exact zeros) over the positions the layer's *output*
+mask keeps (``mask != 0``; all positions for an output without a mask) and merge it into a float64 running
+state with the parallel formula of Chan et al. (:func:`merge_moments`). No activation is kept, so memory
+does not grow with the number of batches.
+
+The per-batch reduction (:func:`batch_moments`) is one pass over the output and its mask: it is shifted by
+the layer's running mean (so ``m2`` is a centred sum even for activations on a large mean) and accumulated in
+float64. By default it runs under ``torch.compile(dynamic=True)`` (one fused kernel; compiled lazily on first
+use, shared by every recorder of the process), falling back to eager PyTorch if compilation fails;
+``compile=False`` or the environment variable ``MASKED_TORCH_RECORD_COMPILE=0`` keeps it eager.
+
+Compiled *models* cannot be recorded: PyTorch silently ignores hooks added to a model after
+``torch.compile``. The recorder refuses an ``OptimizedModule`` (or a model holding compiled submodules)
+with an error naming the eager model to record instead, and :meth:`ActivationRecorder.to_frame` raises
+rather than return a frame that lacks layers which never fired.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from dataclasses import dataclass, fields
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from masked_torch.nn import ELEMENTWISE, Masked, MaskedModule
+
+__all__ = [
+    "Moments",
+    "merge_moments",
+    "batch_moments",
+    "default_selection",
+    "select_layers",
+    "ActivationRecorder",
+    "COLUMNS",
+]
+
+#: Columns of :meth:`ActivationRecorder.to_frame`, in order.
+COLUMNS = ("layer", "channel", "count", "mean", "var", "std", "min", "max", "zero_frac")
+
+_ENV_COMPILE = "MASKED_TORCH_RECORD_COMPILE"
+_ACC = torch.float64  # dtype of every accumulated statistic
+
+
+# --------------------------------------------------------------------------------------------------------
+# Moments and their merge
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per-channel moments of a set of positions; every field is a float64 tensor of shape ``(C,)``.
+
+    ``count`` positions, their ``mean``, ``m2`` = sum of squared deviations from that mean, ``min``,
+    ``max`` (``+inf``/``-inf`` for a channel without positions) and ``zeros`` = number of exact zeros.
+    Merge two with :func:`merge_moments`; :meth:`to_tensor`/:meth:`from_tensor` pack them into one
+    ``(6, C)`` tensor (e.g. for ``torch.distributed.all_gather``).
+    """
+
+    count: Tensor
+    mean: Tensor
+    m2: Tensor
+    min: Tensor
+    max: Tensor
+    zeros: Tensor
+
+    @classmethod
+    def empty(cls, channels: int, device: Union[str, torch.device, None] = None) -> "Moments":
+        """No positions: the identity of :func:`merge_moments`."""
+        z = torch.zeros(channels, dtype=_ACC, device=device)
+        inf = torch.full((channels,), float("inf"), dtype=_ACC, device=device)
+        return cls(z, z.clone(), z.clone(), inf, -inf, z.clone())
+
+    @property
+    def channels(self) -> int:
+        return self.count.shape[0]
+
+    @property
+    def var(self) -> Tensor:
+        """Population variance (``m2 / count``); NaN for a channel without positions."""
+        return torch.where(self.count > 0, self.m2 / self.count.clamp_min(1), float("nan"))
+
+    @property
+    def std(self) -> Tensor:
+        return self.var.sqrt()
+
+    @property
+    def zero_frac(self) -> Tensor:
+        """Fraction of exact zeros among the positions; NaN for a channel without positions."""
+        return torch.where(self.count > 0, self.zeros / self.count.clamp_min(1), float("nan"))
+
+    def to_tensor(self) -> Tensor:
+        """``(6, C)``: count, mean, m2, min, max, zeros."""
+        return torch.stack([getattr(self, f.name) for f in fields(self)])
+
+    @classmethod
+    def from_tensor(cls, packed: Tensor) -> "Moments":
+        if packed.dim() != 2 or packed.shape[0] != len(fields(cls)):
+            raise ValueError(f"Moments.from_tensor: expected shape (6, C), got {tuple(packed.shape)}")
+        return cls(*packed.to(_ACC).unbind(0))
+
+    def to(self, device: Union[str, torch.device]) -> "Moments":
+        return Moments(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    """The moments of the union of two disjoint sets of positions (Chan, Golub & LeVeque's parallel formula).
+
+    Pure (``a`` and ``b`` are left as they are); exact for counts and extrema, and ``m2`` stays a centred
+    sum: ``m2 = m2_a + m2_b + delta**2 * n_a * n_b / n`` with ``delta = mean_b - mean_a``. Either side may
+    be empty (count 0) in any channel.
+    """
+    if a.channels != b.channels:
+        raise ValueError(f"merge_moments: channel counts differ ({a.channels} vs {b.channels})")
+    n = a.count + b.count
+    n_safe = n.clamp_min(1)
+    delta = b.mean - a.mean
+    # ``mean_a + delta * (n_b / n)`` is exactly ``mean_b`` when ``a`` is empty (and ``mean_a`` when ``b`` is)
+    mean = torch.where(b.count > 0, a.mean + delta * (b.count / n_safe), a.mean)
+    m2 = torch.where(
+        (a.count > 0) & (b.count > 0), a.m2 + b.m2 + delta * delta * (a.count * b.count / n_safe), a.m2 + b.m2
+    )
+    return Moments(
+        count=n,
+        mean=mean,
+        m2=m2,
+        min=torch.minimum(a.min, b.min),
+        max=torch.maximum(a.max, b.max),
+        zeros=a.zeros + b.zeros,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Per-batch reduction (one pass; compiled lazily)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _reduce(x: Tensor, mask: Optional[Tensor], shift: Tensor):
+    """``x`` (N, C, L), ``mask`` (N, 1 or C, L) or None, ``shift`` (C,) float64 -> per-channel
+    (count, mean, m2, min, max, zeros), all float64, in one pass over ``x`` and ``mask``.
+
+    ``m2 = s2 - s1**2 / n`` with ``s1, s2`` the sums of ``x - shift`` and of its square, accumulated in
+    float64: for ``shift`` near the mean (the layer's running mean) that is a centred sum.
+    """
+    n, c, length = x.shape
+    xd = x.to(_ACC)
+    d = xd - shift.view(1, c, 1)
+    if mask is None:
+        count = torch.full((c,), n * length, dtype=_ACC, device=x.device)
+        s1 = d.sum(dim=(0, 2))
+        s2 = (d * d).sum(dim=(0, 2))
+        lo = xd.amin(dim=(0, 2))
+        hi = xd.amax(dim=(0, 2))
+        zeros = (x == 0).sum(dim=(0, 2)).to(_ACC)
+    else:
+        valid = (mask != 0).expand(n, c, length)
+        zero = torch.zeros((), dtype=_ACC, device=x.device)
+        d = torch.where(valid, d, zero)
+        count = valid.sum(dim=(0, 2)).to(_ACC)
+        s1 = d.sum(dim=(0, 2))
+        s2 = (d * d).sum(dim=(0, 2))
+        lo = torch.where(valid, xd, float("inf")).amin(dim=(0, 2))
+        hi = torch.where(valid, xd, float("-inf")).amax(dim=(0, 2))
+        zeros = (valid & (x == 0)).sum(dim=(0, 2)).to(_ACC)
+    has = count > 0
+    n_safe = count.clamp_min(1)
+    mean = torch.where(has, shift + s1 / n_safe, torch.zeros_like(shift))
+    m2 = torch.where(has, (s2 - s1 * s1 / n_safe).clamp_min(0), torch.zeros_like(shift))
+    return count, mean, m2, lo, hi, zeros
+
+
+_compiled_reduce: Optional[Callable] = None
+_compile_failed = False
+_compile_lock = threading.Lock()
+
+
+def _compile_enabled(compile: Optional[bool]) -> bool:
+    if compile is not None:
+        return bool(compile)
+    return os.environ.get(_ENV_COMPILE, "1").strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def _run_reduce(x: Tensor, mask: Optional[Tensor], shift: Tensor, use_compile: bool):
+    global _compiled_reduce, _compile_failed
+    if use_compile and not _compile_failed:
+        if _compiled_reduce is None:
+            with _compile_lock:
+                if _compiled_reduce is None:
+                    _compiled_reduce = torch.compile(_reduce, dynamic=True)
+        try:
+            return _compiled_reduce(x, mask, shift)
+        except Exception as exc:  # noqa: BLE001 -- any compiler failure: fall back, once, loudly
+            _compile_failed = True
+            warnings.warn(
+                f"ActivationRecorder: torch.compile of the statistics kernel failed ({type(exc).__name__}: "
+                f"{exc}); falling back to eager PyTorch for the rest of this process (slower, same results)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _reduce(x, mask, shift)
+
+
+def _as_ncl(output: Tensor, mask: Optional[Tensor], where: str) -> tuple[Tensor, Optional[Tensor]]:
+    """``(N, C, *S)`` or ``(N, C)`` output and its mask as ``(N, C, L)`` and ``(N, 1 or C, L)``."""
+    if not isinstance(output, Tensor):
+        raise TypeError(f"{where}: expected a tensor output, got {type(output).__name__}")
+    if output.dim() < 2:
+        raise ValueError(f"{where}: expected an output (N, C, *spatial) or (N, C), got shape {tuple(output.shape)}")
+    if output.is_complex():
+        raise TypeError(f"{where}: complex outputs are not supported ({output.dtype})")
+    n, c = output.shape[:2]
+    x = output.detach().reshape(n, c, -1)
+    if mask is None:
+        return x, None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{where}: expected the output mask to be a tensor or None, got {type(mask).__name__}")
+    if (
+        mask.dim() != output.dim()
+        or mask.shape[0] != n
+        or mask.shape[2:] != output.shape[2:]
+        or mask.shape[1] not in (1, c)
+    ):
+        raise ValueError(
+            f"{where}: the output mask of shape {tuple(mask.shape)} does not fit the output of shape "
+            f"{tuple(output.shape)}; expected (N, 1 or C, *spatial)"
+        )
+    return x, mask.detach().reshape(n, mask.shape[1], -1)
+
+
+def batch_moments(
+    output: Tensor, mask: Optional[Tensor] = None, shift: Optional[Tensor] = None, *, compile: bool = False
+) -> Moments:
+    """Per-channel :class:`Moments` of one output ``(N, C, *S)`` or ``(N, C)`` over the positions where
+    ``mask`` (``(N, 1 or C, *S)``, any dtype) is non-zero, or over all positions for ``mask=None``.
+
+    ``shift`` (``(C,)``) is a per-channel reference subtracted before squaring; near the mean keeps ``m2``
+    exact for activations on a large mean. ``None`` takes two passes: the batch's own mean first.
+    """
+    x, m = _as_ncl(output, mask, "batch_moments")
+    with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+        use = _compile_enabled(compile)
+        if shift is None:
+            shift = torch.zeros(x.shape[1], dtype=_ACC, device=x.device)
+            shift = _run_reduce(x, m, shift, use)[1]
+        else:
+            shift = shift.to(device=x.device, dtype=_ACC)
+        return Moments(*_run_reduce(x, m, shift, use))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Layer selection
+# --------------------------------------------------------------------------------------------------------
+
+_NORMS: tuple[type, ...] = tuple(
+    t for t in (
+        torch.nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm, masked BN
+        nn.GroupNorm,
+        nn.LayerNorm,
+        getattr(nn, "RMSNorm", None),
+    ) if t is not None
+)
+_SKIP_ELEMENTWISE = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                     nn.FeatureAlphaDropout)
+_ACTIVATIONS: tuple[type, ...] = tuple(t for t in ELEMENTWISE if not issubclass(t, _SKIP_ELEMENTWISE))
+
+Include = Union[None, Sequence[str], Callable[[str, nn.Module], bool]]
+
+
+def default_selection(name: str, module: nn.Module) -> bool:
+    """Convolutions, normalisations, :class:`~masked_torch.nn.Masked` wrappers and plain activations
+    (``ELEMENTWISE`` without Identity and dropouts). Containers are not selected."""
+    return isinstance(module, (torch.nn.modules.conv._ConvNd, Masked) + _NORMS + _ACTIVATIONS)
+
+
+def _compiled_modules(model: nn.Module) -> list[str]:
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, OptimizedModule) or getattr(module, "_compiled_call_impl", None) is not None:
+            found.append(name or "<model>")
+    return found
+
+
+def select_layers(model: nn.Module, include: Include = None) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the layers a recorder records, in ``model.named_modules()`` order.
+
+    ``include=None``: :func:`default_selection`, skipping everything inside a selected ``Masked`` wrapper
+    (its ``.module`` is the same layer). A predicate ``(name, module) -> bool``: exactly the modules it
+    accepts. A list of names: exactly those (unknown names raise ``KeyError``).
+    """
+    modules = list(model.named_modules())
+    if include is None:
+        chosen, wrappers = [], []
+        for name, module in modules:
+            if any(name.startswith(w + ".") for w in wrappers):
+                continue
+            if default_selection(name, module):
+                chosen.append((name, module))
+                if isinstance(module, Masked):
+                    wrappers.append(name)
+        return chosen
+    if callable(include):
+        return [(name, module) for name, module in modules if include(name, module)]
+    if isinstance(include, str):
+        include = [include]
+    by_name = dict(modules)
+    unknown = [name for name in include if name not in by_name]
+    if unknown:
+        raise KeyError(f"ActivationRecorder: no modules named {unknown} in the model; "
+                       f"names are those of model.named_modules()")
+    wanted = set(include)
+    return [(name, module) for name, module in modules if name in wanted]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The recorder
+# --------------------------------------------------------------------------------------------------------
+
+
+class ActivationRecorder:
+    """Context manager recording per-channel activation statistics of a model's layers.
+
+    ``model``: any ``nn.Module`` (masked modules return ``(output, mask)``, plain ones a tensor).
+    ``include``: ``None`` (every convolution, normalisation, ``Masked`` wrapper and activation; see
+    :func:`select_layers`), a list of ``named_modules()`` names, or a predicate ``(name, module) -> bool``.
+    ``compile``: run the per-batch reduction under ``torch.compile`` (``None``: yes unless
+    ``MASKED_TORCH_RECORD_COMPILE=0``); results are the same either way.
+
+    Hooks are registered on ``__enter__`` and always removed on ``__exit__`` (also on an exception or
+    ``KeyboardInterrupt``). Statistics accumulate over every forward pass inside the block and stay
+    readable after it: :meth:`to_frame`, :meth:`moments`. Entering again continues to accumulate;
+    :meth:`reset` clears.
+    """
+
+    def __init__(self, model: nn.Module, include: Include = None, *, compile: Optional[bool] = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"ActivationRecorder: model must be an nn.Module, got {type(model).__name__}")
+        compiled = _compiled_modules(model)
+        if compiled:
+            from torch._dynamo.eval_frame import OptimizedModule
+
+            hint = ("record the eager model `model._orig_mod` instead (same parameters), or the model before "
+                    "torch.compile" if isinstance(model, OptimizedModule) else
+                    "record an eager copy (use `._orig_mod` of each compiled submodule) or the model before "
+                    "torch.compile")
+            raise RuntimeError(
+                f"ActivationRecorder: cannot record a torch.compile'd model (compiled: {compiled}): PyTorch "
+                f"ignores forward hooks added to compiled modules, so the statistics would be silently empty "
+                f"or partial; {hint}"
+            )
+        self.model = model
+        self.layers = select_layers(model, include)
+        if not self.layers:
+            raise ValueError(
+                "ActivationRecorder: no layers selected (default: convolutions, normalisations, Masked "
+                "wrappers and activations); pass include=[names] or include=predicate"
+            )
+        self.compile = _compile_enabled(compile)
+        self._state: dict[str, Moments] = {}
+        self._primed: set[str] = set()
+        self._calls: dict[str, int] = {name: 0 for name, _ in self.layers}
+        self._model_calls = 0
+        self._handles: list = []
+
+    # -- hooks ------------------------------------------------------------------------------------------
+
+    def _make_hook(self, name: str, module: nn.Module):
+        masked = isinstance(module, MaskedModule)
+        where = f"ActivationRecorder[{name!r} ({type(module).__name__})]"
+
+        @torch._dynamo.disable
+        def hook(mod, args, output):
+            if masked and isinstance(output, tuple) and len(output) == 2:
+                out, mask = output
+            elif isinstance(output, Tensor):
+                out, mask = output, None
+            else:
+                raise TypeError(
+                    f"{where}: expected a tensor or an (output, mask) pair, got {type(output).__name__}; "
+                    f"leave this layer out of include"
+                )
+            self._update(name, out, mask, where)
+
+        return hook
+
+    @torch._dynamo.disable
+    def _count_model_call(self, mod, args, output) -> None:
+        self._model_calls += 1
+
+    def _update(self, name: str, output: Tensor, mask: Optional[Tensor], where: str) -> None:
+        x, m = _as_ncl(output, mask, where)
+        c = x.shape[1]
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            state = self._state.get(name)
+            if state is not None and state.channels != c:
+                raise ValueError(f"{where}: output has {c} channels, earlier batches had {state.channels}")
+            if state is not None and state.count.device != x.device:
+                state = state.to(x.device)
+            if name in self._primed:
+                shift = state.mean  # every channel has a running mean: shift by it, one pass
+            else:
+                # no reference yet (first batch, or channels without any kept position so far): shift by the
+                # batch's own mean (an extra pass), so that the sums below are centred
+                shift = _run_reduce(x, m, torch.zeros(c, dtype=_ACC, device=x.device), self.compile)[1]
+                if state is not None:
+                    shift = torch.where(state.count > 0, state.mean, shift)
+            batch = Moments(*_run_reduce(x, m, shift, self.compile))
+            state = batch if state is None else merge_moments(state, batch)
+            self._state[name] = state
+            self._calls[name] += 1
+            if name not in self._primed and bool((state.count > 0).all()):
+                self._primed.add(name)
+
+    # -- context manager ----------------------------------------------------------------------------------
+
+    def __enter__(self) -> "ActivationRecorder":
+        if self._handles:
+            raise RuntimeError("ActivationRecorder: already recording (the block is not re-entrant)")
+        try:
+            for name, module in self.layers:
+                self._handles.append(module.register_forward_hook(self._make_hook(name, module)))
+            self._handles.append(self.model.register_forward_hook(self._count_model_call))
+        except BaseException:
+            self._remove_hooks()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._remove_hooks()
+        return False
+
+    def _remove_hooks(self) -> None:
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+
+    @property
+    def recording(self) -> bool:
+        return bool(self._handles)
+
+    def reset(self) -> None:
+        """Forget every statistic (hooks stay as they are)."""
+        self._state.clear()
+        self._primed.clear()
+        self._calls = {name: 0 for name, _ in self.layers}
+        self._model_calls = 0
+
+    # -- results ------------------------------------------------------------------------------------------
+
+    @property
+    def calls(self) -> dict[str, int]:
+        """How many times each selected layer fired."""
+        return dict(self._calls)
+
+    def _check_fired(self, strict: bool) -> None:
+        missing = [name for name, _ in self.layers if self._calls[name] == 0]
+        if not missing:
+            return
+        if len(missing) == len(self.layers):
+            if self._model_calls == 0:
+                raise RuntimeError(
+                    "ActivationRecorder: nothing was recorded: no forward pass ran inside the `with` block"
+                )
+            raise RuntimeError(
+                f"ActivationRecorder: the model ran {self._model_calls} forward pass(es) but none of the "
+                f"{len(self.layers)} selected layers fired; was the model (or part of it) compiled with "
+                f"torch.compile after the recorder was created? Hooks on compiled modules are ignored: "
+                f"record the eager model (`._orig_mod`)"
+            )
+        if strict:
+            raise RuntimeError(
+                f"ActivationRecorder: selected layers {missing} never fired while "
+                f"{[n for n, _ in self.layers if self._calls[n]]} did; if they are compiled "
+                f"(torch.compile ignores hooks), record the eager model; if they are legitimately unused, "
+                f"leave them out with include=... or pass strict=False"
+            )
+
+    def moments(self, strict: bool = True) -> dict[str, Moments]:
+        """``{layer name: Moments}`` in model order (copies, on the device the outputs were on).
+
+        Raises ``RuntimeError`` if selected layers never fired (``strict=False``: leave them out, unless
+        none fired)."""
+        self._check_fired(strict)
+        return {name: Moments(*(t.clone() for t in (getattr(self._state[name], f.name)
+                                                     for f in fields(Moments))))
+                for name, _ in self.layers if name in self._state}
+
+    def to_frame(self, strict: bool = True):
+        """Tidy ``pandas.DataFrame``: one row per (layer, channel), columns :data:`COLUMNS`, model order.
+
+        ``count`` is an integer; ``mean``/``var``/``std``/``min``/``max``/``zero_frac`` are NaN for a channel
+        without any kept position. Raises ``RuntimeError`` rather than leave out layers that never fired
+        (``strict=False`` leaves them out, unless none fired).
+        """
+        import numpy as np
+        import pandas as pd
+
+        moments = self.moments(strict)
+        parts = []
+        for name, mom in moments.items():
+            mom = mom.to("cpu")
+            has = (mom.count > 0).numpy()
+            nan = np.nan
+
+            def col(t: Tensor) -> np.ndarray:
+                return np.where(has, t.numpy(), nan)
+
+            c = mom.channels
+            parts.append(pd.DataFrame({
+                "layer": [name] * c,
+                "channel": np.arange(c, dtype=np.int64),
+                "count": mom.count.numpy().astype(np.int64),
+                "mean": col(mom.mean),
+                "var": col(mom.var),
+                "std": col(mom.std),
+                "min": col(mom.min),
+                "max": col(mom.max),
+                "zero_frac": col(mom.zero_frac),
+            }))
+        if not parts:
+            return pd.DataFrame({k: [] for k in COLUMNS})
+        return pd.concat(parts, ignore_index=True)[list(COLUMNS)]
+
+    def __repr__(self) -> str:
+        names = [name for name, _ in self.layers]
+        return (f"ActivationRecorder({type(self.model).__name__}, layers={names}, compile={self.compile}, "
+                f"recording={self.recording})")

@@ -1,0 +1,109 @@
+"""ActivationRecorder overhead: forward time with the recorder on vs off, interleaved in one run.
+
+Target (issue): <= 1.15x for a depth-4 mconv stack, N=8, 192x192 images with per-image masks, forward
+under ``torch.no_grad()``, 2 threads. The machine is noisy, so each round times off, on (compiled kernel)
+and on (eager fallback) back to back, in a rotating order, and the table quotes the median over rounds of
+the per-round ratios (and the median times for scale only).
+
+    python benchmarks/recorder.py [--repeats 60] [--stack mconv] [--batch 8] [--size 192]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.record import ActivationRecorder  # noqa: E402
+from analysis.stacks import STACKS, build_stacks  # noqa: E402
+
+
+def make_batch(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(n, 3, size, size)`` and a 1-channel mask cutting sample ``i`` to its own ``h_i x w_i``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=gen)
+    mask = torch.zeros(n, 1, size, size)
+    lo = max(1, size // 3)
+    for i in range(n):
+        h, w = (int(v) for v in torch.randint(lo, size + 1, (2,), generator=gen))
+        mask[i, :, :h, :w] = 1
+    return x, mask
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stack", default="mconv", choices=STACKS)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=60, help="timed rounds (each: off, compiled, eager)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds after compilation")
+    parser.add_argument("--no-eager", action="store_true", help="skip the eager-fallback variant")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    model = build_stacks(args.depth, stacks=(args.stack,))[args.stack]
+    x, mask = make_batch(args.batch, args.size)
+
+    variants = {"off": None, "compiled": ActivationRecorder(model, compile=True)}
+    if not args.no_eager:
+        variants["eager"] = ActivationRecorder(model, compile=False)
+
+    def run(name: str) -> float:
+        rec = variants[name]
+        if rec is None:
+            with torch.no_grad():
+                t = time.perf_counter()
+                model(x, mask)
+                return time.perf_counter() - t
+        with rec, torch.no_grad():
+            t = time.perf_counter()
+            model(x, mask)
+            return time.perf_counter() - t
+
+    t = time.perf_counter()
+    run("compiled")  # lazy torch.compile of the statistics kernel (first batch: two shapes of call)
+    run("compiled")
+    compile_s = time.perf_counter() - t
+    for _ in range(args.warmup):
+        for name in variants:
+            run(name)
+
+    names = list(variants)
+    times = {name: [] for name in names}
+    ratios = {name: [] for name in names if name != "off"}
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+        got = {name: run(name) for name in order}
+        for name in names:
+            times[name].append(got[name])
+        for name in ratios:
+            ratios[name].append(got[name] / got["off"])
+
+    for name, rec in variants.items():
+        if rec is not None:
+            rec.to_frame()  # the recorded statistics are complete (raises otherwise)
+
+    print(f"ActivationRecorder overhead: {args.stack} depth {args.depth}, N={args.batch}, "
+          f"{args.size}x{args.size}, {args.threads} threads, {args.repeats} interleaved rounds, "
+          f"torch {torch.__version__}")
+    print(f"first compiled calls (compile + 2 forwards): {compile_s:.1f} s")
+    print(f"{'variant':<10} {'median ms':>10} {'median ratio':>13} {'q25 ratio':>10} {'q75 ratio':>10}")
+    for name in names:
+        med = statistics.median(times[name]) * 1e3
+        if name == "off":
+            print(f"{name:<10} {med:>10.2f} {'1':>13} {'':>10} {'':>10}")
+            continue
+        q = statistics.quantiles(ratios[name], n=4)
+        print(f"{name:<10} {med:>10.2f} {statistics.median(ratios[name]):>13.3f} {q[0]:>10.3f} {q[2]:>10.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
