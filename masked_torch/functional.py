@@ -160,22 +160,36 @@ def window_centre(
     return mask[tuple(index)]
 
 
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
 def window_sum(
-    mask: Tensor,
+    valid: Tensor,
     kernel_size: Sequence[int],
     stride: _Size = 1,
     padding: Union[str, _Size] = 0,
     dilation: _Size = 1,
-    groups: int = 1,
 ) -> Tensor:
-    """Sum of ``mask`` over each convolution window, per channel group.
+    """Number of valid entries in each convolution window, per channel (a box filter, per channel).
 
-    ``mask`` is ``(N, G, *spatial)`` with one channel per group (already summed over the group's
-    channels): a depthwise box filter, never a full ``C_out x C_in`` convolution of ones.
+    ``valid`` is a 0/1 float tensor ``(N, G, *spatial)``, one channel per group (already summed over the
+    group's channels for a C-channel mask): never a full ``C_out x C_in`` convolution of ones. Computed as
+    a rounded average pool where pooling can express the window (no dilation, padding at most half the
+    kernel), else as a depthwise convolution of ones; exact either way for integer counts.
     """
-    nd = mask.dim() - 2
-    ones = torch.ones((groups, 1, *kernel_size), dtype=mask.dtype, device=mask.device)
-    return _CONV[nd](mask, ones, None, stride, padding, dilation, groups)
+    nd = valid.dim() - 2
+    kernel_size = tuple(kernel_size)
+    stride, dilation = _ntuple(stride, nd), _ntuple(dilation, nd)
+    pad = resolve_padding(padding, kernel_size, dilation) if not (
+        padding == "same" and any(k % 2 == 0 for k in kernel_size)) else None
+    poolable = pad is not None and all(d == 1 for d in dilation) and all(
+        2 * p <= k <= size for p, k, size in zip(pad, kernel_size, valid.shape[2:]))
+    if poolable:
+        mean = _AVG_POOL[nd](valid, kernel_size, stride, pad, count_include_pad=True)
+        return torch.round(mean * math.prod(kernel_size))
+    g = valid.shape[1]
+    ones = torch.ones((g, 1, *kernel_size), dtype=valid.dtype, device=valid.device)
+    return _CONV[nd](valid, ones, None, stride, padding, dilation, g)
 
 
 def partial_conv(
@@ -195,12 +209,14 @@ def partial_conv(
     """Partial convolution (Liu et al. 2018).
 
     ``y = conv(X*M, W) * winsize / sum(M) + b`` where ``sum(M) > 0`` and ``0`` where ``sum(M) == 0``;
-    ``sum(M)`` runs over each window (and over the group's input channels for a C-channel mask with
-    ``multichannel=True``), ``winsize`` is the number of entries summed. With ``multichannel=False`` a
-    C-channel mask counts a position valid where any channel is (its maximum over channels).
+    ``M`` is the validity ``mask != 0`` (partial convolution counts valid inputs: a float mask is read as
+    valid where it is non-zero), ``sum(M)`` runs over each window (and over the group's input channels
+    for a C-channel mask with ``multichannel=True``), ``winsize`` is the number of entries summed. With
+    ``multichannel=False`` a C-channel mask counts a position valid where any channel is.
 
-    Output mask: ``update_mask=True`` (the paper's rule) is 1 where ``sum(M) > 0``; ``update_mask=False``
-    (padding use) is the mask at the window centre (maximum over channels), and 0 where ``sum(M) == 0``.
+    Output mask (0/1): ``update_mask=True`` (the paper's rule) is 1 where ``sum(M) > 0``;
+    ``update_mask=False`` (padding use) is the validity at the window centre (any channel), and 0 where
+    ``sum(M) == 0``. It is 1-channel unless ``multichannel`` and ``groups > 1`` (then ``C_out`` channels).
     ``mask=None`` is the plain convolution and returns ``None`` as mask.
     """
     nd = _conv_dims(weight)
@@ -209,46 +225,42 @@ def partial_conv(
     if mask is None:
         return conv(input, weight, bias, stride, padding, dilation, groups), None
     kernel_size = tuple(weight.shape[2:])
-    m = _mask_as(mask, input)
-    if not multichannel and m.shape[1] != 1:
-        m = m.amax(dim=1, keepdim=True)
-    # X*M with garbage under the mask replaced by exact zeros.
-    x = torch.where(m != 0, input * m.to(input.dtype), torch.zeros((), dtype=input.dtype, device=input.device))
-    raw = conv(x, weight, None, stride, padding, dilation, groups)
+    dtype = _mask_dtype(input)
+    valid_in = mask != 0
+    if valid_in.shape[1] != 1 and not multichannel:
+        valid_in = valid_in.any(dim=1, keepdim=True)
+    # X*M for a 0/1 mask, with garbage under the mask replaced by exact zeros
+    raw = conv(_zero_masked(input, valid_in), weight, None, stride, padding, dilation, groups)
 
     n, c_out = raw.shape[:2]
+    grouped = valid_in.shape[1] != 1 and groups > 1
     with _no_autocast(input):
-        if m.shape[1] == 1:
-            msum = window_sum(m, kernel_size, stride, padding, dilation)  # (N, 1, *out)
+        if valid_in.shape[1] == 1:
+            counts = valid_in.to(dtype)
             winsize = math.prod(kernel_size)
-            grouped = False
         else:
-            c_in = m.shape[1]
-            per_group = m.unflatten(1, (groups, c_in // groups)).sum(dim=2)  # (N, G, *S)
-            msum = window_sum(per_group, kernel_size, stride, padding, dilation, groups)  # (N, G, *out)
-            winsize = (c_in // groups) * math.prod(kernel_size)
-            grouped = groups > 1  # one group: the same count for every output channel, stays 1-channel
-        valid = (msum > 0).to(msum.dtype)
-        ratio = winsize / msum.clamp_min(1e-12) * valid
-        if grouped:
-            # (N, G, 1, *out): broadcast over each group's output channels
+            counts = valid_in.unflatten(1, (groups, -1)).sum(dim=2, dtype=dtype)  # (N, G, *S)
+            winsize = (valid_in.shape[1] // groups) * math.prod(kernel_size)
+        msum = window_sum(counts, kernel_size, stride, padding, dilation)  # (N, 1 or G, *out)
+        valid = (msum > 0).to(dtype)
+        ratio = winsize / msum.clamp_min(1) * valid  # 0 where the window saw nothing valid
+        if grouped:  # (N, G, 1, *out): broadcast over each group's output channels
+            y = raw.unflatten(1, (groups, c_out // groups))
             ratio, valid_b = ratio.unsqueeze(2), valid.unsqueeze(2)
-            y = raw.unflatten(1, (groups, c_out // groups)) * ratio
         else:
-            valid_b = valid
-            y = raw * ratio
+            y, valid_b = raw, valid
+        # in place on the fresh convolution output (its backward does not need it)
+        y = y.mul_(ratio)
         if bias is not None:
-            y = y + bias.to(y.dtype).view(y.shape[1:-nd] + (1,) * nd) * valid_b
-        if grouped:
-            y = y.flatten(1, 2)
-        y = y.to(raw.dtype)
+            y = y.addcmul_(bias.view(y.shape[1:-nd] + (1,) * nd), valid_b)
+        y = raw  # the (N, C_out, *out) tensor the views above wrote into
 
         if update_mask:
             out_mask = valid
         else:
-            any_valid = m if m.shape[1] == 1 else m.amax(dim=1, keepdim=True)
+            centre_valid = valid_in if valid_in.shape[1] == 1 else valid_in.any(dim=1, keepdim=True)
             pad = resolve_padding(padding, kernel_size, _ntuple(dilation, nd), name)
-            out_mask = window_centre(any_valid, kernel_size, stride, pad, dilation) * valid
+            out_mask = window_centre(centre_valid, kernel_size, stride, pad, dilation).to(dtype) * valid
         if grouped:
             out_mask = out_mask.unsqueeze(2).expand(n, groups, c_out // groups, *out_mask.shape[2:]).flatten(1, 2)
     return y, out_mask
@@ -300,7 +312,8 @@ def masked_conv(
     if m.shape[1] != 1:
         with _no_autocast(input):
             centre = conv(centre, mixing_weights(weight, groups, m.dtype), None, 1, 0, 1, groups)
-    return y * centre.to(y.dtype), centre
+    # in place on the fresh convolution output (its backward does not need it)
+    return y.mul_(centre), centre
 
 
 def masked_batch_norm(

@@ -49,7 +49,8 @@ def centre_ref(mask, kernel, stride, padding, dilation, out_shape):
 
 
 def partial_ref(x, m, w, b, groups, stride, padding, dilation, multichannel, update_mask):
-    x, m, w = x.double(), m.double(), w.double()
+    """Partial convolution counts valid inputs: M is the 0/1 validity ``mask != 0``."""
+    x, m, w = x.double(), (m != 0).double(), w.double()
     nd = x.dim() - 2
     kernel = tuple(w.shape[2:])
     c_in, c_out = x.shape[1], w.shape[0]
