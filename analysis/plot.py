@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import textwrap
+import warnings
 from typing import Optional, Sequence
 
 import matplotlib
@@ -25,6 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib import MatplotlibDeprecationWarning
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -198,9 +200,11 @@ def plot_channel_stats(stats: pd.DataFrame, *, stacks: Optional[Sequence[str]] =
                 floor = np.nanmin(vals[vals > 0]) / 2
                 n_zero = int((vals <= 0).sum())
                 plotted = sub.assign(**{stat: np.maximum(vals, floor)})
-            sns.boxplot(data=plotted, x="depth", y=stat, hue="stack", hue_order=stacks, order=depths,
-                        palette=palette, ax=ax, showfliers=False, fill=False, width=0.8, linewidth=1.0,
-                        log_scale=log, legend=False)
+            with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert`
+                warnings.simplefilter("ignore", MatplotlibDeprecationWarning)
+                sns.boxplot(data=plotted, x="depth", y=stat, hue="stack", hue_order=stacks, order=depths,
+                            palette=palette, ax=ax, showfliers=False, fill=False, width=0.8, linewidth=1.0,
+                            log_scale=log, legend=False)
             sns.stripplot(data=plotted, x="depth", y=stat, hue="stack", hue_order=stacks, order=depths,
                           palette=palette, ax=ax, dodge=True, jitter=0.18, size=2.2, alpha=0.55,
                           legend=(i == 0 and j == 0), log_scale=log)
@@ -264,6 +268,12 @@ def plot_padding_sensitivity(padding: pd.DataFrame, *, stacks: Optional[Sequence
                       palette=palette, dodge=0.8 - 0.8 / len(stacks), estimator="median", errorbar=None,
                       markers="_", markersize=16, linestyles="none", ax=ax, legend=False, log_scale=True)
         ax.set_ylim(floor / 3, top)
+        if ref == "conv_alone":
+            ax.text(0.99, 0.12, _wrap(
+                "Not a padding effect: pconv rescales every window that reaches past the image (canvas "
+                "borders too); mconv scales a 2^depth block that the image only partly covers by its "
+                "mask fraction, and plain conv alone reads the bias that its own rounding padding "
+                "picks up.", 58), ha="right", va="bottom", fontsize=7, color="0.25", transform=ax.transAxes)
         ax.set_title(titles.get(ref, ref), fontsize=10)
         ax.set_xlabel("depth (level output)")
         ax.set_ylabel("relative error  ||batch - ref|| / ||ref||  (log scale)")
