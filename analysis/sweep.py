@@ -1,0 +1,230 @@
+"""Many configurations of the experiment in one tidy frame.
+
+A grid (a TOML file, or ``name=v1,v2`` strings) names values for any field of :class:`analysis.run.Settings`
+(``depth``, ``bias``, ``activation``, ``init``, ``data``, ``seed``, ``normalize``, ``max_side``,
+``batch_size``, ``num_images``, ...); the sweep runs every combination in worker processes and writes
+
+* ``DIR/runs/<config>.parquet`` and ``DIR/runs/<config>.padding.parquet`` per configuration (written
+  atomically, so a rerun skips configurations whose results are already there);
+* ``DIR/runs/<config>.error.json`` for a configuration that failed (its settings and the error; the others
+  go on, and a rerun tries it again);
+* ``DIR/sweep_stats.parquet`` and ``DIR/sweep_padding.parquet``: every configuration's rows with one column
+  per setting (and ``config``), so that a notebook can ``groupby`` any of them.
+
+Grid file::
+
+    [grid]              # every combination of these
+    depth = [2, 3, 4]
+    bias = [true, false]
+    activation = ["relu", "none"]
+
+    [fixed]             # the same for every configuration
+    data = "synthetic"
+    num_images = 16
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, fields
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import pandas as pd
+
+from .run import Settings, run_experiment, write_parquet_atomic
+
+__all__ = ["SweepError", "SweepResult", "load_grid", "parse_vary", "expand_grid", "config_id", "run_sweep"]
+
+STATS_FILE = "sweep_stats.parquet"
+PADDING_FILE = "sweep_padding.parquet"
+
+
+class SweepError(ValueError):
+    """A grid that cannot be run (unknown setting, bad value, unreadable file)."""
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+
+
+def _coerce(name: str, value):
+    """A grid value as the type of the Settings field ``name``."""
+    if name not in _FIELDS:
+        raise SweepError(f"unknown setting {name!r} in the grid; settings are: {', '.join(sorted(_FIELDS))}")
+    default = _FIELDS[name].default
+    if name == "stacks":
+        items = value.split("+") if isinstance(value, str) else list(value)
+        return tuple(items)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
+        raise SweepError(f"setting {name!r} takes true/false, got {value!r}")
+    if isinstance(default, int) or name in ("num_images", "max_side", "threads"):
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise SweepError(f"setting {name!r} takes an integer, got {value!r}") from None
+    return None if isinstance(value, str) and value.lower() == "none" and default is None else value
+
+
+def load_grid(path) -> tuple[dict, dict]:
+    """``(grid, fixed)`` from a TOML file: ``[grid]`` lists of values, ``[fixed]`` single values."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise SweepError(f"cannot read grid file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SweepError(f"grid file {path} is not valid TOML: {exc}") from None
+    unknown = set(doc) - {"grid", "fixed"}
+    if unknown:
+        raise SweepError(f"grid file {path}: unknown tables {sorted(unknown)}; use [grid] and [fixed]")
+    grid = {k: (v if isinstance(v, list) else [v]) for k, v in doc.get("grid", {}).items()}
+    return grid, dict(doc.get("fixed", {}))
+
+
+def parse_vary(items: Iterable[str]) -> dict:
+    """``["depth=2,3", "bias=true,false"]`` -> ``{"depth": ["2", "3"], "bias": ["true", "false"]}``."""
+    grid = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not name.strip() or not values.strip():
+            raise SweepError(f"--vary takes NAME=V1,V2,..., got {item!r}")
+        grid[name.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+    return grid
+
+
+def expand_grid(grid: dict, fixed: Optional[dict] = None) -> list[Settings]:
+    """Every combination of ``grid`` (in the order given), each with ``fixed`` on top of the defaults."""
+    fixed = {k: _coerce(k, v) for k, v in (fixed or {}).items()}
+    names = list(grid)
+    values = [[_coerce(n, v) for v in grid[n]] for n in names]
+    for n, vs in zip(names, values):
+        if not vs:
+            raise SweepError(f"setting {n!r} has no values in the grid")
+    both = set(names) & set(fixed)
+    if both:
+        raise SweepError(f"settings {sorted(both)} are both in the grid and fixed")
+    out = []
+    for combo in itertools.product(*values):
+        try:
+            out.append(Settings(**fixed, **dict(zip(names, combo))))
+        except TypeError as exc:
+            raise SweepError(str(exc)) from None
+    return out
+
+
+def config_id(settings: Settings) -> str:
+    """A short stable name for a configuration: a hash of its settings."""
+    text = json.dumps(settings.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _setting_columns(frame: pd.DataFrame, settings: Settings, cid: str) -> pd.DataFrame:
+    """One column per setting; the network's ``depth`` setting is ``net_depth`` (``depth`` is the layer's)."""
+    frame = frame.copy()
+    for key, value in settings.to_dict().items():
+        if key in ("threads", "figure_image"):
+            continue
+        value = "+".join(value) if isinstance(value, list) else value
+        frame["net_depth" if key == "depth" else key] = value
+    frame["config"] = cid
+    return frame
+
+
+def _run_one(settings: Settings, runs: str, threads: int) -> dict:
+    """Worker: run one configuration, write its parquet files; never raises (errors become a record)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    cid = config_id(settings)
+    runs = Path(runs)
+    error_file = runs / f"{cid}.error.json"
+    start = time.perf_counter()
+    try:
+        settings = Settings(**{**settings.to_dict(), "stacks": tuple(settings.stacks), "threads": threads})
+        results = run_experiment(settings, progress=False)
+        meta = {"settings": settings.to_dict(), "config": cid}
+        write_parquet_atomic(_setting_columns(results.padding, settings, cid), runs / f"{cid}.padding.parquet", meta)
+        write_parquet_atomic(_setting_columns(results.stats, settings, cid), runs / f"{cid}.parquet", meta)
+        error_file.unlink(missing_ok=True)
+        return {"config": cid, "ok": True, "seconds": time.perf_counter() - start}
+    except Exception as exc:  # noqa: BLE001 -- report every failure with its settings, keep the others
+        record = {"config": cid, "ok": False, "settings": settings.to_dict(),
+                  "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        tmp = error_file.with_name(error_file.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        os.replace(tmp, error_file)
+        return record
+
+
+@dataclass
+class SweepResult:
+    stats: pd.DataFrame
+    padding: pd.DataFrame
+    ran: list[str]
+    skipped: list[str]
+    failed: list[dict]
+    seconds: float
+
+
+def run_sweep(configs: Sequence[Settings], out, *, jobs: int = 1, progress: bool = True,
+              threads: Optional[int] = None) -> SweepResult:
+    """Run ``configs`` (skipping those already in ``out/runs``) in ``jobs`` worker processes and write the
+    merged frames. Each worker gets ``threads`` torch threads (default: cores // jobs, at least 1)."""
+    start = time.perf_counter()
+    out = Path(out)
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    ids = [config_id(c) for c in configs]
+    if len(set(ids)) != len(ids):
+        raise SweepError("the grid lists the same configuration twice")
+    todo = [(c, i) for c, i in zip(configs, ids) if not (runs / f"{i}.parquet").exists()]
+    skipped = [i for c, i in zip(configs, ids) if (runs / f"{i}.parquet").exists()]
+    jobs = max(1, min(jobs, len(todo) or 1))
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    results = []
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="configurations", unit="config")
+    if jobs == 1:
+        for c, _ in todo:
+            results.append(_run_one(c, str(runs), threads))
+            if bar:
+                bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_run_one, c, str(runs), threads) for c, _ in todo]
+            for fut in as_completed(futures):
+                results.append(fut.result())
+                if bar:
+                    bar.update()
+    if bar:
+        bar.close()
+    failed = [r for r in results if not r["ok"]]
+    done = [i for i in ids if (runs / f"{i}.parquet").exists()]
+    stats = pd.concat([pd.read_parquet(runs / f"{i}.parquet") for i in done], ignore_index=True) if done \
+        else pd.DataFrame()
+    padding = pd.concat([pd.read_parquet(runs / f"{i}.padding.parquet") for i in done
+                         if (runs / f"{i}.padding.parquet").exists()], ignore_index=True) if done else pd.DataFrame()
+    meta = {"configs": [c.to_dict() for c in configs], "failed": [f["config"] for f in failed]}
+    if done:
+        write_parquet_atomic(stats, out / STATS_FILE, meta)
+        write_parquet_atomic(padding, out / PADDING_FILE, meta)
+    return SweepResult(stats=stats, padding=padding, ran=[r["config"] for r in results if r["ok"]],
+                       skipped=skipped, failed=failed, seconds=time.perf_counter() - start)
