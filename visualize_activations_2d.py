@@ -111,7 +111,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.data not in ("synthetic", "photos") and not os.path.exists(os.path.expanduser(args.data)):
         parser.error(f"--data: {args.data!r} is not 'synthetic', 'photos' or an existing folder or image file")
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
 
     from analysis.data import DataError
     from analysis.run import Settings, run_experiment, write_outputs

@@ -1,5 +1,6 @@
 """Figures of the activation-statistics suite. Every function takes a tidy frame and returns a matplotlib
-``Figure`` (drawn with the Agg backend; nothing is shown or saved here).
+``Figure`` made with pyplot in whatever backend is active (the command line uses Agg; in Jupyter the figures
+show inline); nothing is shown or saved here, close the figures when done.
 
 * :func:`plot_activation_maps`     -- frame of maps (:attr:`analysis.run.Results.maps`): per stack one row of
   channel-mean activation maps per depth, with the masks, one colour scale per depth shared by the stacks.
@@ -13,14 +14,6 @@ from __future__ import annotations
 import textwrap
 import warnings
 from typing import Optional, Sequence
-
-import matplotlib
-
-if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-    try:
-        matplotlib.use("Agg")
-    except Exception:  # pragma: no cover - a backend is already in use (e.g. inside Jupyter)
-        pass
 
 import matplotlib.pyplot as plt
 import numpy as np

@@ -326,9 +326,6 @@ def write_outputs(results: Results, out, *, dpi: int = 120) -> list[Path]:
     """Write the two parquet files and the three figures under ``out``; returns the paths written.
 
     Figures are drawn first and the parquet files written last, each through a temporary file."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     from . import plot
