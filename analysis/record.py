@@ -127,13 +127,12 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
     if a.channels != b.channels:
         raise ValueError(f"merge_moments: channel counts differ ({a.channels} vs {b.channels})")
     n = a.count + b.count
-    n_safe = n.clamp_min(1)
+    a_empty, b_empty = a.count == 0, b.count == 0
     delta = b.mean - a.mean
-    # ``mean_a + delta * (n_b / n)`` is exactly ``mean_b`` when ``a`` is empty (and ``mean_a`` when ``b`` is)
-    mean = torch.where(b.count > 0, a.mean + delta * (b.count / n_safe), a.mean)
-    m2 = torch.where(
-        (a.count > 0) & (b.count > 0), a.m2 + b.m2 + delta * delta * (a.count * b.count / n_safe), a.m2 + b.m2
-    )
+    w = b.count / n.clamp_min(1)
+    # a side without positions contributes nothing, exactly (whatever its ``mean`` holds)
+    mean = torch.where(a_empty, b.mean, torch.where(b_empty, a.mean, a.mean + delta * w))
+    m2 = torch.where(a_empty, b.m2, torch.where(b_empty, a.m2, a.m2 + b.m2 + delta * delta * (a.count * w)))
     return Moments(
         count=n,
         mean=mean,
@@ -149,12 +148,23 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
 # --------------------------------------------------------------------------------------------------------
 
 
+def _finish(shift: Tensor, count: Tensor, s1: Tensor, s2: Tensor):
+    """Mean and centred ``m2`` from the sums ``s1``, ``s2`` of ``x - shift`` and of its square."""
+    has = count > 0
+    n_safe = count.clamp_min(1)
+    mean = torch.where(has, shift + s1 / n_safe, torch.zeros_like(shift))
+    m2 = torch.where(has, (s2 - s1 * s1 / n_safe).clamp_min(0), torch.zeros_like(shift))
+    return mean, m2
+
+
 def _reduce(x: Tensor, mask: Optional[Tensor], shift: Tensor):
     """``x`` (N, C, L), ``mask`` (N, 1 or C, L) or None, ``shift`` (C,) float64 -> per-channel
-    (count, mean, m2, min, max, zeros), all float64, in one pass over ``x`` and ``mask``.
+    ``(count, mean, m2, min, max, zeros)``, all float64.
 
-    ``m2 = s2 - s1**2 / n`` with ``s1, s2`` the sums of ``x - shift`` and of its square, accumulated in
-    float64: for ``shift`` near the mean (the layer's running mean) that is a centred sum.
+    Written as one pass over ``x`` and ``mask`` for ``torch.compile`` (a single fused reduction);
+    everything is computed in float64 and positions under the mask are never read (``torch.where``), so
+    NaN there cannot leak. ``m2 = s2 - s1**2 / n`` with ``s1, s2`` the sums of ``x - shift`` and of its
+    square: for ``shift`` near the mean (the layer's running mean) that is a centred sum.
     """
     n, c, length = x.shape
     xd = x.to(_ACC)
@@ -176,14 +186,80 @@ def _reduce(x: Tensor, mask: Optional[Tensor], shift: Tensor):
         lo = torch.where(valid, xd, float("inf")).amin(dim=(0, 2))
         hi = torch.where(valid, xd, float("-inf")).amax(dim=(0, 2))
         zeros = (valid & (x == 0)).sum(dim=(0, 2)).to(_ACC)
-    has = count > 0
-    n_safe = count.clamp_min(1)
-    mean = torch.where(has, shift + s1 / n_safe, torch.zeros_like(shift))
-    m2 = torch.where(has, (s2 - s1 * s1 / n_safe).clamp_min(0), torch.zeros_like(shift))
+    mean, m2 = _finish(shift, count, s1, s2)
     return count, mean, m2, lo, hi, zeros
 
 
-_compiled_reduce: Optional[Callable] = None
+def _sum_nl(t: Tensor) -> Tensor:
+    """Sum over dims 0 and 2 of ``(N, C, L)``: in ``t``'s dtype over L (cascade summation), then float64."""
+    return t.sum(dim=2).to(_ACC).sum(dim=0)
+
+
+def _reduce_eager(x: Tensor, mask: Optional[Tensor], shift: Tensor):
+    """:func:`_reduce` for eager PyTorch, from the cheap elementwise ops only (multiply, subtract, sum,
+    amin, amax: ``torch.where`` and comparisons are several times slower on CPU).
+
+    Runs in ``x``'s dtype (float32 for half types) with the mask as a 0/1 factor: sums over each sample's
+    positions in that dtype, over samples in float64. ``m2`` keeps its relative precision (about 1e-7 in
+    float32) because ``x - shift`` is centred; the shift is rounded to ``x``'s dtype and that same value goes
+    into the mean. Exact fall-backs: :func:`_reduce` (float64, ``torch.where``) when anything is not finite
+    (NaN or Inf anywhere, also under the mask) or a sample has 2**24 positions or more; and ``torch.where``
+    for the channels whose min (max) is ambiguous (0 from a masked position, no valid zero).
+    """
+    n, c, length = x.shape
+    if length >= 2**24:
+        return _reduce(x, mask, shift)
+    if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    shift = shift.to(x.dtype)  # the shift actually subtracted ...
+    shift64 = shift.to(_ACC)  # ... and the same value added back
+    d = x - shift.view(1, c, 1)
+    if mask is None:
+        count = torch.full((c,), n * length, dtype=_ACC, device=x.device)
+        xz = x
+    else:
+        if mask.dtype == torch.bool:
+            vf = mask.to(x.dtype)
+        else:
+            vf = mask.abs().sign().to(x.dtype)  # 1 where mask != 0 (NaN: caught below)
+        count = _sum_nl(vf).expand(c)
+        xz = x * vf
+        d = d * vf
+    s1 = _sum_nl(d)
+    s2 = _sum_nl(d * d)
+    nonzero = _sum_nl(xz.abs().sign())
+    lo = xz.amin(dim=(0, 2)).to(_ACC)
+    hi = xz.amax(dim=(0, 2)).to(_ACC)
+    if not bool(torch.isfinite(torch.stack([s1, s2, nonzero, count])).all()):
+        return _reduce(x, mask, shift64)
+    zeros = count - nonzero
+    has = count > 0
+    if mask is not None:
+        # masked positions are 0 in ``xz``: a min (max) of 0 is ambiguous where the channel has masked
+        # positions but no valid zero; take those channels again with torch.where
+        ambiguous = has & (count < n * length) & (zeros == 0) & ((lo == 0) | (hi == 0))
+        if bool(ambiguous.any()):
+            idx = ambiguous.nonzero().flatten()
+            valid = (mask if mask.shape[1] == 1 else mask.index_select(1, idx)) != 0
+            xs = x.index_select(1, idx).to(_ACC)
+            lo[idx] = torch.where(valid, xs, float("inf")).amin(dim=(0, 2))
+            hi[idx] = torch.where(valid, xs, float("-inf")).amax(dim=(0, 2))
+        lo = torch.where(has, lo, float("inf"))
+        hi = torch.where(has, hi, float("-inf"))
+    mean, m2 = _finish(shift64, count, s1, s2)
+    return count.clone(), mean, m2, lo, hi, zeros
+
+
+def _step(x: Tensor, mask: Optional[Tensor], count, mean, m2, lo, hi, zeros):
+    """The running state ``(count, mean, m2, min, max, zeros)`` after one more batch: :func:`_reduce`
+    shifted by the running ``mean``, then :func:`merge_moments`. One function, so that ``torch.compile``
+    makes it one fused reduction plus one tiny pointwise kernel, with a single Python call per layer."""
+    state = Moments(count, mean, m2, lo, hi, zeros)
+    merged = merge_moments(state, Moments(*_reduce(x, mask, mean)))
+    return merged.count, merged.mean, merged.m2, merged.min, merged.max, merged.zeros
+
+
+_compiled_step: Optional[Callable] = None
 _compile_failed = False
 _compile_lock = threading.Lock()
 
@@ -194,24 +270,42 @@ def _compile_enabled(compile: Optional[bool]) -> bool:
     return os.environ.get(_ENV_COMPILE, "1").strip().lower() not in ("0", "false", "no", "off", "")
 
 
-def _run_reduce(x: Tensor, mask: Optional[Tensor], shift: Tensor, use_compile: bool):
-    global _compiled_reduce, _compile_failed
+def _advance(state: Moments, x: Tensor, mask: Optional[Tensor], use_compile: bool) -> Moments:
+    """``merge_moments(state, moments of (x, mask) shifted by state.mean)``, compiled or eager."""
+    global _compiled_step, _compile_failed
     if use_compile and not _compile_failed:
-        if _compiled_reduce is None:
+        if _compiled_step is None:
             with _compile_lock:
-                if _compiled_reduce is None:
-                    _compiled_reduce = torch.compile(_reduce, dynamic=True)
+                if _compiled_step is None:
+                    _compiled_step = torch.compile(_step, dynamic=True)
         try:
-            return _compiled_reduce(x, mask, shift)
+            return Moments(*_compiled_step(x, mask, *_fields(state)))
         except Exception as exc:  # noqa: BLE001 -- any compiler failure: fall back, once, loudly
             _compile_failed = True
             warnings.warn(
                 f"ActivationRecorder: torch.compile of the statistics kernel failed ({type(exc).__name__}: "
-                f"{exc}); falling back to eager PyTorch for the rest of this process (slower, same results)",
+                f"{exc}); falling back to eager PyTorch for the rest of this process (slower; same results up "
+                f"to float32 rounding)",
                 RuntimeWarning,
                 stacklevel=2,
             )
-    return _reduce(x, mask, shift)
+    return merge_moments(state, Moments(*_reduce_eager(x, mask, state.mean)))
+
+
+def _fields(m: Moments) -> tuple[Tensor, ...]:
+    return (m.count, m.mean, m.m2, m.min, m.max, m.zeros)
+
+
+def _first_moments(x: Tensor, mask: Optional[Tensor], state: Optional[Moments], use_compile: bool) -> Moments:
+    """:func:`_advance` for a state without a reference mean in some channel (first batch, or channels
+    without any kept position yet): those channels are shifted by the batch's own mean (an extra pass)."""
+    c = x.shape[1]
+    empty = Moments.empty(c, x.device)
+    batch_mean = _advance(empty, x, mask, use_compile).mean
+    if state is None:
+        state = empty
+    shift = torch.where(state.count > 0, state.mean, batch_mean)
+    return _advance(Moments(state.count, shift, state.m2, state.min, state.max, state.zeros), x, mask, use_compile)
 
 
 def _as_ncl(output: Tensor, mask: Optional[Tensor], where: str) -> tuple[Tensor, Optional[Tensor]]:
@@ -254,11 +348,11 @@ def batch_moments(
     with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
         use = _compile_enabled(compile)
         if shift is None:
-            shift = torch.zeros(x.shape[1], dtype=_ACC, device=x.device)
-            shift = _run_reduce(x, m, shift, use)[1]
-        else:
-            shift = shift.to(device=x.device, dtype=_ACC)
-        return Moments(*_run_reduce(x, m, shift, use))
+            return _first_moments(x, m, None, use)
+        c = x.shape[1]
+        empty = Moments.empty(c, x.device)
+        shift = shift.to(device=x.device, dtype=_ACC).expand(c).clone()
+        return _advance(Moments(empty.count, shift, empty.m2, empty.min, empty.max, empty.zeros), x, m, use)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -412,15 +506,9 @@ class ActivationRecorder:
             if state is not None and state.count.device != x.device:
                 state = state.to(x.device)
             if name in self._primed:
-                shift = state.mean  # every channel has a running mean: shift by it, one pass
+                state = _advance(state, x, m, self.compile)  # one pass, shifted by the running mean
             else:
-                # no reference yet (first batch, or channels without any kept position so far): shift by the
-                # batch's own mean (an extra pass), so that the sums below are centred
-                shift = _run_reduce(x, m, torch.zeros(c, dtype=_ACC, device=x.device), self.compile)[1]
-                if state is not None:
-                    shift = torch.where(state.count > 0, state.mean, shift)
-            batch = Moments(*_run_reduce(x, m, shift, self.compile))
-            state = batch if state is None else merge_moments(state, batch)
+                state = _first_moments(x, m, state, self.compile)
             self._state[name] = state
             self._calls[name] += 1
             if name not in self._primed and bool((state.count > 0).all()):
