@@ -548,6 +548,21 @@ class ActivationRecorder:
         self._calls = {name: 0 for name, _ in self.layers}
         self._model_calls = 0
 
+    def reduce(self, group=None) -> "ActivationRecorder":
+        """Merge the statistics of every ``torch.distributed`` rank into this recorder (on every rank), via
+        :func:`analysis.distributed.reduce_moments`; without a process group nothing changes.
+
+        Every rank must have recorded the same layers (each of them must have fired on every rank)."""
+        from .distributed import reduce_moments
+
+        mine = self.moments(strict=True)
+        merged = reduce_moments({name: m.to("cpu") for name, m in mine.items()}, group)
+        for name, m in merged.items():
+            self._state[name] = m.to(mine[name].count.device)
+            if bool((m.count > 0).all()):
+                self._primed.add(name)
+        return self
+
     # -- results ------------------------------------------------------------------------------------------
 
     @property
