@@ -1,0 +1,76 @@
+"""Statistics recorded by 2 gloo processes, merged, equal those of one process that saw every batch."""
+import os
+import socket
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from analysis.record import ActivationRecorder
+from analysis.stacks import build_stacks
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_batches(count=5):
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for i in range(count):
+        h, w = 16 * (2 + i % 3), 16 * (3 - i % 2)
+        x = torch.randn(3, 3, h, w, generator=g) + 100.0 * (i % 2)  # shifting means stress the merge
+        m = torch.zeros(3, 1, h, w)
+        for k in range(3):
+            m[k, :, : h - 5 * k, : w - 3 * k] = 1
+        out.append((x, m))
+    return out
+
+
+def record(model, batches):
+    with ActivationRecorder(model, compile=False) as rec:
+        with torch.no_grad():
+            for x, m in batches:
+                model(x, m)
+    return rec
+
+
+def _worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        model = build_stacks(2, seed=3)["mconv"]
+        mine = [b for i, b in enumerate(make_batches()) if i % world == rank]  # batch i -> rank i % K
+        rec = record(model, mine)
+        rec.reduce()
+        if rank == 0:
+            rec.to_frame().to_pickle(os.path.join(out_dir, "merged.pkl"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = pd.read_pickle(tmp_path / "merged.pkl")
+    model = build_stacks(2, seed=3)["mconv"]
+    want = record(model, make_batches()).to_frame()
+    assert list(got["layer"]) == list(want["layer"])
+    assert (got["count"].to_numpy() == want["count"].to_numpy()).all()
+    for col in ("min", "max", "zero_frac"):
+        assert (got[col].to_numpy() == want[col].to_numpy()).all(), col
+    for col in ("mean", "var"):
+        a, b = got[col].to_numpy(), want[col].to_numpy()
+        scale = abs(b).max()
+        assert (abs(a - b) <= 1e-6 * abs(b) + 1e-12 * scale).all(), col
+
+
+def test_reduce_without_process_group_is_identity():
+    model = build_stacks(1, seed=0)["pconv"]
+    rec = record(model, make_batches(2))
+    before = rec.to_frame()
+    rec.reduce()
+    assert before.equals(rec.to_frame())
