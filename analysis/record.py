@@ -390,26 +390,43 @@ def _compiled_modules(model: nn.Module) -> list[str]:
     return found
 
 
+def _refuse_compiled(model: nn.Module) -> None:
+    compiled = _compiled_modules(model)
+    if not compiled:
+        return
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    hint = ("record the eager model `model._orig_mod` instead (same parameters), or the model before "
+            "torch.compile" if isinstance(model, OptimizedModule) else
+            "record an eager copy (use `._orig_mod` of each compiled submodule) or the model before "
+            "torch.compile")
+    raise RuntimeError(
+        f"ActivationRecorder: cannot record a torch.compile'd model (compiled: {compiled}): PyTorch "
+        f"ignores forward hooks added to compiled modules, so the statistics would be silently empty "
+        f"or partial; {hint}"
+    )
+
+
 def select_layers(model: nn.Module, include: Include = None) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of the layers a recorder records, in ``model.named_modules()`` order.
 
-    ``include=None``: :func:`default_selection`, skipping everything inside a selected ``Masked`` wrapper
-    (its ``.module`` is the same layer). A predicate ``(name, module) -> bool``: exactly the modules it
-    accepts. A list of names: exactly those (unknown names raise ``KeyError``).
+    ``include=None``: :func:`default_selection`; a predicate ``(name, module) -> bool``: the modules it
+    accepts. Either way a module inside a selected :class:`~masked_torch.nn.Masked` wrapper is skipped (the
+    wrapper's output *is* its output, with the mask). A list of names: exactly those (unknown names raise
+    ``KeyError``).
     """
     modules = list(model.named_modules())
-    if include is None:
+    if include is None or callable(include):
+        accept = default_selection if include is None else include
         chosen, wrappers = [], []
         for name, module in modules:
-            if any(name.startswith(w + ".") for w in wrappers):
+            if any(name.startswith(w + ".") if w else True for w in wrappers):
                 continue
-            if default_selection(name, module):
+            if accept(name, module):
                 chosen.append((name, module))
                 if isinstance(module, Masked):
                     wrappers.append(name)
         return chosen
-    if callable(include):
-        return [(name, module) for name, module in modules if include(name, module)]
     if isinstance(include, str):
         include = [include]
     by_name = dict(modules)
@@ -444,19 +461,7 @@ class ActivationRecorder:
     def __init__(self, model: nn.Module, include: Include = None, *, compile: Optional[bool] = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"ActivationRecorder: model must be an nn.Module, got {type(model).__name__}")
-        compiled = _compiled_modules(model)
-        if compiled:
-            from torch._dynamo.eval_frame import OptimizedModule
-
-            hint = ("record the eager model `model._orig_mod` instead (same parameters), or the model before "
-                    "torch.compile" if isinstance(model, OptimizedModule) else
-                    "record an eager copy (use `._orig_mod` of each compiled submodule) or the model before "
-                    "torch.compile")
-            raise RuntimeError(
-                f"ActivationRecorder: cannot record a torch.compile'd model (compiled: {compiled}): PyTorch "
-                f"ignores forward hooks added to compiled modules, so the statistics would be silently empty "
-                f"or partial; {hint}"
-            )
+        _refuse_compiled(model)
         self.model = model
         self.layers = select_layers(model, include)
         if not self.layers:
@@ -519,6 +524,7 @@ class ActivationRecorder:
     def __enter__(self) -> "ActivationRecorder":
         if self._handles:
             raise RuntimeError("ActivationRecorder: already recording (the block is not re-entrant)")
+        _refuse_compiled(self.model)  # compiled since the recorder was made?
         try:
             for name, module in self.layers:
                 self._handles.append(module.register_forward_hook(self._make_hook(name, module)))
@@ -577,7 +583,10 @@ class ActivationRecorder:
         if len(missing) == len(self.layers):
             if self._model_calls == 0:
                 raise RuntimeError(
-                    "ActivationRecorder: nothing was recorded: no forward pass ran inside the `with` block"
+                    "ActivationRecorder: nothing was recorded: no forward pass of the model reached the "
+                    "recorder's hooks inside the `with` block. If the model ran under torch.compile (a "
+                    "function compiled before the recorder was entered), PyTorch skipped the hooks: record "
+                    "the eager model, or compile after entering the recorder"
                 )
             raise RuntimeError(
                 f"ActivationRecorder: the model ran {self._model_calls} forward pass(es) but none of the "

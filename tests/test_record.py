@@ -1,0 +1,423 @@
+"""ActivationRecorder against independent float64 references over the kept positions, streamed over batches."""
+import gc
+import weakref
+from collections import OrderedDict
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import analysis.record as record_mod
+import masked_torch.nn as mnn
+from analysis.record import (
+    COLUMNS, ActivationRecorder, Moments, batch_moments, merge_moments, select_layers,
+)
+from analysis.stacks import build_stacks
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+class Capture:
+    """Plain forward hooks that keep every (output, mask) of the named modules as float64 numpy arrays."""
+
+    def __init__(self, model, names):
+        self.model, self.names = model, list(names)
+        self.got = {n: [] for n in self.names}
+
+    def __enter__(self):
+        def hook(name):
+            def fn(module, args, output):
+                out, mask = output if isinstance(output, tuple) else (output, None)
+                self.got[name].append((out.detach().double().numpy().copy(),
+                                       None if mask is None else mask.detach().double().numpy().copy()))
+            return fn
+        self.handles = [self.model.get_submodule(n).register_forward_hook(hook(n)) for n in self.names]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def reference(pairs):
+    """Per channel: count, mean, var, min, max, zero_frac over the kept positions of every batch."""
+    channels = pairs[0][0].shape[1]
+    vals = [[] for _ in range(channels)]
+    for out, mask in pairs:
+        m = np.ones(out.shape, bool) if mask is None else np.broadcast_to(mask != 0, out.shape)
+        for c in range(channels):
+            vals[c].append(out[:, c][m[:, c]])
+    rows = []
+    for c in range(channels):
+        v = np.concatenate(vals[c])
+        if v.size == 0:
+            rows.append(dict(count=0, mean=np.nan, var=np.nan, min=np.nan, max=np.nan, zero_frac=np.nan))
+        else:
+            rows.append(dict(count=v.size, mean=v.mean(), var=v.var(), min=v.min(), max=v.max(),
+                             zero_frac=float((v == 0).mean())))
+    return pd.DataFrame(rows)
+
+
+def check_against(frame, captured, rtol=2e-6):
+    for name, pairs in captured.items():
+        got = frame[frame["layer"] == name].reset_index(drop=True)
+        want = reference(pairs)
+        assert len(got) == len(want), name
+        assert list(got["channel"]) == list(range(len(want)))
+        np.testing.assert_array_equal(got["count"].to_numpy(), want["count"].to_numpy(), err_msg=name)
+        for col in ("min", "max", "zero_frac"):  # exact: no arithmetic on the values
+            np.testing.assert_array_equal(got[col].to_numpy(), want[col].to_numpy(), err_msg=f"{name} {col}")
+        std = np.sqrt(np.nan_to_num(want["var"].to_numpy()))
+        np.testing.assert_allclose(got["mean"], want["mean"], rtol=rtol, atol=rtol * std.max() + 1e-30,
+                                   err_msg=f"{name} mean")
+        np.testing.assert_allclose(got["var"], want["var"], rtol=rtol, atol=1e-30, err_msg=f"{name} var")
+        np.testing.assert_allclose(got["std"] ** 2, got["var"], rtol=1e-12)
+
+
+def padded_batch(n, h, w, seed, c=3, mask_channels=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g)
+    mask = torch.zeros(n, mask_channels, h, w)
+    for k in range(n):
+        hk = int(torch.randint(1, h + 1, (1,), generator=g))
+        wk = int(torch.randint(1, w + 1, (1,), generator=g))
+        mask[k, :, :hk, :wk] = 1
+    return x, mask
+
+
+BATCHES = [(3, 32, 48, 1), (1, 16, 16, 2), (4, 48, 32, 3), (2, 32, 32, 4)]  # different N and sizes
+
+
+def hooks_of(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+@pytest.mark.parametrize("stack", ["conv", "pconv", "mconv"])
+def test_stacks_match_reference_over_batches(stack):
+    model = build_stacks(3, seed=1)[stack]
+    rec = ActivationRecorder(model, compile=False)
+    names = [n for n, _ in rec.layers]
+    assert names == ["conv1", "act1", "conv2", "act2", "conv3", "act3"]  # no conv1.module, no unshuffle
+    with Capture(model, names) as cap, rec, torch.no_grad():
+        for n, h, w, seed in BATCHES:
+            model(*padded_batch(n, h, w, seed))
+    frame = rec.to_frame()
+    assert list(frame.columns) == list(COLUMNS)
+    assert list(frame["layer"].unique()) == names
+    assert frame["count"].dtype == np.int64
+    check_against(frame, cap.got)
+    assert (frame.loc[frame["layer"].str.startswith("act"), "zero_frac"] > 0).any()  # dead ReLUs seen
+
+
+def test_conv_stack_keeps_wrapper_not_inner_module():
+    model = build_stacks(2)["conv"]
+    names = [n for n, _ in select_layers(model)]
+    assert names == ["conv1", "act1", "conv2", "act2"]
+    assert isinstance(model.get_submodule("conv1"), mnn.Masked)
+
+
+def test_large_mean_variance():
+    """1e3 + N(0, 1) in float32: the naive E[x^2] - E[x]^2 would lose every digit of the variance."""
+    model = mnn.MaskedSequential(OrderedDict(id=mnn.Masked(nn.Identity())))
+    g = torch.Generator().manual_seed(0)
+    captured = {"id": []}
+    recs = {c: ActivationRecorder(model, compile=False) for c in (False,)}
+    with Capture(model, ["id"]) as cap, recs[False]:
+        for n, length in [(5, 3000), (2, 700), (7, 1500), (1, 20000)]:
+            x = 1e3 + torch.randn(n, 4, length, generator=g)
+            mask = (torch.rand(n, 1, length, generator=g) > 0.3).float()
+            model(x, mask)
+    captured = cap.got
+    want = reference(captured["id"])
+    got = recs[False].to_frame()
+    np.testing.assert_array_equal(got["count"], want["count"])
+    np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-12)
+    # float32 eager kernel on centred values: about 1e-7 relative
+    np.testing.assert_allclose(got["var"], want["var"], rtol=1e-6)
+
+
+def test_merge_keeps_variance_of_large_mean_exact():
+    g = np.random.default_rng(0)
+    parts = [1e6 + g.standard_normal(k) for k in (10, 1, 5000, 37, 800)]
+
+    def exact(v):
+        t = torch.tensor(v)[None]
+        return Moments(torch.tensor([v.size], dtype=torch.float64), t.mean(1), ((t - t.mean()) ** 2).sum(1),
+                       t.amin(1), t.amax(1), (t == 0).sum(1).double())
+
+    merged = Moments.empty(1)
+    for p in parts:
+        merged = merge_moments(merged, exact(p))
+    allv = np.concatenate(parts)
+    assert merged.count.item() == allv.size
+    assert merged.mean.item() == pytest.approx(allv.mean(), rel=1e-15)
+    assert merged.var.item() == pytest.approx(allv.var(), rel=1e-9)
+    assert merged.min.item() == allv.min() and merged.max.item() == allv.max()
+
+
+def test_merge_is_pure_and_handles_empty_sides():
+    a = Moments(*(torch.tensor(v, dtype=torch.float64) for v in
+                  ([3.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, np.inf], [2.0, -np.inf], [1.0, 0.0])))
+    b = Moments(*(torch.tensor(v, dtype=torch.float64) for v in
+                  ([1.0, 2.0], [5.0, -1.0], [0.0, 8.0], [5.0, -3.0], [5.0, 1.0], [0.0, 0.0])))
+    before = a.to_tensor().clone()
+    m = merge_moments(a, b)
+    assert torch.equal(a.to_tensor(), before)
+    assert m.count.tolist() == [4.0, 2.0]
+    assert m.mean.tolist() == [2.0, -1.0]  # the empty side contributes nothing, exactly
+    assert m.m2.tolist() == [2.0 + 0.0 + 16.0 * 3 / 4, 8.0]
+    assert m.min.tolist() == [0.0, -3.0] and m.max.tolist() == [5.0, 1.0]
+    assert torch.equal(Moments.from_tensor(m.to_tensor()).to_tensor(), m.to_tensor())
+    with pytest.raises(ValueError, match="channel"):
+        merge_moments(a, Moments.empty(3))
+
+
+@pytest.mark.parametrize("kind", ["float-1", "bool-1", "float-C", "soft-C", "bool-C"])
+def test_one_and_c_channel_masks(kind):
+    dtype, channels = kind.split("-")
+    model = mnn.MaskedSequential(OrderedDict(act=mnn.Masked(nn.ReLU())))
+    g = torch.Generator().manual_seed(3)
+    with Capture(model, ["act"]) as cap, ActivationRecorder(model, compile=False) as rec:
+        for n, h, w in [(2, 5, 7), (3, 4, 4), (1, 9, 2)]:
+            x = torch.randn(n, 6, h, w, generator=g) + 0.3
+            cm = 1 if channels == "1" else 6
+            mask = (torch.rand(n, cm, h, w, generator=g) > 0.4).float()
+            if dtype == "soft":
+                mask = mask * torch.rand(n, cm, h, w, generator=g)  # weights: non-zero = kept
+            elif dtype == "bool":
+                mask = mask.bool()
+            model(x, mask)
+    check_against(rec.to_frame(), cap.got)
+
+
+def test_values_under_the_mask_are_never_read():
+    """NaN/Inf under the mask, all-positive channels (min is not the 0 of a masked position)."""
+    model = mnn.MaskedSequential(OrderedDict(sig=mnn.Masked(nn.Sigmoid()), act=mnn.Masked(nn.ReLU())))
+    g = torch.Generator().manual_seed(5)
+    for compile in (False,):
+        with Capture(model, ["sig", "act"]) as cap, ActivationRecorder(model, compile=compile) as rec:
+            for n in (2, 3):
+                x = torch.randn(n, 4, 6, 6, generator=g)
+                mask = (torch.rand(n, 4, 6, 6, generator=g) > 0.5).float()
+                x = torch.where(mask == 0, torch.full_like(x, float("nan")), x)
+                x[0, 1, ~mask[0, 1].bool()] = float("inf")
+                model(x, mask)
+        frame = rec.to_frame()
+        assert np.isfinite(frame[["mean", "var", "min", "max"]].to_numpy()).all()
+        cap.got = {k: [(np.nan_to_num(o, nan=123.0), m) for o, m in v] for k, v in cap.got.items()}
+        check_against(frame, cap.got)
+        assert (frame.loc[frame["layer"] == "sig", "min"] > 0).all()
+
+
+def test_channel_without_kept_positions():
+    model = mnn.MaskedSequential(OrderedDict(act=mnn.Masked(nn.ReLU())))
+    x = torch.randn(2, 3, 4, 4)
+    mask = torch.ones(2, 3, 4, 4)
+    mask[:, 1] = 0
+    with ActivationRecorder(model, compile=False) as rec:
+        model(x, mask)
+    f = rec.to_frame()
+    assert f["count"].tolist() == [32, 0, 32]
+    assert f.loc[1, ["mean", "var", "std", "min", "max", "zero_frac"]].isna().all()
+    with rec:  # the channel gets positions later
+        model(x, torch.ones(2, 1, 4, 4))
+    f = rec.to_frame()
+    assert f["count"].tolist() == [64, 32, 64]
+    assert f.loc[1, "mean"] == pytest.approx(x[:, 1].relu().mean().item(), rel=1e-6)
+
+
+def test_plain_model_without_masks():
+    model = nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(3, 5, 3, padding=1), bn=nn.BatchNorm2d(5), relu=nn.ReLU(), drop=nn.Dropout(0.5),
+        ident=nn.Identity(), pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(), fc=nn.Linear(5, 4),
+        gelu=nn.GELU(),
+    )).eval()
+    rec = ActivationRecorder(model, compile=False)
+    assert [n for n, _ in rec.layers] == ["conv", "bn", "relu", "gelu"]
+    names = ["conv", "bn", "relu", "fc", "gelu"]
+    rec2 = ActivationRecorder(model, include=["fc", "relu"], compile=False)  # (N, C) output too
+    assert [n for n, _ in rec2.layers] == ["relu", "fc"]  # model order
+    with Capture(model, names) as cap, rec, rec2, torch.no_grad():
+        for n, s in [(2, 8), (5, 6), (1, 11)]:
+            model(torch.randn(n, 3, s, s))
+    check_against(rec.to_frame(), {k: cap.got[k] for k in ["conv", "bn", "relu", "gelu"]})
+    check_against(rec2.to_frame(), {k: cap.got[k] for k in ["relu", "fc"]})
+
+
+def test_masked_model_without_mask_records_every_position():
+    model = build_stacks(2, seed=2)["mconv"]
+    with Capture(model, ["conv1", "act2"]) as cap, ActivationRecorder(model, ["conv1", "act2"],
+                                                                       compile=False) as rec:
+        model(torch.randn(2, 3, 16, 16))
+        model(torch.randn(3, 3, 32, 16))
+    assert all(m is None for pairs in cap.got.values() for _, m in pairs)
+    check_against(rec.to_frame(), cap.got)
+
+
+def test_include_predicate_and_errors():
+    model = build_stacks(2)["pconv"]
+    rec = ActivationRecorder(model, include=lambda name, m: name.startswith("act"), compile=False)
+    assert [n for n, _ in rec.layers] == ["act1", "act2"]
+    with pytest.raises(KeyError, match="nope"):
+        ActivationRecorder(model, include=["conv1", "nope"])
+    with pytest.raises(ValueError, match="no layers"):
+        ActivationRecorder(model, include=lambda name, m: False)
+    mean_model = mnn.MaskedSequential(OrderedDict(conv=mnn.MaskedConv2d(3, 4, 3, padding=1),
+                                                  pool=mnn.MaskedSpatialMean()))
+    x, mask = padded_batch(3, 8, 8, 0)
+    with Capture(mean_model, ["pool"]) as cap, ActivationRecorder(mean_model, ["pool"], compile=False) as r:
+        mean_model(x, mask)  # (N, C) output with an (N, 1) mask
+    check_against(r.to_frame(), cap.got)
+
+
+@pytest.mark.parametrize("exc", [ValueError, KeyboardInterrupt])
+def test_hooks_removed_when_the_block_raises(exc):
+    model = build_stacks(2)["mconv"]
+    base = hooks_of(model)
+    rec = ActivationRecorder(model, compile=False)
+    with pytest.raises(exc):
+        with rec:
+            assert hooks_of(model) > base
+            model(*padded_batch(2, 16, 16, 0))
+            raise exc("stop")
+    assert hooks_of(model) == base and not rec.recording
+    assert rec.to_frame()["count"].gt(0).all()  # what ran before the error is kept
+    with pytest.raises(ValueError, match="does not fit"):  # an error in the recorder itself: same
+        with rec:
+            rec._update("conv1", torch.zeros(2, 3, 4, 4), torch.zeros(2, 2, 4, 4), "test")
+    assert hooks_of(model) == base
+
+
+def test_no_growth_with_batches_and_no_activation_kept():
+    model = build_stacks(2)["mconv"]
+    refs = []
+    model.get_submodule("act2").register_forward_hook(lambda m, a, o: refs.append(weakref.ref(o[0])))
+    with ActivationRecorder(model, compile=False) as rec, torch.no_grad():
+        for i in range(6):
+            model(*padded_batch(2, 16, 16, i))
+    gc.collect()
+    assert all(r() is None for r in refs)
+    assert all(t.numel() == m.channels for m in rec.moments().values() for t in m.to_tensor())
+    assert rec.calls == {n: 6 for n, _ in rec.layers}
+
+
+def test_nothing_ran_or_layers_missing_raise():
+    model = build_stacks(2)["mconv"]
+    with ActivationRecorder(model, compile=False) as rec:
+        pass
+    with pytest.raises(RuntimeError, match="no forward pass"):
+        rec.to_frame()
+    with ActivationRecorder(model, compile=False) as rec:
+        model[:3](*padded_batch(2, 16, 16, 0))  # unshuffle1, conv1, act1 only
+    with pytest.raises(RuntimeError, match="never fired"):
+        rec.to_frame()
+    partial = rec.to_frame(strict=False)
+    assert list(partial["layer"].unique()) == ["conv1", "act1"]
+
+
+def test_compiled_model_raises_clearly():
+    model = build_stacks(2)["mconv"]
+    compiled = torch.compile(model, backend="eager")
+    with pytest.raises(RuntimeError, match="_orig_mod"):
+        ActivationRecorder(compiled)
+    outer = nn.Sequential(OrderedDict(block=torch.compile(nn.Sequential(nn.Conv2d(3, 3, 1)), backend="eager"),
+                                      relu=nn.ReLU()))
+    with pytest.raises(RuntimeError, match="compile"):
+        ActivationRecorder(outer)
+    model.compile(backend="eager")  # in-place nn.Module.compile
+    with pytest.raises(RuntimeError, match="compile"):
+        ActivationRecorder(model)
+
+
+def test_compiled_after_creation_never_returns_a_silent_frame():
+    """Hooks added after dynamo traced a function are skipped silently: to_frame must raise, not return."""
+    model = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3, padding=1), relu=nn.ReLU()))
+    torch._dynamo.reset()
+    try:
+        rec = ActivationRecorder(model, compile=False)
+        outer = nn.Sequential(OrderedDict(block=model, act=nn.ReLU()))
+        rec_outer = ActivationRecorder(outer, compile=False)
+        outer.block = torch.compile(model, backend="eager")  # compiled after the recorder was made
+        with pytest.raises(RuntimeError, match="_orig_mod"):
+            with rec_outer:
+                pass
+        fn = torch.compile(lambda x: model(x), backend="eager")
+        fn(torch.randn(2, 3, 8, 8))  # traced without hooks
+        with rec:
+            fn(torch.randn(2, 3, 8, 8))
+        if not any(rec.calls.values()):  # what PyTorch does today
+            with pytest.raises(RuntimeError, match="torch.compile"):
+                rec.to_frame()
+        else:  # should PyTorch ever run them: then the statistics must be complete and right
+            assert rec.to_frame()["count"].eq(2 * 64).all()
+        # a function compiled while the recorder is active: the hooks run (eagerly, dynamo graph-breaks)
+        with rec:
+            torch.compile(lambda x: model(x), backend="eager")(torch.randn(2, 3, 8, 8))
+        assert rec.to_frame()["count"].ge(2 * 64).all()
+    finally:
+        torch._dynamo.reset()
+
+
+def test_layers_that_never_fire_while_others_do_raise():
+    inner = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3, padding=1), relu=nn.ReLU()))
+    model = nn.Sequential(OrderedDict(block=inner, act=nn.ReLU()))
+    with ActivationRecorder(model, compile=False) as rec:
+        model.act(torch.randn(2, 3, 4, 4))
+    with pytest.raises(RuntimeError, match=r"\['block.conv', 'block.relu'\] never fired"):
+        rec.to_frame()
+    assert list(rec.to_frame(strict=False)["layer"].unique()) == ["act"]
+
+
+def test_batch_moments_and_env(monkeypatch):
+    x = torch.randn(4, 3, 10)
+    m = batch_moments(x)
+    np.testing.assert_allclose(m.var.numpy(), x.double().var(dim=(0, 2), unbiased=False).numpy(), rtol=1e-6)
+    monkeypatch.setenv("MASKED_TORCH_RECORD_COMPILE", "0")
+    assert ActivationRecorder(nn.ReLU()).compile is False
+    monkeypatch.setenv("MASKED_TORCH_RECORD_COMPILE", "1")
+    assert ActivationRecorder(nn.ReLU()).compile is True
+    assert ActivationRecorder(nn.ReLU(), compile=False).compile is False
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    def broken(*args, **kwargs):
+        def fn(*a, **k):
+            raise RuntimeError("no compiler here")
+        return fn
+    monkeypatch.setattr(record_mod, "_compiled_step", None)
+    monkeypatch.setattr(record_mod, "_compile_failed", False)
+    monkeypatch.setattr(torch, "compile", broken)
+    model = build_stacks(2, seed=4)["mconv"]
+    batches = [padded_batch(2, 16, 16, i) for i in range(3)]
+    with pytest.warns(RuntimeWarning, match="falling back to eager"):
+        with ActivationRecorder(model, compile=True) as rec:
+            for b in batches:
+                model(*b)
+    with ActivationRecorder(model, compile=False) as eager:
+        for b in batches:
+            model(*b)
+    pd.testing.assert_frame_equal(rec.to_frame(), eager.to_frame())
+
+
+def test_compiled_kernel_equals_eager_and_reference():
+    """The torch.compile'd statistics (float64 in the kernel) equal the eager ones and the reference."""
+    model = build_stacks(2, seed=6)["mconv"]
+    batches = [padded_batch(n, h, w, s) for n, h, w, s in BATCHES[:3]]
+    with Capture(model, ["conv1", "act1", "conv2", "act2"]) as cap, \
+            ActivationRecorder(model, compile=True) as comp, torch.no_grad():
+        for b in batches:
+            model(*b)
+    assert not record_mod._compile_failed
+    with ActivationRecorder(model, compile=False) as eager, torch.no_grad():
+        for b in batches:
+            model(*b)
+    fc, fe = comp.to_frame(), eager.to_frame()
+    check_against(fc, cap.got, rtol=1e-10)
+    pd.testing.assert_frame_equal(fc[["layer", "channel", "count", "min", "max", "zero_frac"]],
+                                  fe[["layer", "channel", "count", "min", "max", "zero_frac"]])
+    np.testing.assert_allclose(fc["var"], fe["var"], rtol=2e-6)
