@@ -421,3 +421,14 @@ def test_compiled_kernel_equals_eager_and_reference():
     pd.testing.assert_frame_equal(fc[["layer", "channel", "count", "min", "max", "zero_frac"]],
                                   fe[["layer", "channel", "count", "min", "max", "zero_frac"]])
     np.testing.assert_allclose(fc["var"], fe["var"], rtol=2e-6)
+
+    # large mean in the compiled kernel: float64 accumulation of centred values, to rounding
+    ident = mnn.MaskedSequential(OrderedDict(id=mnn.Masked(nn.Identity())))
+    g = torch.Generator().manual_seed(1)
+    with Capture(ident, ["id"]) as cap, ActivationRecorder(ident, compile=True) as rec:
+        for n, length in [(5, 3000), (2, 700), (7, 1500)]:
+            x = 1e3 + torch.randn(n, 4, length, generator=g)
+            ident(x, (torch.rand(n, 4, length, generator=g) > 0.3).float())
+    want, got = reference(cap.got["id"]), rec.to_frame()
+    np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-14)
+    np.testing.assert_allclose(got["var"], want["var"], rtol=1e-9)
