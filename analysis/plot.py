@@ -261,12 +261,17 @@ def plot_padding_sensitivity(padding: pd.DataFrame, *, stacks: Optional[Sequence
                       palette=palette, dodge=0.8 - 0.8 / len(stacks), estimator="median", errorbar=None,
                       markers="_", markersize=16, linestyles="none", ax=ax, legend=False, log_scale=True)
         ax.set_ylim(floor / 3, top)
+        if ref == "alone":
+            ax.text(0.99, 0.12, _wrap(
+                "conv: the padding holds the bias and image content that earlier convolutions smeared "
+                "outwards; later layers read it back into the image.", 52),
+                ha="right", va="bottom", fontsize=7, color="0.25", transform=ax.transAxes)
         if ref == "conv_alone":
             ax.text(0.99, 0.12, _wrap(
                 "Not a padding effect: pconv rescales every window that reaches past the image (canvas "
                 "borders too); mconv scales a 2^depth block that the image only partly covers by its "
-                "mask fraction, and plain conv alone reads the bias that its own rounding padding "
-                "picks up.", 58), ha="right", va="bottom", fontsize=7, color="0.25", transform=ax.transAxes)
+                "mask fraction; and plain conv alone reads back what its own rounding padding picks up.", 58),
+                ha="right", va="bottom", fontsize=7, color="0.25", transform=ax.transAxes)
         ax.set_title(titles.get(ref, ref), fontsize=10)
         ax.set_xlabel("depth (level output)")
         ax.set_ylabel("relative error  ||batch - ref|| / ||ref||  (log scale)")

@@ -319,7 +319,6 @@ def run_metadata(results: Results) -> dict:
         "settings": results.settings.to_dict(),
         "images": results.images,
         "reference_stack": REFERENCE,
-        "seconds": round(results.seconds, 2),
         "versions": {"torch": torch.__version__, "masked_torch": masked_torch.__version__,
                      "pandas": pd.__version__, "numpy": np.__version__},
     }
