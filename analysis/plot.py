@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import textwrap
 import warnings
+from contextlib import contextmanager
 from typing import Optional, Sequence
 
 import matplotlib.pyplot as plt
@@ -60,6 +61,18 @@ def level_layers(frame: pd.DataFrame) -> pd.DataFrame:
     rows = frame[frame["depth"] > 0]
     kinds = rows.groupby("depth")["kind"].agg(lambda k: "act" if (k == "act").any() else "conv")
     return rows[rows["kind"].to_numpy() == kinds.reindex(rows["depth"]).to_numpy()]
+
+
+@contextmanager
+def _fixed_jitter(seed: int = 0):
+    """Seaborn's strip-plot jitter draws from numpy's global generator: seed it for the figure (so the same
+    frame gives the same PNG) and put the caller's state back afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def _wrap(text: str, width: int) -> str:
@@ -198,9 +211,10 @@ def plot_channel_stats(stats: pd.DataFrame, *, stacks: Optional[Sequence[str]] =
                 sns.boxplot(data=plotted, x="depth", y=stat, hue="stack", hue_order=stacks, order=depths,
                             palette=palette, ax=ax, showfliers=False, fill=False, width=0.8, linewidth=1.0,
                             log_scale=log, legend=False)
-            sns.stripplot(data=plotted, x="depth", y=stat, hue="stack", hue_order=stacks, order=depths,
-                          palette=palette, ax=ax, dodge=True, jitter=0.18, size=2.2, alpha=0.55,
-                          legend=(i == 0 and j == 0), log_scale=log)
+            with _fixed_jitter():
+                sns.stripplot(data=plotted, x="depth", y=stat, hue="stack", hue_order=stacks, order=depths,
+                              palette=palette, ax=ax, dodge=True, jitter=0.18, size=2.2, alpha=0.55,
+                              legend=(i == 0 and j == 0), log_scale=log)
             if stat == "mean" and (vals < 0).any():
                 ax.axhline(0, color="0.6", lw=0.8, zorder=0)
             scale = "log scale" if log else "linear scale"
@@ -254,9 +268,10 @@ def plot_padding_sensitivity(padding: pd.DataFrame, *, stacks: Optional[Sequence
         ax.text(-0.45, floor * 1.6, "= 0 (bit-identical)", fontsize=7, color="0.35", va="bottom")
         ax.axhline(FLOAT32_EPS, color="0.3", ls=":", lw=1.0, zorder=1)
         ax.text(-0.45, FLOAT32_EPS * 1.3, "float32 eps", fontsize=7, color="0.3", ha="left", va="bottom")
-        sns.stripplot(data=sub, x="depth", y="shown", hue="stack", hue_order=stacks, order=depths,
-                      palette=palette, dodge=True, jitter=0.2, size=4, alpha=0.75, ax=ax, log_scale=True,
-                      legend=(ref == refs[0]))
+        with _fixed_jitter():
+            sns.stripplot(data=sub, x="depth", y="shown", hue="stack", hue_order=stacks, order=depths,
+                          palette=palette, dodge=True, jitter=0.2, size=4, alpha=0.75, ax=ax, log_scale=True,
+                          legend=(ref == refs[0]))
         sns.pointplot(data=sub, x="depth", y="shown", hue="stack", hue_order=stacks, order=depths,
                       palette=palette, dodge=0.8 - 0.8 / len(stacks), estimator="median", errorbar=None,
                       markers="_", markersize=16, linestyles="none", ax=ax, legend=False, log_scale=True)

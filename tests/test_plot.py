@@ -116,3 +116,19 @@ def test_padding_sensitivity_hand_made_zeros_and_errors():
     assert len([ax for ax in fig.axes if ax.get_title()]) == 1
     with pytest.raises(ValueError):
         plot.plot_padding_sensitivity(frame.iloc[:0])
+
+
+def test_figures_are_reproducible_and_leave_numpy_rng_alone(tiny):
+    import io
+
+    def png(fig):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=50)
+        return buf.getvalue()
+
+    np.random.seed(123)
+    state = np.random.get_state()[1].copy()
+    first = [png(plot.plot_channel_stats(tiny.stats)), png(plot.plot_padding_sensitivity(tiny.padding))]
+    assert np.array_equal(np.random.get_state()[1], state)
+    second = [png(plot.plot_channel_stats(tiny.stats)), png(plot.plot_padding_sensitivity(tiny.padding))]
+    assert first == second
