@@ -251,7 +251,8 @@ def plot_padding_sensitivity(padding: pd.DataFrame, *, stacks: Optional[Sequence
         raise ValueError("plot_padding_sensitivity: empty frame")
     stacks = _stacks_in(padding, stacks)
     data = level_layers(padding[padding["stack"].isin(stacks)])
-    if only_padded and "padded" in data and data["padded"].any():
+    only_padded = bool(only_padded and "padded" in data and data["padded"].any())
+    if only_padded:
         data = data[data["padded"]]
     refs = [r for r in ("alone", "conv_alone") if r in set(data["reference"])] or list(pd.unique(data["reference"]))
     depths = sorted(data["depth"].unique())
@@ -300,6 +301,7 @@ def plot_padding_sensitivity(padding: pd.DataFrame, *, stacks: Optional[Sequence
     fig.suptitle(
         f"Padding sensitivity: each image's activations in its padded batch against the image alone "
         f"(padded only to its own size rounded up to 2^depth), over the image's positions; "
-        f"{n_img} image(s){' that the batch pads further' if only_padded else ''}; one dot per image, bar = median",
+        f"{n_img} image(s){' that the batch pads further' if only_padded else ' (none is padded beyond its own canvas)'}"
+        f"; one dot per image, bar = median",
         fontsize=10, wrap=True)
     return fig
