@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image (name) for the activation-map figure (default: the most padded image of the "
                         "first batch)")
     p.add_argument("--threads", type=_positive("--threads"), default=None,
-                   help="torch CPU threads (default: number of cores, at most 8)")
+                   help="torch CPU threads (default 1: the tensors are small, and more threads than free cores "
+                        "slow a run down badly on a busy machine)")
     p.add_argument("--dpi", type=_positive("--dpi"), default=120, help="resolution of the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p

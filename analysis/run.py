@@ -73,7 +73,7 @@ class Settings:
     max_side: Optional[int] = 256
     normalize: str = "image"
     figure_image: Optional[str] = None  # None: the most padded image of the first batch
-    threads: Optional[int] = None  # None: min(cpu count, 8)
+    threads: Optional[int] = None  # None: 1 (see run_experiment)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -170,8 +170,10 @@ def _maps_rows(stack: str, store: dict, k: int, name: str, size, canvas) -> list
 def run_experiment(settings: Settings, *, progress: bool = True, images: Optional[list[Image]] = None) -> Results:
     """Run the experiment described by ``settings`` (see the module docstring)."""
     start = time.perf_counter()
-    threads = settings.threads or max(1, min(os.cpu_count() or 1, 8))
-    torch.set_num_threads(threads)
+    # One thread by default: the activations here are small (a few MB per layer), so intra-op threads gain
+    # little, and on a busy machine (other jobs on the same cores) OpenMP workers spinning against each other
+    # made the default run 20x slower with 2 threads on 2 cores. --threads raises it for large images.
+    torch.set_num_threads(settings.threads or 1)
     if images is None:
         images = load_images(settings.data, num_images=settings.num_images, max_side=settings.max_side,
                              seed=settings.seed, normalize=settings.normalize)
