@@ -101,13 +101,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive("--threads"), default=None,
                    help="torch CPU threads (default 1: the tensors are small, and more threads than free cores "
                         "slow a run down badly on a busy machine)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for layers, recorder and data: cpu, cuda or cuda:N (where CUDA is present)")
     p.add_argument("--dpi", type=_positive("--dpi"), default=120, help="resolution of the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
 
 
+def build_sweep_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="visualize_activations_2d.py sweep",
+        description="Run many configurations (a grid of settings) in worker processes into one tidy parquet.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--grid", default=None, help="TOML file with [grid] (lists of values) and [fixed] tables")
+    p.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2",
+                   help="a setting and its values (repeatable; adds to --grid), e.g. --vary depth=2,3,4")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="fixed",
+                   help="a setting for every configuration (repeatable), e.g. --set data=synthetic")
+    p.add_argument("--out", required=True, help="output folder; configurations already there are skipped")
+    p.add_argument("--jobs", type=_positive("--jobs"), default=1, help="worker processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return p
+
+
+def sweep_main(argv) -> int:
+    parser = build_sweep_parser()
+    args = parser.parse_args(argv)
+    from analysis.sweep import SweepError, expand_grid, load_grid, parse_vary, run_sweep
+
+    prog = parser.prog
+    try:
+        grid, fixed = load_grid(args.grid) if args.grid else ({}, {})
+        grid.update(parse_vary(args.vary))
+        for item in args.fixed:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise SweepError(f"--set takes NAME=VALUE, got {item!r}")
+            fixed[name.strip()] = value.strip()
+        if not grid:
+            raise SweepError("nothing to sweep: give --grid FILE and/or --vary NAME=V1,V2")
+        configs = expand_grid(grid, fixed)
+        result = run_sweep(configs, args.out, jobs=args.jobs, progress=not args.quiet)
+    except SweepError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finished configurations in {args.out}/runs are kept", file=sys.stderr)
+        return 130
+    for failure in result.failed:
+        settings = ", ".join(f"{k}={v}" for k, v in failure["settings"].items() if v is not None)
+        print(f"{prog}: configuration {failure['config']} failed: {failure['error']} [{settings}]",
+              file=sys.stderr)
+    if not args.quiet:
+        print(f"{len(configs)} configurations: {len(result.ran)} ran, {len(result.skipped)} already done, "
+              f"{len(result.failed)} failed, {result.seconds:.1f} s with --jobs {args.jobs}")
+        print(f"  {args.out}/sweep_stats.parquet: {len(result.stats)} rows")
+    return 1 if result.failed else 0
+
+
 def main(argv=None) -> int:
     start = time.perf_counter()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sweep"]:
+        return sweep_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.data not in ("synthetic", "photos") and not os.path.exists(os.path.expanduser(args.data)):
@@ -116,19 +173,36 @@ def main(argv=None) -> int:
 
     matplotlib.use("Agg")  # files only, never a window
 
+    import torch
+
     from analysis.data import DataError
+    from analysis.distributed import init_from_env, shutdown
     from analysis.run import Settings, run_experiment, write_outputs
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: {args.device!r} is not a torch device (cpu, cuda, cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    # under torchrun: join the process group (gloo on CPU, nccl on CUDA); batch i goes to rank i % world
+    rank, world = init_from_env(args.device)
+    if device.type == "cuda" and world > 1 and device.index is None:
+        args.device = f"cuda:{torch.cuda.current_device()}"
 
     settings = Settings(
         data=os.path.expanduser(args.data) if args.data not in ("synthetic", "photos") else args.data,
         depth=args.depth, num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
         bias=args.bias, activation=args.activation, init=args.init, stacks=args.stacks,
         max_side=args.max_side, normalize=args.normalize, figure_image=args.figure_image, threads=args.threads,
+        device=args.device,
     )
     prog = parser.prog
     try:
-        results = run_experiment(settings, progress=not args.quiet)
-        written = write_outputs(results, args.out, dpi=args.dpi)
+        results = run_experiment(settings, progress=not args.quiet and rank == 0)
+        # rank 0 writes the parquet files and the figures; the other ranks write nothing
+        written = write_outputs(results, args.out, dpi=args.dpi) if rank == 0 else []
+        shutdown()
     except DataError as exc:
         print(f"{prog}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -138,9 +212,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; files already in {args.out} were left as they were", file=sys.stderr)
         return 130
-    if not args.quiet:
+    if not args.quiet and rank == 0:
         total = time.perf_counter() - start
-        print(f"{len(results.images)} images, depth {settings.depth}, stacks {','.join(settings.stacks)}: "
+        procs = f", {world} processes" if world > 1 else ""
+        print(f"{len(results.images)} images, depth {settings.depth}, stacks {','.join(settings.stacks)}{procs}: "
               f"experiment {results.seconds:.1f} s, total {total:.1f} s")
         for path in written:
             print(f"  wrote {path} ({os.path.getsize(path) / 1024:.0f} KB)")

@@ -23,6 +23,7 @@ interrupted run never leaves a half-written file and keeps the previous one.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,7 @@ import pandas as pd
 import torch
 
 from .data import Batch, DataError, Image, batches, load_images, pad_alone
+from .distributed import gather_objects, rank_and_world
 from .record import ActivationRecorder
 from .stacks import STACKS, build_stacks, layer_depth, layer_kind
 
@@ -74,6 +76,7 @@ class Settings:
     normalize: str = "image"
     figure_image: Optional[str] = None  # None: the most padded image of the first batch
     threads: Optional[int] = None  # None: 1 (see run_experiment)
+    device: str = "cpu"  # "cuda" (or "cuda:1") where CUDA is present: layers, recorder and data all move
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -138,10 +141,17 @@ def _errors(a: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return num / denom, max_abs
 
 
+def _to_device(b: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return b
+    return dataclasses.replace(b, x=b.x.to(device), mask=b.mask.to(device))
+
+
 def _display_rgb(x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """The normalised input canvas ``(3, H, W)`` as an RGB picture: the 1st..99th percentile of the image's
     own pixels mapped to [0, 1]; the zero padding shows as whatever 0 (the image mean) maps to."""
     h, w = size
+    x = x.cpu()
     inside = x[:, :h, :w].numpy()
     lo, hi = np.percentile(inside, [1, 99])
     rgb = (x.numpy() - lo) / max(hi - lo, 1e-6)
@@ -159,8 +169,8 @@ def _pick_figure_image(batch: Batch, wanted: Optional[str]) -> Optional[int]:
 def _maps_rows(stack: str, store: dict, k: int, name: str, size, canvas) -> list[dict]:
     rows = []
     for layer, (out, mask) in store.items():
-        m = out[k].mean(dim=0).numpy().astype(np.float32)
-        mk = (np.ones_like(m) if mask is None else mask[k].float().mean(dim=0).numpy().astype(np.float32))
+        m = out[k].mean(dim=0).cpu().numpy().astype(np.float32)
+        mk = (np.ones_like(m) if mask is None else mask[k].float().mean(dim=0).cpu().numpy().astype(np.float32))
         rows.append(dict(image=name, stack=stack, layer=layer, depth=layer_depth(layer), kind=layer_kind(layer),
                          map=m, mask=mk, h=size[0], w=size[1], canvas_h=canvas[0], canvas_w=canvas[1]))
     return rows
@@ -174,6 +184,12 @@ def run_experiment(settings: Settings, *, progress: bool = True, images: Optiona
     # little, and on a busy machine (other jobs on the same cores) OpenMP workers spinning against each other
     # made the default run 20x slower with 2 threads on 2 cores. --threads raises it for large images.
     torch.set_num_threads(settings.threads or 1)
+    device = torch.device(settings.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"device {settings.device!r} asked for, but CUDA is not available here")
+    # under torch.distributed (torchrun), batch i goes to rank i % world: every batch is padded exactly as in
+    # a single-process run, and the statistics are merged across ranks at the end
+    rank, world = rank_and_world()
     if images is None:
         images = load_images(settings.data, num_images=settings.num_images, max_side=settings.max_side,
                              seed=settings.seed, normalize=settings.normalize)
@@ -182,31 +198,39 @@ def run_experiment(settings: Settings, *, progress: bool = True, images: Optiona
                          f"({', '.join(im.name for im in images)})")
     models = build_stacks(settings.depth, bias=settings.bias, activation=settings.activation,
                           init=settings.init, seed=settings.seed)  # all three: conv is also the reference
+    models = {name: model.to(device) for name, model in models.items()}
     stacks = list(settings.stacks)
     layers = level_outputs(models["conv"])
     # eager statistics kernel: for these small activations torch.compile's start-up costs more than it saves
     recorders = {s: ActivationRecorder(models[s], compile=False) for s in stacks}
     reference = ActivationRecorder(models["conv"], compile=False)
 
-    padding_rows: list[dict] = []
+    padding_rows: list[dict] = []  # rows of the batch in hand (kept per batch in batch_rows)
     maps_rows: list[dict] = []
     rgb = None
     n_batches = math.ceil(len(images) / settings.batch_size)
+    if n_batches < world:
+        raise DataError(f"{n_batches} batch(es) for {world} processes: every process needs at least one batch "
+                        f"(more images or a smaller --batch-size)")
+    mine = [i for i in range(n_batches) if i % world == rank]
+    batch_rows: dict[int, list[dict]] = {}
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    it = batches(images, settings.batch_size, settings.depth)
-    bar = tqdm(it, total=n_batches, desc="batches", unit="batch", disable=not progress) if tqdm else it
+    it = (b for i, b in enumerate(batches(images, settings.batch_size, settings.depth)) if i % world == rank)
+    bar = tqdm(it, total=len(mine), desc="batches", unit="batch", disable=not progress) if tqdm else it
     with torch.no_grad():
-        for b in bar:
+        for b, batch_index in zip(bar, mine):
+            padding_rows = batch_rows.setdefault(batch_index, [])
+            b = _to_device(b, device)
             batch_out = {}
             for s in stacks:
                 with capture_outputs(models[s], layers) as store, recorders[s]:
                     models[s](b.x, b.mask)
                 batch_out[s] = store
             k_fig = None
-            if not maps_rows:
+            if not maps_rows and (batch_index == 0 or settings.figure_image is not None):
                 k_fig = _pick_figure_image(b, settings.figure_image)
                 if k_fig is not None:
                     name, size = b.names[k_fig], b.sizes[k_fig]
@@ -215,7 +239,7 @@ def run_experiment(settings: Settings, *, progress: bool = True, images: Optiona
                     rgb = _display_rgb(b.x[k_fig], size)
             for k, idx in enumerate(b.index):
                 image = images[idx]
-                alone = pad_alone(image, settings.depth, index=idx)
+                alone = _to_device(pad_alone(image, settings.depth, index=idx), device)
                 padded = alone.shape != b.shape
                 alone_out = {}
                 with capture_outputs(models["conv"], layers) as store, reference:
@@ -247,6 +271,14 @@ def run_experiment(settings: Settings, *, progress: bool = True, images: Optiona
                 bar.set_postfix_str(f"{b.shape[0]}x{b.shape[1]}")
     if tqdm and progress:
         bar.close()
+
+    if world > 1:
+        for rec in list(recorders.values()) + [reference]:
+            rec.reduce()
+        parts = gather_objects((batch_rows, maps_rows, rgb))
+        batch_rows = {i: rows for part in parts for i, rows in part[0].items()}
+        maps_rows, rgb = next(((m, r) for _, m, r in parts if m), ([], None))
+    padding_rows = [row for i in sorted(batch_rows) for row in batch_rows[i]]
 
     frames = []
     for s in stacks + [REFERENCE]:

@@ -74,3 +74,41 @@ def test_reduce_without_process_group_is_identity():
     before = rec.to_frame()
     rec.reduce()
     assert before.equals(rec.to_frame())
+
+
+def _close(a, b, scale, rel=1e-6):
+    import numpy as np
+
+    return bool(np.all(np.abs(a - b) <= rel * (np.abs(b) + scale)))
+
+
+def test_cli_under_torchrun_writes_the_single_process_frame(tmp_path):
+    """torchrun --nproc_per_node=2: rank 0 writes the same frame as one process; other ranks write nothing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = str(root / "visualize_activations_2d.py")
+    flags = ["--data", "synthetic", "--depth", "2", "--num-images", "6", "--batch-size", "2", "--quiet",
+             "--max-side", "96"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    subprocess.run([sys.executable, script, "--out", str(single), *flags], check=True, env=env, cwd=tmp_path)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-addr=127.0.0.1",
+                f"--master-port={free_port()}"]
+    proc = subprocess.run([*torchrun, script, "--out", str(multi), *flags], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a = pd.read_parquet(single / "activation_stats.parquet")
+    b = pd.read_parquet(multi / "activation_stats.parquet")
+    keys = ["stack", "layer", "channel"]
+    assert a[keys].equals(b[keys]) and (a["count"] == b["count"]).all()
+    for col in ("min", "max", "zero_frac"):
+        assert (a[col] == b[col]).all(), col
+    assert _close(b["mean"].to_numpy(), a["mean"].to_numpy(), a["std"].to_numpy())
+    assert _close(b["var"].to_numpy(), a["var"].to_numpy(), 0.0)
+    pa, pb = (pd.read_parquet(d / "padding_sensitivity.parquet") for d in (single, multi))
+    assert pa.drop(columns=["rel_error", "max_abs_error"]).equals(pb.drop(columns=["rel_error", "max_abs_error"]))
+    # only rank 0 wrote: exactly the files of a single-process run, no stray temporary files
+    assert sorted(p.name for p in multi.rglob("*")) == sorted(p.name for p in single.rglob("*"))
