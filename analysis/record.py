@@ -197,9 +197,27 @@ def _sum_nl(t: Tensor) -> Tensor:
     return t.sum(dim=2).to(_ACC).sum(dim=0)
 
 
-def _reduce_eager(x: Tensor, mask: Optional[Tensor], shift: Tensor):
-    """:func:`_reduce` for eager PyTorch, from the cheap elementwise ops only (multiply, subtract, sum,
-    amin, amax: ``torch.where`` and comparisons are several times slower on CPU).
+class _Workspace:
+    """Scratch tensors reused from call to call: fresh multi-megabyte temporaries cost more in page faults
+    than the arithmetic on them. Grows to the largest request; never shrinks until dropped."""
+
+    def __init__(self) -> None:
+        self._flat: Optional[Tensor] = None
+
+    def take(self, k: int, shape: tuple[int, ...], like: Tensor) -> list[Tensor]:
+        numel = 1
+        for s in shape:
+            numel *= s
+        flat = self._flat
+        if flat is None or flat.numel() < k * numel or flat.dtype != like.dtype or flat.device != like.device:
+            flat = self._flat = torch.empty(k * numel, dtype=like.dtype, device=like.device)
+        return [flat[i * numel:(i + 1) * numel].view(shape) for i in range(k)]
+
+
+def _reduce_eager(x: Tensor, mask: Optional[Tensor], shift: Tensor, workspace: Optional[_Workspace] = None):
+    """:func:`_reduce` for eager PyTorch, from cheap elementwise ops only (multiply, subtract, abs, sign, sum,
+    amin, amax, into reused scratch tensors: ``torch.where``, comparisons and fresh temporaries are several
+    times slower on CPU).
 
     Runs in ``x``'s dtype (float32 for half types) with the mask as a 0/1 factor: sums over each sample's
     positions in that dtype, over samples in float64. ``m2`` keeps its relative precision (about 1e-7 in
@@ -213,25 +231,36 @@ def _reduce_eager(x: Tensor, mask: Optional[Tensor], shift: Tensor):
         return _reduce(x, mask, shift)
     if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
+    if workspace is None:
+        workspace = _Workspace()
     shift = shift.to(x.dtype)  # the shift actually subtracted ...
     shift64 = shift.to(_ACC)  # ... and the same value added back
-    d = x - shift.view(1, c, 1)
     if mask is None:
+        (d,) = workspace.take(1, tuple(x.shape), x)
         count = torch.full((c,), n * length, dtype=_ACC, device=x.device)
         xz = x
+        torch.sub(x, shift.view(1, c, 1), out=d)
     else:
+        d, xz, vf = workspace.take(3, tuple(x.shape), x)
+        vf = vf[:, : mask.shape[1]]
         if mask.dtype == torch.bool:
-            vf = mask.to(x.dtype)
+            vf.copy_(mask)
         else:
-            vf = mask.abs().sign().to(x.dtype)  # 1 where mask != 0 (NaN: caught below)
+            if mask.dtype == x.dtype:
+                torch.abs(mask, out=vf)
+            else:
+                vf.copy_(mask.abs())
+            vf.sign_()  # 1 where mask != 0 (NaN stays NaN: caught below)
         count = _sum_nl(vf).expand(c)
-        xz = x * vf
-        d = d * vf
+        torch.mul(x, vf, out=xz)
+        torch.sub(x, shift.view(1, c, 1), out=d)
+        d.mul_(vf)
     s1 = _sum_nl(d)
-    s2 = _sum_nl(d * d)
-    nonzero = _sum_nl(xz.abs().sign())
+    s2 = _sum_nl(d.square_())
     lo = xz.amin(dim=(0, 2)).to(_ACC)
     hi = xz.amax(dim=(0, 2)).to(_ACC)
+    torch.abs(xz, out=d)
+    nonzero = _sum_nl(d.sign_())
     if not bool(torch.isfinite(torch.stack([s1, s2, nonzero, count])).all()):
         return _reduce(x, mask, shift64)
     zeros = count - nonzero
@@ -272,7 +301,8 @@ def _compile_enabled(compile: Optional[bool]) -> bool:
     return os.environ.get(_ENV_COMPILE, "1").strip().lower() not in ("0", "false", "no", "off", "")
 
 
-def _advance(state: Moments, x: Tensor, mask: Optional[Tensor], use_compile: bool) -> Moments:
+def _advance(state: Moments, x: Tensor, mask: Optional[Tensor], use_compile: bool,
+             workspace: Optional[_Workspace] = None) -> Moments:
     """``merge_moments(state, moments of (x, mask) shifted by state.mean)``, compiled or eager."""
     global _compiled_step, _compile_failed
     if use_compile and not _compile_failed:
@@ -291,23 +321,25 @@ def _advance(state: Moments, x: Tensor, mask: Optional[Tensor], use_compile: boo
                 RuntimeWarning,
                 stacklevel=2,
             )
-    return merge_moments(state, Moments(*_reduce_eager(x, mask, state.mean)))
+    return merge_moments(state, Moments(*_reduce_eager(x, mask, state.mean, workspace)))
 
 
 def _fields(m: Moments) -> tuple[Tensor, ...]:
     return (m.count, m.mean, m.m2, m.min, m.max, m.zeros)
 
 
-def _first_moments(x: Tensor, mask: Optional[Tensor], state: Optional[Moments], use_compile: bool) -> Moments:
+def _first_moments(x: Tensor, mask: Optional[Tensor], state: Optional[Moments], use_compile: bool,
+                   workspace: Optional[_Workspace] = None) -> Moments:
     """:func:`_advance` for a state without a reference mean in some channel (first batch, or channels
     without any kept position yet): those channels are shifted by the batch's own mean (an extra pass)."""
     c = x.shape[1]
     empty = Moments.empty(c, x.device)
-    batch_mean = _advance(empty, x, mask, use_compile).mean
+    batch_mean = _advance(empty, x, mask, use_compile, workspace).mean
     if state is None:
         state = empty
     shift = torch.where(state.count > 0, state.mean, batch_mean)
-    return _advance(Moments(state.count, shift, state.m2, state.min, state.max, state.zeros), x, mask, use_compile)
+    return _advance(Moments(state.count, shift, state.m2, state.min, state.max, state.zeros), x, mask, use_compile,
+                    workspace)
 
 
 def _as_ncl(output: Tensor, mask: Optional[Tensor], where: str) -> tuple[Tensor, Optional[Tensor]]:
@@ -477,6 +509,7 @@ class ActivationRecorder:
         self._calls: dict[str, int] = {name: 0 for name, _ in self.layers}
         self._model_calls = 0
         self._handles: list = []
+        self._workspace = _Workspace()  # eager kernel scratch, dropped on __exit__
 
     # -- hooks ------------------------------------------------------------------------------------------
 
@@ -513,9 +546,10 @@ class ActivationRecorder:
             if state is not None and state.count.device != x.device:
                 state = state.to(x.device)
             if name in self._primed:
-                state = _advance(state, x, m, self.compile)  # one pass, shifted by the running mean
+                # one pass, shifted by the running mean
+                state = _advance(state, x, m, self.compile, self._workspace)
             else:
-                state = _first_moments(x, m, state, self.compile)
+                state = _first_moments(x, m, state, self.compile, self._workspace)
             self._state[name] = state
             self._calls[name] += 1
             if name not in self._primed and bool((state.count > 0).all()):
@@ -538,6 +572,7 @@ class ActivationRecorder:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self._remove_hooks()
+        self._workspace = _Workspace()
         return False
 
     def _remove_hooks(self) -> None:
