@@ -290,9 +290,34 @@ def _step(x: Tensor, mask: Optional[Tensor], count, mean, m2, lo, hi, zeros):
     return merged.count, merged.mean, merged.m2, merged.min, merged.max, merged.zeros
 
 
-_compiled_step: Optional[Callable] = None
+# One compiled entry point per kind of mask, so that each has its own dynamo cache (and recompile limit):
+# within one, the variants are N == 1 or not, L == 1 or not, and the dtypes.
+def _step_nomask(x: Tensor, count, mean, m2, lo, hi, zeros):
+    return _step(x, None, count, mean, m2, lo, hi, zeros)
+
+
+def _step_mask1(x: Tensor, mask: Tensor, count, mean, m2, lo, hi, zeros):
+    return _step(x, mask, count, mean, m2, lo, hi, zeros)
+
+
+def _step_maskc(x: Tensor, mask: Tensor, count, mean, m2, lo, hi, zeros):
+    return _step(x, mask, count, mean, m2, lo, hi, zeros)
+
+
+_compiled_steps: dict[str, Callable] = {}
 _compile_failed = False
 _compile_lock = threading.Lock()
+
+
+def _compiled(kind: str) -> Callable:
+    fn = _compiled_steps.get(kind)
+    if fn is None:
+        with _compile_lock:
+            fn = _compiled_steps.get(kind)
+            if fn is None:
+                fn = {"none": _step_nomask, "one": _step_mask1, "full": _step_maskc}[kind]
+                fn = _compiled_steps[kind] = torch.compile(fn, dynamic=True)
+    return fn
 
 
 def _compile_enabled(compile: Optional[bool]) -> bool:
@@ -304,14 +329,13 @@ def _compile_enabled(compile: Optional[bool]) -> bool:
 def _advance(state: Moments, x: Tensor, mask: Optional[Tensor], use_compile: bool,
              workspace: Optional[_Workspace] = None) -> Moments:
     """``merge_moments(state, moments of (x, mask) shifted by state.mean)``, compiled or eager."""
-    global _compiled_step, _compile_failed
+    global _compile_failed
     if use_compile and not _compile_failed:
-        if _compiled_step is None:
-            with _compile_lock:
-                if _compiled_step is None:
-                    _compiled_step = torch.compile(_step, dynamic=True)
         try:
-            return Moments(*_compiled_step(x, mask, *_fields(state)))
+            if mask is None:
+                return Moments(*_compiled("none")(x, *_fields(state)))
+            kind = "one" if mask.shape[1] == 1 else "full"
+            return Moments(*_compiled(kind)(x, mask, *_fields(state)))
         except Exception as exc:  # noqa: BLE001 -- any compiler failure: fall back, once, loudly
             _compile_failed = True
             warnings.warn(
@@ -351,7 +375,7 @@ def _as_ncl(output: Tensor, mask: Optional[Tensor], where: str) -> tuple[Tensor,
     if output.is_complex():
         raise TypeError(f"{where}: complex outputs are not supported ({output.dtype})")
     n, c = output.shape[:2]
-    x = output.detach().reshape(n, c, -1)
+    x = _canonical(output.detach().reshape(n, c, -1))
     if mask is None:
         return x, None
     if not isinstance(mask, Tensor):
@@ -366,7 +390,18 @@ def _as_ncl(output: Tensor, mask: Optional[Tensor], where: str) -> tuple[Tensor,
             f"{where}: the output mask of shape {tuple(mask.shape)} does not fit the output of shape "
             f"{tuple(output.shape)}; expected (N, 1 or C, *spatial)"
         )
-    return x, mask.detach().reshape(n, mask.shape[1], -1)
+    return x, _canonical(mask.detach().reshape(n, mask.shape[1], -1))
+
+
+def _canonical(t: Tensor) -> Tensor:
+    """``t`` (N, C, L) as a plain tensor (not a view, so no guards on whatever it is a view of) with the
+    standard contiguous strides (also along size-1 dims, where ``reshape`` may leave any stride): one layout
+    for the compiled kernel. Copies only a non-contiguous tensor (channels-last, expanded)."""
+    if not t.is_contiguous():
+        t = t.contiguous()
+    n, c, length = t.shape
+    alias = torch.empty((0,), dtype=t.dtype, device=t.device)
+    return alias.set_(t.untyped_storage(), t.storage_offset(), (n, c, length), (c * length, length, 1))
 
 
 def batch_moments(

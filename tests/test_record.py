@@ -389,7 +389,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
         def fn(*a, **k):
             raise RuntimeError("no compiler here")
         return fn
-    monkeypatch.setattr(record_mod, "_compiled_step", None)
+    monkeypatch.setattr(record_mod, "_compiled_steps", {})
     monkeypatch.setattr(record_mod, "_compile_failed", False)
     monkeypatch.setattr(torch, "compile", broken)
     model = build_stacks(2, seed=4)["mconv"]
