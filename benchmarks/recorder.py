@@ -1,9 +1,10 @@
 """ActivationRecorder overhead: forward time with the recorder on vs off, interleaved in one run.
 
 Target (issue): <= 1.15x for a depth-4 mconv stack, N=8, 192x192 images with per-image masks, forward
-under ``torch.no_grad()``, 2 threads. The machine is noisy, so each round times off, on (compiled kernel)
-and on (eager fallback) back to back, in a rotating order, and the table quotes the median over rounds of
-the per-round ratios (median times for scale only; quartiles of the ratios to show the noise).
+under ``torch.no_grad()``, 2 threads. The machine is noisy, so each variant (compiled kernel, eager
+fallback) is timed in pairs with the recorder off and on back to back (alternating which goes first), and
+the table quotes the median over pairs of the per-pair ratios (median times for scale only; quartiles of
+the ratios to show the noise).
 
     python benchmarks/recorder.py [--repeats 60] [--stack mconv] [--batch 8] [--size 192]
 """
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=192)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=60, help="timed rounds (each: off, compiled, eager)")
+    parser.add_argument("--repeats", type=int, default=60, help="timed off/on pairs per variant")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds after compilation")
     parser.add_argument("--no-eager", action="store_true", help="skip the eager-fallback variant")
     args = parser.parse_args(argv)
@@ -51,12 +52,11 @@ def main(argv=None) -> int:
     model = build_stacks(args.depth, stacks=(args.stack,))[args.stack]
     x, mask = make_batch(args.batch, args.size)
 
-    variants = {"off": None, "compiled": ActivationRecorder(model, compile=True)}
+    variants = {"compiled": ActivationRecorder(model, compile=True)}
     if not args.no_eager:
         variants["eager"] = ActivationRecorder(model, compile=False)
 
-    def run(name: str) -> float:
-        rec = variants[name]
+    def run(rec) -> float:
         if rec is None:
             with torch.no_grad():
                 t = time.perf_counter()
@@ -68,45 +68,42 @@ def main(argv=None) -> int:
             return time.perf_counter() - t
 
     t = time.perf_counter()
-    run("compiled")  # lazy torch.compile of the statistics kernel (first batch: two shapes of call)
-    run("compiled")
+    run(variants["compiled"])  # lazy torch.compile of the statistics kernel (first batch: two shapes of call)
+    run(variants["compiled"])
     compile_s = time.perf_counter() - t
     for _ in range(args.warmup):
-        for name in variants:
-            run(name)
+        run(None)
+        for rec in variants.values():
+            run(rec)
 
-    names = list(variants)
-    times = {name: [] for name in names}
-    ratios = {name: [] for name in names if name != "off"}
-    for r in range(args.repeats):
-        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
-        got = {name: run(name) for name in order}
-        for name in names:
-            times[name].append(got[name])
-        for name in ratios:
-            ratios[name].append(got[name] / got["off"])
-
+    # one phase per variant: off and on alternate (off-on, on-off, ...), ratio = on / off of each pair
+    off_times, on_times, ratios = [], {}, {}
     for name, rec in variants.items():
-        if rec is not None:
-            rec.to_frame()  # the recorded statistics are complete (raises otherwise)
+        on_times[name], ratios[name] = [], []
+        for r in range(args.repeats):
+            if r % 2:
+                on, off = run(rec), run(None)
+            else:
+                off, on = run(None), run(rec)
+            off_times.append(off)
+            on_times[name].append(on)
+            ratios[name].append(on / off)
+        rec.to_frame()  # the recorded statistics are complete (raises otherwise)
 
     print(f"ActivationRecorder overhead: {args.stack} depth {args.depth}, N={args.batch}, "
-          f"{args.size}x{args.size}, {args.threads} threads, {args.repeats} interleaved rounds, "
+          f"{args.size}x{args.size}, {args.threads} threads, {args.repeats} off/on pairs per variant, "
           f"torch {torch.__version__}")
     print(f"first compiled calls (compile + 2 forwards): {compile_s:.1f} s")
     print(f"{'variant':<10} {'median ms':>10} {'median ratio':>13} {'q25 ratio':>10} {'q75 ratio':>10} "
           f"{'min/min':>8}")
-    fastest_off = min(times["off"])
-    for name in names:
-        med = statistics.median(times[name]) * 1e3
-        if name == "off":
-            print(f"{name:<10} {med:>10.2f} {'1':>13} {'':>10} {'':>10} {'1':>8}")
-            continue
+    fastest_off = min(off_times)
+    print(f"{'off':<10} {statistics.median(off_times) * 1e3:>10.2f} {'1':>13} {'':>10} {'':>10} {'1':>8}")
+    for name in variants:
         q = statistics.quantiles(ratios[name], n=4)
-        print(f"{name:<10} {med:>10.2f} {statistics.median(ratios[name]):>13.3f} {q[0]:>10.3f} {q[2]:>10.3f} "
-              f"{min(times[name]) / fastest_off:>8.3f}")
-    print("ratio = on / off within a round; the median over rounds is the figure to quote (min/min: the "
-          "fastest on over the fastest off, for reference on a busy machine)")
+        print(f"{name:<10} {statistics.median(on_times[name]) * 1e3:>10.2f} {statistics.median(ratios[name]):>13.3f} "
+              f"{q[0]:>10.3f} {q[2]:>10.3f} {min(on_times[name]) / fastest_off:>8.3f}")
+    print("ratio = on / off of each back-to-back pair; the median over pairs is the figure to quote (min/min: "
+          "the fastest on over the fastest off, for reference on a busy machine)")
     return 0
 
 
