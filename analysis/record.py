@@ -159,35 +159,35 @@ def _finish(shift: Tensor, count: Tensor, s1: Tensor, s2: Tensor):
     return mean, m2
 
 
-def _reduce(x: Tensor, mask: Optional[Tensor], shift: Tensor):
+def _reduce(x: Tensor, mask: Optional[Tensor], shift: Tensor, count_dtype: torch.dtype = torch.int32):
     """``x`` (N, C, L), ``mask`` (N, 1 or C, L) or None, ``shift`` (C,) float64 -> per-channel
     ``(count, mean, m2, min, max, zeros)``, all float64.
 
-    Written as one pass over ``x`` and ``mask`` for ``torch.compile`` (a single fused reduction);
-    everything is computed in float64 and positions under the mask are never read (``torch.where``), so
-    NaN there cannot leak. ``m2 = s2 - s1**2 / n`` with ``s1, s2`` the sums of ``x - shift`` and of its
-    square: for ``shift`` near the mean (the layer's running mean) that is a centred sum.
+    Written as one pass over ``x`` and ``mask`` for ``torch.compile`` (a single fused reduction). Positions
+    under the mask are never read (``torch.where``), so NaN there cannot leak. ``m2 = s2 - s1**2 / n`` with
+    ``s1, s2`` the float64 sums of ``x - shift`` and of its square: for ``shift`` near the mean (the layer's
+    running mean) that is a centred sum. Min and max are taken in ``x``'s own dtype (exact) and the counts in
+    ``count_dtype`` (int32 in the compiled kernel, where :func:`_advance` makes sure N * L < 2**31): both
+    cheaper than float64.
     """
     n, c, length = x.shape
-    xd = x.to(_ACC)
-    d = xd - shift.view(1, c, 1)
+    d = x.to(_ACC) - shift.view(1, c, 1)
     if mask is None:
         count = torch.full((c,), n * length, dtype=_ACC, device=x.device)
         s1 = d.sum(dim=(0, 2))
         s2 = (d * d).sum(dim=(0, 2))
-        lo = xd.amin(dim=(0, 2))
-        hi = xd.amax(dim=(0, 2))
-        zeros = (x == 0).sum(dim=(0, 2)).to(_ACC)
+        lo = x.amin(dim=(0, 2)).to(_ACC)
+        hi = x.amax(dim=(0, 2)).to(_ACC)
+        zeros = (x == 0).sum(dim=(0, 2), dtype=count_dtype).to(_ACC)
     else:
         valid = (mask != 0).expand(n, c, length)
-        zero = torch.zeros((), dtype=_ACC, device=x.device)
-        d = torch.where(valid, d, zero)
-        count = valid.sum(dim=(0, 2)).to(_ACC)
+        d = torch.where(valid, d, torch.zeros((), dtype=_ACC, device=x.device))
+        count = valid.sum(dim=(0, 2), dtype=count_dtype).to(_ACC)
         s1 = d.sum(dim=(0, 2))
         s2 = (d * d).sum(dim=(0, 2))
-        lo = torch.where(valid, xd, float("inf")).amin(dim=(0, 2))
-        hi = torch.where(valid, xd, float("-inf")).amax(dim=(0, 2))
-        zeros = (valid & (x == 0)).sum(dim=(0, 2)).to(_ACC)
+        lo = torch.where(valid, x, float("inf")).amin(dim=(0, 2)).to(_ACC)
+        hi = torch.where(valid, x, float("-inf")).amax(dim=(0, 2)).to(_ACC)
+        zeros = (valid & (x == 0)).sum(dim=(0, 2), dtype=count_dtype).to(_ACC)
     mean, m2 = _finish(shift, count, s1, s2)
     return count, mean, m2, lo, hi, zeros
 
@@ -228,7 +228,7 @@ def _reduce_eager(x: Tensor, mask: Optional[Tensor], shift: Tensor, workspace: O
     """
     n, c, length = x.shape
     if length >= 2**24:
-        return _reduce(x, mask, shift)
+        return _reduce(x, mask, shift, torch.int64)
     if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     if workspace is None:
@@ -262,7 +262,7 @@ def _reduce_eager(x: Tensor, mask: Optional[Tensor], shift: Tensor, workspace: O
     torch.abs(xz, out=d)
     nonzero = _sum_nl(d.sign_())
     if not bool(torch.isfinite(torch.stack([s1, s2, nonzero, count])).all()):
-        return _reduce(x, mask, shift64)
+        return _reduce(x, mask, shift64, torch.int64)
     zeros = count - nonzero
     has = count > 0
     if mask is not None:
@@ -330,7 +330,7 @@ def _advance(state: Moments, x: Tensor, mask: Optional[Tensor], use_compile: boo
              workspace: Optional[_Workspace] = None) -> Moments:
     """``merge_moments(state, moments of (x, mask) shifted by state.mean)``, compiled or eager."""
     global _compile_failed
-    if use_compile and not _compile_failed:
+    if use_compile and not _compile_failed and x.shape[0] * x.shape[2] < 2**31:
         try:
             if mask is None:
                 return Moments(*_compiled("none")(x, *_fields(state)))
