@@ -375,7 +375,7 @@ def _as_ncl(output: Tensor, mask: Optional[Tensor], where: str) -> tuple[Tensor,
     if output.is_complex():
         raise TypeError(f"{where}: complex outputs are not supported ({output.dtype})")
     n, c = output.shape[:2]
-    x = _canonical(output.detach().reshape(n, c, -1))
+    x = _canonical(output, n, c)
     if mask is None:
         return x, None
     if not isinstance(mask, Tensor):
@@ -390,16 +390,19 @@ def _as_ncl(output: Tensor, mask: Optional[Tensor], where: str) -> tuple[Tensor,
             f"{where}: the output mask of shape {tuple(mask.shape)} does not fit the output of shape "
             f"{tuple(output.shape)}; expected (N, 1 or C, *spatial)"
         )
-    return x, _canonical(mask.detach().reshape(n, mask.shape[1], -1))
+    return x, _canonical(mask, n, mask.shape[1])
 
 
-def _canonical(t: Tensor) -> Tensor:
-    """``t`` (N, C, L) as a plain tensor (not a view, so no guards on whatever it is a view of) with the
-    standard contiguous strides (also along size-1 dims, where ``reshape`` may leave any stride): one layout
-    for the compiled kernel. Copies only a non-contiguous tensor (channels-last, expanded)."""
+def _canonical(t: Tensor, n: int, c: int) -> Tensor:
+    """``t`` (N, C, *S) as an (N, C, L) plain tensor (not a view, so no guards on whatever it is a view of;
+    detached) with the standard contiguous strides (also along size-1 dims, which ``reshape`` may leave at
+    any stride): one layout for the compiled kernel. Copies only a non-contiguous tensor (channels-last,
+    expanded)."""
     if not t.is_contiguous():
         t = t.contiguous()
-    n, c, length = t.shape
+    length = 1
+    for s in t.shape[2:]:
+        length *= s
     alias = torch.empty((0,), dtype=t.dtype, device=t.device)
     return alias.set_(t.untyped_storage(), t.storage_offset(), (n, c, length), (c * length, length, 1))
 
