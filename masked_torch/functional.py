@@ -25,7 +25,7 @@ from torch import Tensor
 __all__ = [
     "check_mask",
     "window_centre",
-    "window_sum",
+    "window_mean",
     "partial_conv",
     "masked_conv",
     "masked_batch_norm",
@@ -123,7 +123,8 @@ def _mask_as(mask: Tensor, input: Tensor) -> Tensor:
 
 def _zero_masked(input: Tensor, mask: Tensor) -> Tensor:
     """``input`` with every position where ``mask == 0`` set to exactly 0 (NaN-safe)."""
-    return torch.where(mask != 0, input, torch.zeros((), dtype=input.dtype, device=input.device))
+    keep = mask if mask.dtype == torch.bool else mask != 0
+    return torch.where(keep, input, torch.zeros((), dtype=input.dtype, device=input.device))
 
 
 def window_centre(
@@ -163,33 +164,34 @@ def window_centre(
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
-def window_sum(
+def window_mean(
     valid: Tensor,
     kernel_size: Sequence[int],
     stride: _Size = 1,
     padding: Union[str, _Size] = 0,
     dilation: _Size = 1,
 ) -> Tensor:
-    """Number of valid entries in each convolution window, per channel (a box filter, per channel).
+    """Mean of ``valid`` over each convolution window, per channel (padding counts as 0): the window sum
+    divided by ``prod(kernel_size)``.
 
-    ``valid`` is a 0/1 float tensor ``(N, G, *spatial)``, one channel per group (already summed over the
-    group's channels for a C-channel mask): never a full ``C_out x C_in`` convolution of ones. Computed as
-    a rounded average pool where pooling can express the window (no dilation, padding at most half the
-    kernel), else as a depthwise convolution of ones; exact either way for integer counts.
+    ``valid`` is ``(N, G, *spatial)``, one channel per group (already summed over the group's channels for a
+    C-channel mask): a box filter per channel, never a full ``C_out x C_in`` convolution of ones. An average
+    pool where pooling can express the window (no dilation, padding at most half the kernel), else a
+    depthwise convolution; positive exactly where the window holds a valid entry.
     """
     nd = valid.dim() - 2
     kernel_size = tuple(kernel_size)
     stride, dilation = _ntuple(stride, nd), _ntuple(dilation, nd)
-    pad = resolve_padding(padding, kernel_size, dilation) if not (
-        padding == "same" and any(k % 2 == 0 for k in kernel_size)) else None
+    pad = None
+    if not (padding == "same" and any(k % 2 == 0 for k in kernel_size)):
+        pad = resolve_padding(padding, kernel_size, dilation)
     poolable = pad is not None and all(d == 1 for d in dilation) and all(
         2 * p <= k <= size for p, k, size in zip(pad, kernel_size, valid.shape[2:]))
     if poolable:
-        mean = _AVG_POOL[nd](valid, kernel_size, stride, pad, count_include_pad=True)
-        return torch.round(mean * math.prod(kernel_size))
+        return _AVG_POOL[nd](valid, kernel_size, stride, pad, count_include_pad=True)
     g = valid.shape[1]
-    ones = torch.ones((g, 1, *kernel_size), dtype=valid.dtype, device=valid.device)
-    return _CONV[nd](valid, ones, None, stride, padding, dilation, g)
+    weight = torch.full((g, 1, *kernel_size), 1.0 / math.prod(kernel_size), dtype=valid.dtype, device=valid.device)
+    return _CONV[nd](valid, weight, None, stride, padding, dilation, g)
 
 
 def partial_conv(
@@ -236,14 +238,15 @@ def partial_conv(
     grouped = valid_in.shape[1] != 1 and groups > 1
     with _no_autocast(input):
         if valid_in.shape[1] == 1:
-            counts = valid_in.to(dtype)
-            winsize = math.prod(kernel_size)
+            counts, per_position = valid_in.to(dtype), 1
         else:
+            per_position = valid_in.shape[1] // groups  # entries per position: the group's input channels
             counts = valid_in.unflatten(1, (groups, -1)).sum(dim=2, dtype=dtype)  # (N, G, *S)
-            winsize = (valid_in.shape[1] // groups) * math.prod(kernel_size)
-        msum = window_sum(counts, kernel_size, stride, padding, dilation)  # (N, 1 or G, *out)
-        valid = (msum > 0).to(dtype)
-        ratio = winsize / msum.clamp_min(1) * valid  # 0 where the window saw nothing valid
+        # winsize / sum(M) = per_position / mean(counts over the window)
+        mean = window_mean(counts, kernel_size, stride, padding, dilation)  # (N, 1 or G, *out)
+        seen = mean > 0
+        ratio = torch.where(seen, per_position / mean, torch.zeros((), dtype=dtype, device=mean.device))
+        valid = seen.to(dtype)
         if grouped:  # (N, G, 1, *out): broadcast over each group's output channels
             y = raw.unflatten(1, (groups, c_out // groups))
             ratio, valid_b = ratio.unsqueeze(2), valid.unsqueeze(2)
