@@ -63,7 +63,7 @@ _ACC = torch.float64  # dtype of every accumulated statistic
 # --------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Moments:
     """Per-channel moments of a set of positions; every field is a float64 tensor of shape ``(C,)``.
 
