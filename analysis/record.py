@@ -576,22 +576,30 @@ class ActivationRecorder:
 
     def _update(self, name: str, output: Tensor, mask: Optional[Tensor], where: str) -> None:
         x, m = _as_ncl(output, mask, where)
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
+            # one state of grad mode and autocast for the compiled kernel (entered only when needed: cheap)
+            with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+                self._accumulate(name, x, m, where)
+        else:
+            self._accumulate(name, x, m, where)
+
+    def _accumulate(self, name: str, x: Tensor, m: Optional[Tensor], where: str) -> None:
         c = x.shape[1]
-        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-            state = self._state.get(name)
-            if state is not None and state.channels != c:
+        state = self._state.get(name)
+        if state is not None:
+            if state.channels != c:
                 raise ValueError(f"{where}: output has {c} channels, earlier batches had {state.channels}")
-            if state is not None and state.count.device != x.device:
+            if state.count.device != x.device:
                 state = state.to(x.device)
-            if name in self._primed:
-                # one pass, shifted by the running mean
-                state = _advance(state, x, m, self.compile, self._workspace)
-            else:
-                state = _first_moments(x, m, state, self.compile, self._workspace)
-            self._state[name] = state
-            self._calls[name] += 1
-            if name not in self._primed and bool((state.count > 0).all()):
+        if name in self._primed:
+            # one pass, shifted by the running mean
+            state = _advance(state, x, m, self.compile, self._workspace)
+        else:
+            state = _first_moments(x, m, state, self.compile, self._workspace)
+            if bool((state.count > 0).all()):
                 self._primed.add(name)
+        self._state[name] = state
+        self._calls[name] += 1
 
     # -- context manager ----------------------------------------------------------------------------------
 

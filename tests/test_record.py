@@ -435,3 +435,15 @@ def test_compiled_kernel_equals_eager_and_reference(stack):
     want, got = reference(cap.got["id"]), rec.to_frame()
     np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-14)
     np.testing.assert_allclose(got["var"], want["var"], rtol=1e-9)
+
+
+def test_recording_with_grad_enabled_leaves_autograd_alone():
+    model = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3, padding=1), bn=nn.BatchNorm2d(4), act=nn.SiLU()))
+    x = torch.randn(3, 3, 8, 8)
+    with Capture(model, ["conv", "bn", "act"]) as cap, ActivationRecorder(model, compile=False) as rec:
+        out = model(x)
+        out.square().mean().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)
+    assert model.conv.weight.grad is not None
+    check_against(rec.to_frame(), cap.got, rtol=2e-6)
