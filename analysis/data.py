@@ -220,6 +220,17 @@ PHOTOS: dict[str, Callable[[], np.ndarray]] = {
 }
 
 
+def _first(items: list, num_images: Optional[int], what: str) -> list:
+    """The first ``num_images`` of ``items`` (all for ``None``); too many asked for is a :class:`DataError`."""
+    if num_images is None:
+        return items
+    if num_images < 1:
+        raise DataError(f"num_images must be >= 1, got {num_images}")
+    if num_images > len(items):
+        raise DataError(f"num_images={num_images} but only {len(items)} {what}")
+    return items[:num_images]
+
+
 def photo_images(
     names: Optional[Sequence[str]] = None, *, num_images: Optional[int] = None, max_side: Optional[int] = None
 ) -> list[Image]:
@@ -228,12 +239,7 @@ def photo_images(
     unknown = [n for n in names if n not in PHOTOS]
     if unknown:
         raise DataError(f"unknown photos {unknown}; available: {', '.join(PHOTOS)}")
-    if num_images is not None:
-        if num_images < 1:
-            raise DataError(f"num_images must be >= 1, got {num_images}")
-        if num_images > len(names):
-            raise DataError(f"num_images={num_images} but only {len(names)} bundled photos are available")
-        names = names[:num_images]
+    names = _first(names, num_images, "bundled photos are available")
     images = []
     for n in names:
         try:
@@ -283,12 +289,7 @@ def folder_images(
         raise DataError(f"{p} is neither a folder nor an image file")
     else:
         raise DataError(f"no such folder or image file: {p}")
-    if num_images is not None:
-        if num_images < 1:
-            raise DataError(f"num_images must be >= 1, got {num_images}")
-        if num_images > len(files):
-            raise DataError(f"num_images={num_images} but {p} holds only {len(files)} images")
-        files = files[:num_images]
+    files = _first(files, num_images, f"images are in {p}")
     images = []
     for f in files:
         array = _read_file(f)
