@@ -1,14 +1,19 @@
 """Masked layers next to nn.Conv2d: median of per-round time ratios, variants interleaved in one run.
 
-    python benchmarks/layers.py [--repeats 40] [--threads 2] [--backward]
+    python benchmarks/layers.py [--repeats 40] [--threads 2] [--no-backward] [--malloc keep]
 
 Each round runs every variant once (in a rotating order) on the same input; the ratio of a variant's
 time to nn.Conv2d's time *in the same round* is recorded, and the median over rounds is printed with its
 interquartile range. Masks cut every sample of the batch to a different size.
+
+``--malloc keep`` first tells glibc's malloc (``mallopt``) to keep freed memory instead of handing every
+large buffer back to the kernel: by default each fresh activation buffer is page-faulted in anew, which
+costs nn.Conv2d itself up to 2x here and weighs on every extra buffer a masked layer allocates.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import time
 
@@ -88,14 +93,29 @@ def run(config, repeats, backward):
     return rows
 
 
+def keep_freed_memory() -> bool:
+    """glibc: serve large allocations from the heap and do not trim it (process-wide; benchmark only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)
+    return bool(ok)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-backward", action="store_true", help="skip the forward+backward table")
+    parser.add_argument("--malloc", choices=["default", "keep"], default="default",
+                        help="keep: mallopt so that freed buffers are reused instead of page-faulted in anew")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.repeats} interleaved rounds; "
+    if args.malloc == "keep" and not keep_freed_memory():
+        parser.exit(2, "benchmarks/layers.py: --malloc keep needs glibc's mallopt\n")
+    print(f"torch {torch.__version__}, malloc {args.malloc}, {args.threads} threads, {args.repeats} interleaved rounds; "
           f"ratio = variant time / nn.Conv2d time in the same round (median [IQR])")
     passes = [False] if args.no_backward else [False, True]
     for backward in passes:

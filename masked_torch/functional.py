@@ -121,9 +121,29 @@ def _mask_as(mask: Tensor, input: Tensor) -> Tensor:
     return mask.to(_mask_dtype(input))
 
 
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
+         torch.bfloat16: torch.int16}
+
+
 def _zero_masked(input: Tensor, mask: Tensor) -> Tensor:
-    """``input`` with every position where ``mask == 0`` set to exactly 0 (NaN-safe)."""
+    """``input`` with every position where ``mask == 0`` set to exactly 0 (NaN-safe: a select, not ``0 * x``).
+
+    On CPU, for a 1-channel mask, outside autograd and tracing, the select is a bitwise AND of the IEEE bits with an all-ones /
+    all-zeros mask (bit-exact: valid values, NaN included, pass unchanged; the rest become +0.0), which runs
+    about 3x faster than ``torch.where`` with a broadcast condition there; elsewhere ``torch.where``.
+    """
     keep = mask if mask.dtype == torch.bool else mask != 0
+    fast = (
+        input.device.type == "cpu"
+        and keep.shape[1] == 1  # a small, broadcast bit mask (for a C-channel mask it would cost a full pass)
+        and input.dtype in _BITS
+        and not (input.requires_grad and torch.is_grad_enabled())
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+    )
+    if fast:
+        bits = _BITS[input.dtype]
+        return (input.view(bits) & keep.to(bits).neg_()).view(input.dtype)
     return torch.where(keep, input, torch.zeros((), dtype=input.dtype, device=input.device))
 
 

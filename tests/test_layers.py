@@ -310,3 +310,22 @@ def test_state_dict_round_trip_through_bytes():
     buf.seek(0)
     other = mnn.convert(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()), "masked")
     other.load_state_dict(torch.load(buf), strict=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_zero_masked_fast_path_is_bit_exact(dtype):
+    """The CPU bitwise select equals torch.where bit for bit: NaN/-0.0 kept where valid, +0.0 elsewhere."""
+    from masked_torch.functional import _zero_masked
+
+    x = torch.randn(3, 4, 5, 6).to(dtype)
+    x[0, 0, 0, :3] = torch.tensor([float("nan"), -0.0, float("inf")]).to(dtype)
+    x[1, :, 2, 2] = float("nan")
+    m = (torch.rand(3, 1, 5, 6) > 0.4).float()
+    m[0, 0, 0, :3] = 1
+    fast = _zero_masked(x, m)
+    ref = torch.where(m != 0, x, torch.zeros((), dtype=dtype))
+    assert fast.dtype == dtype
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}.get(dtype, torch.int16)
+    assert torch.equal(fast.view(bits), ref.view(bits))
+    x.requires_grad_(True)  # the autograd path is torch.where
+    assert torch.equal(_zero_masked(x, m).detach().view(bits), ref.view(bits))
