@@ -80,11 +80,11 @@ def record_time(world, threads, args) -> float:
     return elapsed
 
 
-def sweep_time(jobs: int) -> float:
+def sweep_time(jobs: int, images: int) -> float:
     from analysis.sweep import expand_grid, run_sweep
 
     configs = expand_grid({"depth": ["3", "4"], "bias": ["true", "false"]},
-                          {"data": "synthetic", "num_images": "16", "batch_size": "4"})
+                          {"data": "synthetic", "num_images": str(images), "batch_size": "8"})
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         result = run_sweep(configs, out, jobs=jobs, progress=False)
@@ -101,23 +101,29 @@ def main(argv=None):
     parser.add_argument("--max-side", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--sweep-images", type=int, default=48, help="images per sweep configuration")
     args = parser.parse_args(argv)
     args.port = _free_port()
     setups = [("1 process x 2 threads", 1, 2), ("2 processes x 1 thread", 2, 1), ("1 process x 1 thread", 1, 1)]
     times = {name: [] for name, _, _ in setups}
-    for _ in range(args.repeats):
+    for _ in range(0 if args.no_record else args.repeats):
         for name, world, threads in setups:
             times[name].append(record_time(world, threads, args))
-    print(f"recording statistics of conv+pconv+mconv: {args.images} synthetic images, depth {args.depth}, "
-          f"batch {args.batch_size}, median of {args.repeats}")
-    base = statistics.median(times[setups[0][0]])
-    for name, _, _ in setups:
-        t = statistics.median(times[name])
-        print(f"  {name:24s} {t:7.2f} s  {args.images / t:7.1f} images/s  speed-up vs 1 process: {base / t:4.2f}x")
+    if not args.no_record:
+        print(f"recording statistics of conv+pconv+mconv: {args.images} synthetic images, depth {args.depth}, "
+              f"batch {args.batch_size}, median of {args.repeats}")
+        base = statistics.median(times[setups[0][0]])
+        single = statistics.median(times[setups[2][0]])
+        for name, _, _ in setups:
+            t = statistics.median(times[name])
+            print(f"  {name:24s} {t:7.2f} s  {args.images / t:7.1f} images/s  speed-up vs 1 process x 2 threads: "
+                  f"{base / t:4.2f}x, vs 1 process x 1 thread: {single / t:4.2f}x")
     if not args.no_sweep:
-        t1, t2 = sweep_time(1), sweep_time(2)
-        print(f"sweep of 4 configurations (synthetic, 16 images, depth 3/4, bias on/off): "
-              f"--jobs 1 {t1:.1f} s, --jobs 2 {t2:.1f} s, speed-up {t1 / t2:.2f}x")
+        t1, t2 = sweep_time(1, args.sweep_images), sweep_time(2, args.sweep_images)
+        print(f"sweep of 4 configurations (synthetic, {args.sweep_images} images, depth 3/4, bias on/off; "
+              f"each worker process pays torch's import): --jobs 1 {t1:.1f} s, --jobs 2 {t2:.1f} s, "
+              f"speed-up {t1 / t2:.2f}x")
 
 
 if __name__ == "__main__":
