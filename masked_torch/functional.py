@@ -4,11 +4,12 @@ masked space-to-depth and masked spatial mean, for 1d, 2d and 3d inputs alike.
 Conventions (shared by every function here and every module in :mod:`masked_torch.nn`):
 
 * ``input`` is ``(N, C, *spatial)``; ``mask`` is ``(N, 1, *spatial)`` (one mask per sample, broadcast over
-  channels) or ``(N, C, *spatial)``; float, integer or bool; ``1`` (or any non-zero value) = valid.
-  Float masks act as weights where a formula uses their values (``X * M`` and ``sum(M)`` in partial
-  convolution); zero is always "invalid".
-* Values of ``input`` where the mask is zero are never read: they are replaced by zeros with
-  :func:`torch.where` before any arithmetic, so NaN or Inf under the mask cannot leak.
+  channels) or ``(N, C, *spatial)``; float, integer or bool; ``1`` (or any non-zero value) = valid, zero =
+  invalid. Partial convolution and batch norm count valid positions (``mask != 0``); masked convolution
+  and the spatial mean use a float mask's values (a soft mask scales or weights).
+* Values of ``input`` where the mask is zero are never read: they are selected away (``torch.where``, or
+  a bit-exact bitwise AND on CPU) before any arithmetic, never multiplied by 0, so NaN or Inf under the
+  mask cannot leak.
 * Mask arithmetic (window sums, ratios, channel mixing) runs in float32 (float64 for float64 input) with
   autocast disabled: a window sum of 576 ones is not exact in bfloat16 and ``9 / 1e-8`` does not fit in
   float16. Returned masks are in that dtype.
