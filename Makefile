@@ -25,6 +25,7 @@ figures: setup
 bench: setup
 	$(PY) benchmarks/layers.py
 	$(PY) benchmarks/recorder.py
+	$(PY) benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -131,11 +131,15 @@ def _zero_masked(input: Tensor, mask: Tensor) -> Tensor:
 
     On CPU, for a 1-channel mask, outside autograd and tracing, the select is a bitwise AND of the IEEE bits with an all-ones /
     all-zeros mask (bit-exact: valid values, NaN included, pass unchanged; the rest become +0.0), which runs
-    about 3x faster than ``torch.where`` with a broadcast condition there; elsewhere ``torch.where``.
+    1.5-3x faster than ``torch.where`` with a broadcast condition there; elsewhere (autograd, forward AD,
+    functorch transforms, tracing, other devices) ``torch.where``.
     """
     keep = mask if mask.dtype == torch.bool else mask != 0
     fast = (
-        input.device.type == "cpu"
+        type(input) is Tensor  # not a subclass, functorch-wrapped or forward-AD dual tensor
+        and not torch._C._functorch.is_functorch_wrapped_tensor(input)
+        and torch.autograd.forward_ad.unpack_dual(input).tangent is None
+        and input.device.type == "cpu"
         and keep.shape[1] == 1  # a small, broadcast bit mask (for a C-channel mask it would cost a full pass)
         and input.dtype in _BITS
         and not (input.requires_grad and torch.is_grad_enabled())
@@ -164,8 +168,9 @@ def window_centre(
     kernel_size = _ntuple(kernel_size, nd)
     stride, padding, dilation = (_ntuple(v, nd) for v in (stride, padding, dilation))
     offsets = [d * (k // 2) for k, d in zip(kernel_size, dilation)]
-    if any(p > o for p, o in zip(padding, offsets)):
-        # Over-padded: some centres fall in the padding. Pad with zeros, then index from the padded origin.
+    # a centre falls in the padding on the left if p > d*(k//2), on the right if p > d*((k-1) - k//2)
+    if any(p > d * ((k - 1) // 2) for p, k, d in zip(padding, kernel_size, dilation)):
+        # Pad with zeros, then index from the padded origin.
         pad = []
         for p in reversed(padding):
             pad += [p, p]
@@ -334,8 +339,11 @@ def masked_conv(
     y = conv(_zero_masked(input, m), weight, bias, stride, padding, dilation, groups)
     centre = window_centre(m, kernel_size, stride, pad, dilation)
     if m.shape[1] != 1:
+        # the mixing weights are a function of W: gradients flow through |W| too (the formula's derivative)
         with _no_autocast(input):
             centre = conv(centre, mixing_weights(weight, groups, m.dtype), None, 1, 0, 1, groups)
+    else:
+        centre = centre.clone()  # a slice of the caller's mask: the output mask must not alias it
     # in place on the fresh convolution output (its backward does not need it)
     return y.mul_(centre), centre
 
@@ -368,13 +376,13 @@ def masked_batch_norm(
     check_mask(input, mask, nd, name)
     dtype = _mask_dtype(input)
     valid = mask != 0
-    x = input.to(dtype)
-    c = x.shape[1]
+    c = input.shape[1]
     shape = (1, c) + (1,) * nd
-    zero = torch.zeros((), dtype=dtype, device=x.device)
+    zero = torch.zeros((), dtype=dtype, device=input.device)
+    x = torch.where(valid, input.to(dtype), zero)  # garbage under the mask: selected away, never 0 * x
     if training or running_mean is None:
         dims = (0,) + tuple(range(2, x.dim()))
-        xs = torch.where(valid, x, zero)
+        xs = x
         count = valid.to(dtype).sum(dim=dims)
         if count.numel() == 1:
             count = count.expand(c)
@@ -384,12 +392,13 @@ def masked_batch_norm(
         var = (centred * centred).sum(dim=dims) / denom
         if training and running_mean is not None and running_var is not None:
             with torch.no_grad():
-                has = count > 0
+                # a channel with no valid position leaves both running stats as they are; with one, the
+                # unbiased variance is undefined, so running_var is left as it is
                 unbiased = var * count / (count - 1).clamp_min(1)
                 new_mean = (1 - momentum) * running_mean + momentum * mean.to(running_mean.dtype)
                 new_var = (1 - momentum) * running_var + momentum * unbiased.to(running_var.dtype)
-                running_mean.copy_(torch.where(has, new_mean, running_mean))
-                running_var.copy_(torch.where(has, new_var, running_var))
+                running_mean.copy_(torch.where(count > 0, new_mean, running_mean))
+                running_var.copy_(torch.where(count > 1, new_var, running_var))
     else:
         mean, var = running_mean.to(dtype), running_var.to(dtype)
     scale = torch.rsqrt(var + eps)
@@ -416,6 +425,8 @@ def masked_unshuffle(
     if nd < 1:
         raise ValueError(f"{name}: input must be (N, C, *spatial), got shape {tuple(input.shape)}")
     check_mask(input, mask, nd, name)
+    if int(factor) < 1:
+        raise ValueError(f"{name}: the factor must be a positive integer, got {factor}")
     if any(s % factor for s in input.shape[2:]):
         raise ValueError(
             f"{name}: spatial size {tuple(input.shape[2:])} of input {tuple(input.shape)} is not divisible "
@@ -457,7 +468,7 @@ def masked_spatial_mean(
         return input.mean(dim=dims), None
     check_mask(input, mask, nd, name)
     m = _mask_as(mask, input)
-    x = torch.where(m != 0, input.to(m.dtype) * m, torch.zeros((), dtype=m.dtype, device=m.device))
+    x = torch.where(m != 0, input.to(m.dtype), torch.zeros((), dtype=m.dtype, device=m.device)) * m
     total = m.sum(dim=dims)  # (N, 1) or (N, C)
     has = total > 0
     mean = x.sum(dim=dims) / total.clamp_min(1e-12) * has

@@ -17,11 +17,12 @@ def conv_case(draw):
     groups = draw(st.sampled_from([1, 2]))
     c_in = groups * draw(st.integers(1, 2))
     c_out = groups * draw(st.integers(1, 2))
-    kernel = tuple(draw(st.sampled_from([1, 3, 5])) for _ in range(nd))
+    kernel = tuple(draw(st.sampled_from([1, 2, 3, 4, 5])) for _ in range(nd))
     stride = tuple(draw(st.sampled_from([1, 2])) for _ in range(nd))
     dilation = tuple(draw(st.sampled_from([1, 2])) for _ in range(nd))
     padding = tuple(draw(st.integers(0, 2)) for _ in range(nd))
     max_side = {1: 14, 2: 9, 3: 6}[nd]
+    padding = tuple(draw(st.integers(0, 3)) for _ in range(nd)) if draw(st.booleans()) else padding
     spatial = []
     for k, d, p in zip(kernel, dilation, padding):
         extent = d * (k - 1) + 1

@@ -178,3 +178,11 @@ def test_plain_conv_leaks_on_the_same_photos():
         alone = model(pad_batch([images[3]])[0])
     h, w = alone.shape[2:]
     assert (y[3:4, :, :h, :w] - alone).abs().max() > 1e-2
+
+
+def test_convert_keeps_dtype_device_and_frozen_parameters():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, affine=False)).double()
+    model[0].weight.requires_grad_(False)
+    masked = mnn.convert(model, "masked")
+    assert masked[1].running_mean.dtype == torch.float64 and masked[0].weight.dtype == torch.float64
+    assert masked[0].weight.requires_grad is False and masked[0].bias.requires_grad is True

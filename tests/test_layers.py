@@ -329,3 +329,44 @@ def test_zero_masked_fast_path_is_bit_exact(dtype):
     assert torch.equal(fast.view(bits), ref.view(bits))
     x.requires_grad_(True)  # the autograd path is torch.where
     assert torch.equal(_zero_masked(x, m).detach().view(bits), ref.view(bits))
+
+
+def test_masked_batch_norm_gradients_stay_finite_with_nan_under_the_mask():
+    bn = mnn.MaskedBatchNorm2d(3).double()
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    m = padded_mask(2, (5, 6)).double()
+    x = torch.where(m.bool().expand_as(x), x, torch.full_like(x, float("nan"))).requires_grad_(True)
+    y, _ = bn(x, m)
+    (y * torch.randn_like(y)).sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(bn.weight.grad).all()
+    assert torch.isfinite(bn.bias.grad).all()
+
+
+def test_forward_mode_ad_and_functorch_keep_tangents():
+    """The CPU fast path must not drop forward-mode tangents (it falls back to torch.where)."""
+    layer = mnn.MaskedConv2d(2, 3, 3, padding=1).double()
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    t = torch.randn_like(x)
+    m = padded_mask(1, (6, 6)).double()
+    m[:, :, 3:] = 0
+    f = lambda x: layer(x, m)[0]  # noqa: E731
+    _, tangent = torch.func.jvp(f, (x,), (t,))
+    eps = 1e-6
+    numeric = (f(x + eps * t) - f(x - eps * t)) / (2 * eps)
+    torch.testing.assert_close(tangent, numeric, rtol=1e-5, atol=1e-6)
+    assert tangent.abs().max() > 0
+
+
+def test_output_mask_does_not_alias_the_input_mask():
+    m = torch.ones(1, 1, 5, 5)
+    _, out_mask = mnn.MaskedConv2d(1, 1, 3, padding=1)(torch.randn(1, 1, 5, 5), m)
+    out_mask.zero_()
+    assert bool((m == 1).all())
+
+
+def test_masked_batch_norm_single_valid_position_keeps_running_var():
+    bn = mnn.MaskedBatchNorm2d(2)
+    m = torch.zeros(1, 1, 3, 3)
+    m[..., 0, 0] = 1
+    bn(torch.randn(1, 2, 3, 3), m)
+    assert torch.equal(bn.running_var, torch.ones(2))

@@ -22,10 +22,12 @@ class _MaskedBatchNorm(MaskedModule):
     ``mask=None`` is ``nn.BatchNormNd``.
     """
 
+    _nd: int
+
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         if mask is None:
             return super().forward(input), None
-        self._check_input_dim(input)
+        MF.check_mask(input, mask, self._nd, type(self).__name__)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
@@ -43,15 +45,14 @@ class _MaskedBatchNorm(MaskedModule):
 
 class MaskedBatchNorm1d(_MaskedBatchNorm, nn.BatchNorm1d):
     __doc__ = _MaskedBatchNorm.__doc__
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() != 3:
-            raise ValueError(f"{type(self).__name__}: expected (N, C, L) input with a mask, got {tuple(input.shape)}")
+    _nd = 1
 
 
 class MaskedBatchNorm2d(_MaskedBatchNorm, nn.BatchNorm2d):
     __doc__ = _MaskedBatchNorm.__doc__
+    _nd = 2
 
 
 class MaskedBatchNorm3d(_MaskedBatchNorm, nn.BatchNorm3d):
     __doc__ = _MaskedBatchNorm.__doc__
+    _nd = 3

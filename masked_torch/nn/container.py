@@ -5,6 +5,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from .. import functional as MF
 from .base import MaskedModule
 
 __all__ = ["MaskedSequential", "Masked"]
@@ -43,9 +44,10 @@ class Masked(MaskedModule, nn.Module):
         self.module = module
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
-        out = self.module(input)
         if mask is None:
-            return out, None
+            return self.module(input), None
+        MF.check_mask(input, mask, input.dim() - 2, f"Masked({type(self.module).__name__})")
+        out = self.module(input)
         if out.dim() != mask.dim() or out.shape[0] != mask.shape[0] or out.shape[2:] != mask.shape[2:]:
             raise ValueError(
                 f"Masked({type(self.module).__name__}): the module changed the grid from input "

@@ -37,20 +37,23 @@ def _clone_conv(conv: nn.Module, cls: type, **options) -> nn.Module:
         dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
         device=conv.weight.device, dtype=conv.weight.dtype, **options,
     )
-    new.load_state_dict(conv.state_dict(), strict=True)
-    new.train(conv.training)
-    return new
+    return _carry_over(conv, new)
+
+
+def _carry_over(old: nn.Module, new: nn.Module) -> nn.Module:
+    """Weights, buffers, training mode and which parameters are frozen."""
+    new.load_state_dict(old.state_dict(), strict=True)
+    for name, param in old.named_parameters(recurse=False):
+        getattr(new, name).requires_grad_(param.requires_grad)
+    return new.train(old.training)
 
 
 def _clone_norm(norm: nn.Module, cls: type) -> nn.Module:
-    factory = {}
-    if norm.weight is not None:
-        factory = {"device": norm.weight.device, "dtype": norm.weight.dtype}
+    like = next((t for t in (norm.weight, norm.running_mean) if t is not None), None)
+    factory = {} if like is None else {"device": like.device, "dtype": like.dtype}
     new = cls(norm.num_features, eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
               track_running_stats=norm.track_running_stats, **factory)
-    new.load_state_dict(norm.state_dict(), strict=True)
-    new.train(norm.training)
-    return new
+    return _carry_over(norm, new)
 
 
 def convert(model: nn.Module, kind: str = "masked", **options) -> nn.Module:
