@@ -186,8 +186,11 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
     # under torchrun: join the process group (gloo on CPU, nccl on CUDA); batch i goes to rank i % world
+    if device.type == "cuda" and device.index is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error("--device: under torchrun give 'cuda' without an index; each process takes the GPU of its "
+                     "LOCAL_RANK")
     rank, world = init_from_env(args.device)
-    if device.type == "cuda" and world > 1 and device.index is None:
+    if device.type == "cuda" and world > 1:
         args.device = f"cuda:{torch.cuda.current_device()}"
 
     settings = Settings(

@@ -71,6 +71,8 @@ def _coerce(name: str, value):
     if isinstance(default, int) or name in ("num_images", "max_side", "threads"):
         if value is None or (isinstance(value, str) and value.lower() == "none"):
             return None
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise SweepError(f"setting {name!r} takes an integer, got {value!r}")
         try:
             return int(value)
         except (TypeError, ValueError):
@@ -121,10 +123,28 @@ def expand_grid(grid: dict, fixed: Optional[dict] = None) -> list[Settings]:
     out = []
     for combo in itertools.product(*values):
         try:
-            out.append(Settings(**fixed, **dict(zip(names, combo))))
+            settings = Settings(**fixed, **dict(zip(names, combo)))
         except TypeError as exc:
             raise SweepError(str(exc)) from None
+        _check_choices(settings)
+        out.append(settings)
     return out
+
+
+def _check_choices(settings: Settings) -> None:
+    """Values with a fixed set of choices, checked before any worker starts."""
+    from .stacks import ACTIVATIONS, INITS, STACKS
+
+    for name, allowed in (("activation", ACTIVATIONS), ("init", INITS), ("normalize", ("image", "dataset", "none"))):
+        if getattr(settings, name) not in allowed:
+            raise SweepError(f"setting {name!r} must be one of {sorted(allowed)}, got {getattr(settings, name)!r}")
+    bad = [s for s in settings.stacks if s not in STACKS]
+    if bad or not settings.stacks:
+        raise SweepError(f"setting 'stacks' takes names from {list(STACKS)} joined by '+', got {settings.stacks!r}")
+    for name in ("depth", "batch_size", "num_images", "max_side", "threads"):
+        value = getattr(settings, name)
+        if value is not None and value < 1:
+            raise SweepError(f"setting {name!r} must be a positive integer, got {value!r}")
 
 
 def config_id(settings: Settings) -> str:
@@ -145,10 +165,21 @@ def _setting_columns(frame: pd.DataFrame, settings: Settings, cid: str) -> pd.Da
     return frame
 
 
+def _failure(settings: Settings, cid: str, runs: Path, error: str, trace: str = "") -> dict:
+    """A failed configuration's record, also kept as ``runs/<config>.error.json``."""
+    record = {"config": cid, "ok": False, "settings": settings.to_dict(), "error": error, "traceback": trace}
+    error_file = runs / f"{cid}.error.json"
+    tmp = error_file.with_name(error_file.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, error_file)
+    return record
+
+
 def _run_one(settings: Settings, runs: str, threads: int) -> dict:
     """Worker: run one configuration, write its parquet files; never raises (errors become a record)."""
     import torch
 
+    threads = settings.threads or threads  # a threads setting in the grid wins
     torch.set_num_threads(threads)
     cid = config_id(settings)
     runs = Path(runs)
@@ -163,12 +194,7 @@ def _run_one(settings: Settings, runs: str, threads: int) -> dict:
         error_file.unlink(missing_ok=True)
         return {"config": cid, "ok": True, "seconds": time.perf_counter() - start}
     except Exception as exc:  # noqa: BLE001 -- report every failure with its settings, keep the others
-        record = {"config": cid, "ok": False, "settings": settings.to_dict(),
-                  "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-        tmp = error_file.with_name(error_file.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, error_file)
-        return record
+        return _failure(settings, cid, runs, f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
 
 @dataclass
@@ -209,9 +235,13 @@ def run_sweep(configs: Sequence[Settings], out, *, jobs: int = 1, progress: bool
                 bar.update()
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, c, str(runs), threads) for c, _ in todo]
+            futures = {pool.submit(_run_one, c, str(runs), threads): (c, i) for c, i in todo}
             for fut in as_completed(futures):
-                results.append(fut.result())
+                try:
+                    results.append(fut.result())
+                except Exception as exc:  # noqa: BLE001 -- a worker that died (killed, out of memory, crashed)
+                    c, i = futures[fut]
+                    results.append(_failure(c, i, runs, f"worker process died: {type(exc).__name__}: {exc}"))
                 if bar:
                     bar.update()
     if bar:

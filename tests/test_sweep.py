@@ -71,3 +71,50 @@ def test_sweep_cli(tmp_path):
     bad = subprocess.run([sys.executable, SCRIPT, "sweep", "--vary", "colour=red", "--out", str(out)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "colour" in bad.stderr
+
+
+@pytest.mark.parametrize("grid, match", [
+    ({"depth": [2.5]}, "integer"),
+    ({"seed": [True]}, "integer"),
+    ({"batch_size": [0]}, "positive"),
+    ({"activation": ["swish"]}, "activation"),
+    ({"stacks": ["conv+fancy"]}, "stacks"),
+])
+def test_bad_values_are_rejected_before_any_worker_starts(grid, match):
+    with pytest.raises(SweepError, match=match):
+        expand_grid(grid, {})
+
+
+def test_a_worker_that_dies_is_reported_and_the_others_kept(tmp_path, monkeypatch):
+    import analysis.sweep as sweep
+
+    configs = expand_grid({"depth": [1, 2]}, FIXED)
+
+    class DyingPool:
+        """Stands in for the process pool: the first worker dies, the second runs."""
+
+        def __init__(self, *a, **k):
+            self.calls = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, *args):
+            from concurrent.futures import Future
+            from concurrent.futures.process import BrokenProcessPool
+
+            fut = Future()
+            self.calls += 1
+            if self.calls == 1:
+                fut.set_exception(BrokenProcessPool("killed"))
+            else:
+                fut.set_result(fn(*args))
+            return fut
+
+    monkeypatch.setattr(sweep, "ProcessPoolExecutor", DyingPool)
+    result = run_sweep(configs, tmp_path, jobs=2, progress=False)
+    assert len(result.failed) == 1 and "worker process died" in result.failed[0]["error"]
+    assert len(result.ran) == 1 and (tmp_path / "sweep_stats.parquet").exists()
