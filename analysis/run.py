@@ -304,33 +304,26 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def _write_parquet(frame: pd.DataFrame, path: Path, metadata: Optional[dict] = None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if metadata is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    pq.write_table(table, path)
+
+
 def write_parquet_atomic(frame: pd.DataFrame, path, metadata: Optional[dict] = None) -> Path:
     """Write ``frame`` to ``path`` through a temporary file in the same folder and ``os.replace``:
     readers see the old file or the complete new one, never a half-written one; on any error (or
     ``KeyboardInterrupt``) the temporary file is removed and the old file is left as it was.
     ``metadata`` goes into the schema metadata as JSON under :data:`METADATA_KEY`."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = Path(path)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    if metadata is not None:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
     tmp = _tmp_path(path)
     try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _save_figure_atomic(fig, path: Path, dpi: int) -> Path:
-    tmp = _tmp_path(path)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
+        _write_parquet(frame, tmp, metadata)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -361,7 +354,9 @@ def run_metadata(results: Results) -> dict:
 def write_outputs(results: Results, out, *, dpi: int = 120) -> list[Path]:
     """Write the two parquet files and the three figures under ``out``; returns the paths written.
 
-    Figures are drawn first and the parquet files written last, each through a temporary file."""
+    Every file is first written completely to a temporary file beside it; only when all five are there
+    are they renamed into place (``os.replace``) one after the other. An error or Ctrl-C while writing
+    leaves the previous results untouched and no temporary file behind."""
     import matplotlib.pyplot as plt
 
     from . import plot
@@ -369,18 +364,30 @@ def write_outputs(results: Results, out, *, dpi: int = 120) -> list[Path]:
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     meta = run_metadata(results)
-    written = []
-    figs = {
-        "maps": plot.plot_activation_maps(results.maps, rgb=results.rgb),
-        "stats": plot.plot_channel_stats(results.stats),
-        "padding": plot.plot_padding_sensitivity(results.padding),
-    }
+    staged: list[tuple[Path, Path]] = []  # (temporary, final)
+
+    def stage(final: Path) -> Path:
+        staged.append((_tmp_path(final), final))
+        return staged[-1][0]
+
+    figs = {}
     try:
+        figs = {
+            "maps": plot.plot_activation_maps(results.maps, rgb=results.rgb),
+            "stats": plot.plot_channel_stats(results.stats),
+            "padding": plot.plot_padding_sensitivity(results.padding),
+        }
         for key, fig in figs.items():
-            written.append(_save_figure_atomic(fig, out / "figures" / FIGURES[key], dpi))
+            fig.savefig(stage(out / "figures" / FIGURES[key]), dpi=dpi, format="png")
+        _write_parquet(results.stats, stage(out / STATS_FILE), meta)
+        _write_parquet(results.padding, stage(out / PADDING_FILE), meta)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
     finally:
         for fig in figs.values():
             plt.close(fig)
-    written.append(write_parquet_atomic(results.stats, out / STATS_FILE, meta))
-    written.append(write_parquet_atomic(results.padding, out / PADDING_FILE, meta))
-    return written
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    return [final for _, final in staged]

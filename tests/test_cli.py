@@ -198,21 +198,21 @@ def test_interrupted_run_exits_130_and_keeps_results(tmp_path, monkeypatch, caps
 
 
 def test_interrupt_between_files_leaves_only_complete_files(tmp_path, monkeypatch):
-    """Ctrl-C after the stats file was replaced but before the padding file: both files are complete."""
+    """Ctrl-C while the padding file is written: every earlier result file is kept as it was."""
     res = run_mod.run_experiment(run_mod.Settings(data="synthetic", depth=1, num_images=2, max_side=16),
                                  progress=False)
     run_mod.write_outputs(res, tmp_path)
-    pad_before = (tmp_path / PADDING_FILE).read_bytes()
-    real = run_mod.write_parquet_atomic
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    real = run_mod._write_parquet
 
     def stop_at_padding(frame, path, metadata=None):
-        if Path(path).name == PADDING_FILE:
+        if PADDING_FILE in Path(path).name:
             raise KeyboardInterrupt
         return real(frame, path, metadata)
 
-    monkeypatch.setattr(run_mod, "write_parquet_atomic", stop_at_padding)
+    monkeypatch.setattr(run_mod, "_write_parquet", stop_at_padding)
     with pytest.raises(KeyboardInterrupt):
         run_mod.write_outputs(res, tmp_path)
-    assert (tmp_path / PADDING_FILE).read_bytes() == pad_before
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     pd.read_parquet(tmp_path / STATS_FILE)
     assert not list(tmp_path.rglob("*.tmp"))
