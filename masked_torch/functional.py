@@ -129,22 +129,23 @@ _BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: 
 def _zero_masked(input: Tensor, mask: Tensor) -> Tensor:
     """``input`` with every position where ``mask == 0`` set to exactly 0 (NaN-safe: a select, not ``0 * x``).
 
-    On CPU, for a 1-channel mask, outside autograd and tracing, the select is a bitwise AND of the IEEE bits with an all-ones /
+    On CPU, for a 1-channel mask, outside autograd and tracing, the select is a bitwise AND of the IEEE bits
+    with an all-ones /
     all-zeros mask (bit-exact: valid values, NaN included, pass unchanged; the rest become +0.0), which runs
     1.5-3x faster than ``torch.where`` with a broadcast condition there; elsewhere (autograd, forward AD,
     functorch transforms, tracing, other devices) ``torch.where``.
     """
     keep = mask if mask.dtype == torch.bool else mask != 0
     fast = (
-        type(input) is Tensor  # not a subclass, functorch-wrapped or forward-AD dual tensor
+        not torch.compiler.is_compiling()  # first: nothing below needs to be traced
+        and not torch.jit.is_tracing()
+        and type(input) is Tensor  # not a subclass, functorch-wrapped or forward-AD dual tensor
         and not torch._C._functorch.is_functorch_wrapped_tensor(input)
         and torch.autograd.forward_ad.unpack_dual(input).tangent is None
         and input.device.type == "cpu"
         and keep.shape[1] == 1  # a small, broadcast bit mask (for a C-channel mask it would cost a full pass)
         and input.dtype in _BITS
         and not (input.requires_grad and torch.is_grad_enabled())
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
     )
     if fast:
         bits = _BITS[input.dtype]
