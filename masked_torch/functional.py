@@ -130,9 +130,8 @@ def _zero_masked(input: Tensor, mask: Tensor) -> Tensor:
     """``input`` with every position where ``mask == 0`` set to exactly 0 (NaN-safe: a select, not ``0 * x``).
 
     On CPU, for a 1-channel mask, outside autograd and tracing, the select is a bitwise AND of the IEEE bits
-    with an all-ones /
-    all-zeros mask (bit-exact: valid values, NaN included, pass unchanged; the rest become +0.0), which runs
-    1.5-3x faster than ``torch.where`` with a broadcast condition there; elsewhere (autograd, forward AD,
+    with an all-ones / all-zeros mask (bit-exact: valid values, NaN included, pass unchanged; the rest become
+    +0.0), which runs 1.5-3x faster than ``torch.where`` with a broadcast condition there; elsewhere (autograd, forward AD,
     functorch transforms, tracing, other devices) ``torch.where``.
     """
     keep = mask if mask.dtype == torch.bool else mask != 0
