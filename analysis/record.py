@@ -714,10 +714,9 @@ class ActivationRecorder:
         for name, mom in moments.items():
             mom = mom.to("cpu")
             has = (mom.count > 0).numpy()
-            nan = np.nan
 
-            def col(t: Tensor) -> np.ndarray:
-                return np.where(has, t.numpy(), nan)
+            def col(t: Tensor, has=has) -> np.ndarray:
+                return np.where(has, t.numpy(), np.nan)
 
             c = mom.channels
             parts.append(pd.DataFrame({

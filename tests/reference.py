@@ -39,7 +39,6 @@ def conv_ref(x, w, groups, stride, padding, dilation):
 
 def centre_ref(mask, kernel, stride, padding, dilation, out_shape):
     """mask[..., i*stride - padding + dilation*(k//2)], 0 outside the input."""
-    nd = mask.dim() - 2
     out = torch.zeros(mask.shape[:2] + tuple(out_shape), dtype=mask.dtype)
     for idx in itertools.product(*(range(s) for s in out_shape)):
         src = [i * stride[d] - padding[d] + dilation[d] * (kernel[d] // 2) for d, i in enumerate(idx)]

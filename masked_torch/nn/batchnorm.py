@@ -27,7 +27,10 @@ class _MaskedBatchNorm(MaskedModule):
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         if mask is None:
             return super().forward(input), None
-        MF.check_mask(input, mask, self._nd, type(self).__name__)
+        if input.dim() != self._nd + 2:  # the mask itself is checked by masked_batch_norm
+            raise ValueError(f"{type(self).__name__}: a mask needs a batched input of {self._nd + 2} dimensions "
+                             f"(N, C, *spatial), got input of shape {tuple(input.shape)} and mask of shape "
+                             f"{tuple(mask.shape)}")
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
