@@ -25,6 +25,7 @@ from torch import Tensor
 
 __all__ = [
     "check_mask",
+    "check_broadcast_mask",
     "window_centre",
     "window_mean",
     "partial_conv",
@@ -32,6 +33,25 @@ __all__ = [
     "masked_batch_norm",
     "masked_unshuffle",
     "masked_spatial_mean",
+    "window_anchor",
+    "zero_masked",
+    "intersect_masks",
+    "masked_max_pool",
+    "masked_avg_pool",
+    "masked_reduce",
+    "masked_group_norm",
+    "masked_layer_norm",
+    "masked_conv_transpose",
+    "check_interpolate",
+    "masked_interpolate",
+    "masked_pixel_shuffle",
+    "conv_transpose_mask",
+    "interpolate_mask",
+    "reshape_mask",
+    "index_mask",
+    "split_masks",
+    "masked_cat",
+    "masked_linear",
 ]
 
 _Size = Union[int, Sequence[int]]
@@ -117,6 +137,22 @@ def check_mask(input: Tensor, mask: Optional[Tensor], nd: int, name: str) -> Opt
     return mask
 
 
+def check_broadcast_mask(input: Tensor, mask: Optional[Tensor], name: str) -> Optional[Tensor]:
+    """For layers that act on each entry (or along dims where the mask has size 1), in any layout: the mask
+    has the input's rank, its batch size, and each other dim equal to the input's or 1."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"{name}: mask must be a tensor or None, got {type(mask).__name__}")
+    if (mask.dim() != input.dim() or input.dim() < 1 or mask.shape[0] != input.shape[0]
+            or any(m not in (1, s) for m, s in zip(mask.shape[1:], input.shape[1:]))):
+        raise ValueError(f"{name}: mask of shape {tuple(mask.shape)} does not broadcast against input of shape "
+                         f"{tuple(input.shape)} (same rank and batch size; every other dim equal or 1)")
+    if mask.device != input.device:
+        raise ValueError(f"{name}: mask is on {mask.device} but input is on {input.device}")
+    return mask
+
+
 def _mask_as(mask: Tensor, input: Tensor) -> Tensor:
     """The mask in the dtype mask arithmetic runs in."""
     return mask.to(_mask_dtype(input))
@@ -152,6 +188,76 @@ def _zero_masked(input: Tensor, mask: Tensor) -> Tensor:
     return torch.where(keep, input, torch.zeros((), dtype=input.dtype, device=input.device))
 
 
+def _take_grid(mask: Tensor, dim: int, start: int, step: int, count: int, *, clamp: bool) -> Tensor:
+    """Entries ``start + i*step`` (``i < count``) of ``mask`` along ``dim``. An index before the first entry
+    reads the first entry (``clamp=True``) or 0; an index past the last entry reads 0."""
+    size = mask.shape[dim]
+    left = max(0, -start)
+    right = max(0, start + step * (count - 1) + 1 - size)
+    if left or right:
+        parts = []
+        if left:
+            shape = list(mask.shape)
+            shape[dim] = left
+            parts.append(mask.narrow(dim, 0, 1).expand(shape) if clamp else mask.new_zeros(shape))
+        parts.append(mask)
+        if right:
+            shape = list(mask.shape)
+            shape[dim] = right
+            parts.append(mask.new_zeros(shape))
+        mask = torch.cat(parts, dim)
+        start += left
+    if start == 0 and step == 1 and count == mask.shape[dim]:
+        return mask
+    return mask.narrow(dim, start, step * (count - 1) + 1)[(slice(None),) * dim + (slice(None, None, step),)]
+
+
+def window_anchor(
+    mask: Tensor,
+    kernel_size: Sequence[int],
+    stride: _Size = 1,
+    padding: _Size = 0,
+    dilation: _Size = 1,
+    *,
+    anchor: str = "centre",
+    ceil_mode: bool = False,
+    out_shape: Optional[Sequence[int]] = None,
+) -> Tensor:
+    """The mask value that decides whether each output window of a convolution or pooling is valid.
+
+    ``anchor="centre"``: the window's centre, input index ``i*stride - padding + dilation*(k//2)`` (0 where
+    that falls in the zero padding): the masked-convolution rule.
+
+    ``anchor="end"``: the input index ``i*stride + dilation*(k-1) - 2*padding`` (clamped at 0; with
+    ``ceil_mode``, ``i*stride + max(dilation*(k-1) - 2*padding - stride + 1, -padding)``): for an image at
+    the origin of the canvas (a padded batch), the output is valid exactly where the same layer run on the
+    image alone, at its own size, has an output. It equals the centre for a centred window (odd kernel,
+    ``padding = dilation*(k-1)/2``) and differs for windows such as a 4x4 stride-4 patchify or an
+    unpadded 3x3, where the plain layer drops the last, partly covered window.
+
+    ``out_shape`` (the spatial output size) defaults to the floor-mode convolution size. When the output
+    equals the input grid, the mask itself is returned (not a copy).
+    """
+    nd = mask.dim() - 2
+    kernel_size = _ntuple(kernel_size, nd)
+    stride, padding, dilation = (_ntuple(v, nd) for v in (stride, padding, dilation))
+    if anchor not in ("centre", "end"):
+        raise ValueError(f"window_anchor: anchor must be 'centre' or 'end', got {anchor!r}")
+    if out_shape is None:
+        out_shape = [(s + 2 * p - d * (k - 1) - 1) // st + 1
+                     for s, p, d, k, st in zip(mask.shape[2:], padding, dilation, kernel_size, stride)]
+    for d in range(nd):
+        k, s, p, dil = kernel_size[d], stride[d], padding[d], dilation[d]
+        if anchor == "centre":
+            start = dil * (k // 2) - p
+        elif ceil_mode:
+            start = max(dil * (k - 1) - 2 * p - s + 1, -p)
+        else:
+            start = dil * (k - 1) - 2 * p
+        mask = _take_grid(mask, 2 + d, start, s, int(out_shape[d]), clamp=anchor == "end")
+    return mask
+
+
 def window_centre(
     mask: Tensor,
     kernel_size: Sequence[int],
@@ -164,27 +270,7 @@ def window_centre(
     Output index ``i`` reads input index ``i*stride - padding + dilation*(k//2)`` in every spatial
     dimension, and 0 where that falls outside the input (in the zero padding).
     """
-    nd = mask.dim() - 2
-    kernel_size = _ntuple(kernel_size, nd)
-    stride, padding, dilation = (_ntuple(v, nd) for v in (stride, padding, dilation))
-    offsets = [d * (k // 2) for k, d in zip(kernel_size, dilation)]
-    # a centre falls in the padding on the left if p > d*(k//2), on the right if p > d*((k-1) - k//2)
-    if any(p > d * ((k - 1) // 2) for p, k, d in zip(padding, kernel_size, dilation)):
-        # Pad with zeros, then index from the padded origin.
-        pad = []
-        for p in reversed(padding):
-            pad += [p, p]
-        mask = F.pad(mask, pad)
-        starts = offsets
-        sizes = [s - 2 * p for s, p in zip(mask.shape[2:], padding)]
-    else:
-        starts = [o - p for o, p in zip(offsets, padding)]
-        sizes = list(mask.shape[2:])
-    index = [slice(None), slice(None)]
-    for d in range(nd):
-        out = (sizes[d] + 2 * padding[d] - dilation[d] * (kernel_size[d] - 1) - 1) // stride[d] + 1
-        index.append(slice(starts[d], starts[d] + stride[d] * (out - 1) + 1, stride[d]))
-    return mask[tuple(index)]
+    return window_anchor(mask, kernel_size, stride, padding, dilation, anchor="centre")
 
 
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
@@ -232,6 +318,8 @@ def partial_conv(
     *,
     multichannel: bool = False,
     update_mask: bool = True,
+    anchor: str = "centre",
+    zeroed: bool = False,
     name: str = "partial_conv",
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Partial convolution (Liu et al. 2018).
@@ -244,7 +332,10 @@ def partial_conv(
 
     Output mask (0/1): ``update_mask=True`` (the paper's rule) is 1 where ``sum(M) > 0``;
     ``update_mask=False`` (padding use) is the validity at the window centre (any channel), and 0 where
-    ``sum(M) == 0``. It is 1-channel unless ``multichannel`` and ``groups > 1`` (then ``C_out`` channels).
+    ``sum(M) == 0`` (``anchor="end"``: at the window's end, see :func:`window_anchor`). It is 1-channel
+    unless ``multichannel`` and ``groups > 1`` (then ``C_out`` channels). The output is 0 wherever the
+    output mask is 0. ``zeroed=True`` promises that ``input`` is already exactly 0 under the mask (as every
+    masked layer's output is), which skips the select pass over the input.
     ``mask=None`` is the plain convolution and returns ``None`` as mask.
     """
     nd = _conv_dims(weight)
@@ -258,7 +349,8 @@ def partial_conv(
     if valid_in.shape[1] != 1 and not multichannel:
         valid_in = valid_in.any(dim=1, keepdim=True)
     # X*M for a 0/1 mask, with garbage under the mask replaced by exact zeros
-    raw = conv(_zero_masked(input, valid_in), weight, None, stride, padding, dilation, groups)
+    raw = conv(input if zeroed else _zero_masked(input, valid_in), weight, None, stride, padding, dilation,
+               groups)
 
     n, c_out = raw.shape[:2]
     grouped = valid_in.shape[1] != 1 and groups > 1
@@ -271,6 +363,11 @@ def partial_conv(
         # winsize / sum(M) = per_position / mean(counts over the window)
         mean = window_mean(counts, kernel_size, stride, padding, dilation)  # (N, 1 or G, *out)
         seen = mean > 0
+        if not update_mask:  # valid: seen, and valid at the window's centre (or end)
+            centre_valid = valid_in if valid_in.shape[1] == 1 else valid_in.any(dim=1, keepdim=True)
+            pad = resolve_padding(padding, kernel_size, _ntuple(dilation, nd), name)
+            seen = seen & window_anchor(centre_valid, kernel_size, stride, pad, dilation, anchor=anchor,
+                                        out_shape=raw.shape[2:])
         ratio = torch.where(seen, per_position / mean, torch.zeros((), dtype=dtype, device=mean.device))
         valid = seen.to(dtype)
         if grouped:  # (N, G, 1, *out): broadcast over each group's output channels
@@ -283,13 +380,7 @@ def partial_conv(
         if bias is not None:
             y = y.addcmul_(bias.view(y.shape[1:-nd] + (1,) * nd), valid_b)
         y = raw  # the (N, C_out, *out) tensor the views above wrote into
-
-        if update_mask:
-            out_mask = valid
-        else:
-            centre_valid = valid_in if valid_in.shape[1] == 1 else valid_in.any(dim=1, keepdim=True)
-            pad = resolve_padding(padding, kernel_size, _ntuple(dilation, nd), name)
-            out_mask = window_centre(centre_valid, kernel_size, stride, pad, dilation).to(dtype) * valid
+        out_mask = valid
         if grouped:
             out_mask = out_mask.unsqueeze(2).expand(n, groups, c_out // groups, *out_mask.shape[2:]).flatten(1, 2)
     return y, out_mask
@@ -318,11 +409,16 @@ def masked_conv(
     dilation: _Size = 1,
     groups: int = 1,
     *,
+    anchor: str = "centre",
+    zeroed: bool = False,
     name: str = "masked_conv",
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Masked convolution: ``y = (conv(X, W) + b) * m'`` with ``X`` taken as 0 under the mask.
 
-    ``m'`` is the mask at each window's centre (input index ``i*stride - padding + dilation*(k//2)``).
+    ``m'`` is the mask at each window's centre (input index ``i*stride - padding + dilation*(k//2)``;
+    ``anchor="end"``: the window's end, so that an image at the canvas origin keeps exactly the outputs the
+    plain layer gives it alone; see :func:`window_anchor`). ``zeroed=True`` promises that ``input`` is
+    already exactly 0 under the mask, which skips the select pass over the input.
     For a C-channel mask it is mixed over each group's input channels with the weights
     ``A[o, c] = sum_kernel |W[o, c]|``: ``m' = conv1x1(centre(M), A) / sum_c A``. The output mask is
     ``m'``: 1-channel for a 1-channel mask, ``C_out`` channels otherwise.
@@ -336,14 +432,12 @@ def masked_conv(
     kernel_size = tuple(weight.shape[2:])
     pad = resolve_padding(padding, kernel_size, _ntuple(dilation, nd), name)
     m = _mask_as(mask, input)
-    y = conv(_zero_masked(input, m), weight, bias, stride, padding, dilation, groups)
-    centre = window_centre(m, kernel_size, stride, pad, dilation)
+    y = conv(input if zeroed else _zero_masked(input, m), weight, bias, stride, padding, dilation, groups)
+    centre = window_anchor(m, kernel_size, stride, pad, dilation, anchor=anchor, out_shape=y.shape[2:])
     if m.shape[1] != 1:
         # the mixing weights are a function of W: gradients flow through |W| too (the formula's derivative)
         with _no_autocast(input):
             centre = conv(centre, mixing_weights(weight, groups, m.dtype), None, 1, 0, 1, groups)
-    else:
-        centre = centre.clone()  # a slice of the caller's mask: the output mask must not alias it
     # in place on the fresh convolution output (its backward does not need it)
     return y.mul_(centre), centre
 
@@ -474,3 +568,554 @@ def masked_spatial_mean(
     mean = x.sum(dim=dims) / total.clamp_min(1e-12) * has
     sample_valid = has.any(dim=1, keepdim=True).to(m.dtype)
     return mean.to(input.dtype), sample_valid
+
+
+# -- masks of the other layers a CNN is made of ---------------------------------------------------------------
+#
+# Every function below takes ``input`` exactly 0 under the mask when ``zeroed=True`` (every masked layer's output
+# is), selects it there otherwise, and returns an output that is exactly 0 wherever its output mask is 0. Where
+# a layer's output grid differs from its input's, the output mask follows the "end" rule of
+# :func:`window_anchor`: an image at the canvas origin keeps exactly the outputs the plain layer gives it alone.
+
+
+def zero_masked(input: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """``input`` with every position where ``mask == 0`` set to exactly 0 (a select, NaN-safe); ``mask``
+    broadcasts against ``input``. ``mask=None`` returns ``input``."""
+    if mask is None:
+        return input
+    return _zero_masked(input, mask)
+
+
+def intersect_masks(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    """The mask of an elementwise result of two masked tensors: valid where both are (``a * b``, broadcast).
+    ``None`` means no constraint; the same tensor twice is returned as it is."""
+    if a is None or a is b:
+        return b
+    if b is None:
+        return a
+    if a.dtype == torch.bool and b.dtype == torch.bool:
+        return a & b
+    return a * b
+
+
+def _check_spatial(input: Tensor, mask: Optional[Tensor], nd: int, name: str) -> None:
+    if input.dim() != nd + 2:
+        raise ValueError(f"{name}: expected input of {nd + 2} dimensions (N, C, *spatial), got "
+                         f"{tuple(input.shape)}" + ("" if mask is None else f" with mask {tuple(mask.shape)}"))
+    check_mask(input, mask, nd, name)
+
+
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+
+
+def masked_max_pool(
+    input: Tensor,
+    mask: Optional[Tensor],
+    kernel_size: _Size,
+    stride: Optional[_Size] = None,
+    padding: _Size = 0,
+    dilation: _Size = 1,
+    ceil_mode: bool = False,
+    *,
+    nd: Optional[int] = None,
+    zeroed: bool = False,
+    name: str = "masked_max_pool",
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Max pooling that reads masked positions as ``-inf`` (as the plain layer reads its padding): each
+    image of a padded batch gets what it gets alone. Output mask: the "end" rule of :func:`window_anchor`
+    (``ceil_mode`` too); the output is 0 where it is 0. ``mask=None`` is ``F.max_poolNd``."""
+    nd = input.dim() - 2 if nd is None else nd
+    stride = kernel_size if stride is None or stride == [] or stride == () else stride
+    if mask is None:
+        return _MAX_POOL[nd](input, kernel_size, stride, padding, dilation, ceil_mode), None
+    _check_spatial(input, mask, nd, name)
+    valid = mask != 0
+    low = torch.full((), float("-inf"), dtype=input.dtype, device=input.device)
+    y = _MAX_POOL[nd](torch.where(valid, input, low), kernel_size, stride, padding, dilation, ceil_mode)
+    out_mask = window_anchor(_mask_as(mask, input), _ntuple(kernel_size, nd), stride, padding, dilation,
+                             anchor="end", ceil_mode=ceil_mode, out_shape=y.shape[2:])
+    return torch.where(out_mask != 0, y, torch.zeros((), dtype=y.dtype, device=y.device)), out_mask
+
+
+def _window_sum(t: Tensor, kernel_size, stride, padding, ceil_mode: bool, out_shape) -> Tensor:
+    """Sum of ``t`` over each pooling window (zero padding), cut to ``out_shape``."""
+    nd = t.dim() - 2
+    s = _AVG_POOL[nd](t, kernel_size, stride, padding, ceil_mode, True, 1)
+    return s[(slice(None), slice(None)) + tuple(slice(0, o) for o in out_shape)]
+
+
+def masked_avg_pool(
+    input: Tensor,
+    mask: Optional[Tensor],
+    kernel_size: _Size,
+    stride: Optional[_Size] = None,
+    padding: _Size = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: Optional[int] = None,
+    *,
+    nd: Optional[int] = None,
+    zeroed: bool = False,
+    name: str = "masked_avg_pool",
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Average pooling whose divisor counts what the plain layer counts on each image alone.
+
+    ``count_include_pad=False``: the valid positions of the window; ``True``: the window less what lies
+    beyond the image's own padding (for ``ceil_mode`` windows that reach past it; otherwise the whole
+    window). Output mask: the "end" rule of :func:`window_anchor`. ``mask=None`` is ``F.avg_poolNd``."""
+    nd = input.dim() - 2 if nd is None else nd
+    stride = kernel_size if stride is None or stride == [] or stride == () else stride
+    if mask is None:
+        return _AVG_POOL[nd](input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                             divisor_override), None
+    _check_spatial(input, mask, nd, name)
+    kernel_size, stride, padding = (_ntuple(v, nd) for v in (kernel_size, stride, padding))
+    x = input if zeroed else _zero_masked(input, mask)
+    m = _mask_as(mask, input)
+    out_mask = None
+    if divisor_override is not None or (count_include_pad and not ceil_mode):
+        y = _AVG_POOL[nd](x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    else:
+        total = _AVG_POOL[nd](x, kernel_size, stride, padding, ceil_mode, True, 1)
+        with _no_autocast(input):
+            valid = (m != 0).to(m.dtype)
+            if count_include_pad:
+                # the image alone counts its own padding: left padding, and `padding` entries past its end
+                ext = F.pad(valid, [q for p in reversed(padding) for q in (p, 0)])  # dilate to the right...
+                ext = _MAX_POOL[nd](F.pad(ext, [q for p in reversed(padding) for q in (0, p)]),
+                                    tuple(p + 1 for p in padding), 1)
+                ext = F.pad(ext, [q for p in reversed(padding) for q in (p, 0)], value=1.0)  # ...and the left
+                count = _window_sum(ext, kernel_size, stride, 0, ceil_mode, total.shape[2:])
+            else:
+                count = _window_sum(valid, kernel_size, stride, padding, ceil_mode, total.shape[2:])
+            out_mask = window_anchor(m, kernel_size, stride, padding, 1, anchor="end", ceil_mode=ceil_mode,
+                                     out_shape=total.shape[2:])
+            scale = torch.where(count > 0, 1.0 / count.clamp_min(1), torch.zeros((), dtype=m.dtype, device=m.device))
+        y = total * (scale * (out_mask != 0)).to(total.dtype)
+        return y, out_mask
+    out_mask = window_anchor(m, kernel_size, stride, padding, 1, anchor="end", ceil_mode=ceil_mode,
+                             out_shape=y.shape[2:])
+    return torch.where(out_mask != 0, y, torch.zeros((), dtype=y.dtype, device=y.device)), out_mask
+
+
+def _dims(dim, rank: int) -> tuple[int, ...]:
+    if dim is None:
+        return tuple(range(rank))
+    if isinstance(dim, int):
+        dim = (dim,)
+    return tuple(sorted(d % rank for d in dim))
+
+
+def masked_reduce(
+    input: Tensor,
+    mask: Optional[Tensor],
+    dim=None,
+    keepdim: bool = False,
+    mode: str = "mean",
+    *,
+    zeroed: bool = False,
+    name: str = "masked_reduce",
+) -> tuple[Tensor, Optional[Tensor]]:
+    """``mean``, ``sum``, ``amax`` or ``amin`` over ``dim``, over the valid positions only.
+
+    The mask broadcasts against ``input`` (same rank). Over a dim where the mask has size 1 the reduction is
+    the plain one; over the others it counts valid entries only (a global average pool of a padded image is
+    the image's own mean). The output mask is the mask reduced with ``amax`` (valid where any reduced entry
+    was: for a global pool, 1 for every sample with a valid position); the output is 0 where it is 0.
+    """
+    dims = _dims(dim, input.dim())
+    if mask is None:
+        if mode == "mean":
+            return input.mean(dim=dims, keepdim=keepdim), None
+        return getattr(input, mode)(dim=dims, keepdim=keepdim), None
+    check_broadcast_mask(input, mask, name)
+    masked_dims = tuple(d for d in dims if mask.shape[d] != 1)
+    out_mask = mask.amax(dim=dims, keepdim=keepdim) if dims else mask
+    if not masked_dims:
+        if mode == "mean":
+            y = input.mean(dim=dims, keepdim=keepdim)
+        else:
+            y = getattr(input, mode)(dim=dims, keepdim=keepdim)
+        return zero_masked(y, out_mask), out_mask
+    valid = mask != 0
+    if mode in ("mean", "sum"):
+        x = input if zeroed else _zero_masked(input, mask)
+        y = x.sum(dim=dims, keepdim=keepdim)
+        if mode == "mean":
+            with _no_autocast(input):
+                count = valid.sum(dim=dims, keepdim=keepdim, dtype=_mask_dtype(input))
+                count = count * math.prod(input.shape[d] for d in dims if mask.shape[d] == 1)
+            y = y / count.clamp_min(1).to(y.dtype)
+    elif mode in ("amax", "amin"):
+        fill = float("-inf") if mode == "amax" else float("inf")
+        x = torch.where(valid, input, torch.full((), fill, dtype=input.dtype, device=input.device))
+        y = getattr(x, mode)(dim=dims, keepdim=keepdim)
+    else:
+        raise ValueError(f"{name}: mode must be mean, sum, amax or amin, got {mode!r}")
+    return torch.where(out_mask != 0, y, torch.zeros((), dtype=y.dtype, device=y.device)), out_mask
+
+
+def _normalize(x: Tensor, valid: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
+    """``(x - mean) / sqrt(var + eps)`` with the mean and biased variance over the valid entries of ``dims``
+    (``valid`` broadcasts against ``x``); 0 where not valid. Computed in float32 at least."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    xs = torch.where(valid, x.to(dtype), torch.zeros((), dtype=dtype, device=x.device))
+    count = valid.sum(dim=dims, keepdim=True, dtype=dtype)
+    count = count * math.prod(x.shape[d] for d in dims if valid.shape[d] == 1)
+    mean = xs.sum(dim=dims, keepdim=True) / count.clamp_min(1)
+    centred = torch.where(valid, xs - mean, torch.zeros((), dtype=dtype, device=x.device))
+    var = (centred * centred).sum(dim=dims, keepdim=True) / count.clamp_min(1)
+    return centred * torch.rsqrt(var + eps)
+
+
+def masked_group_norm(
+    input: Tensor,
+    mask: Optional[Tensor],
+    num_groups: int,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    name: str = "masked_group_norm",
+) -> Tensor:
+    """Group norm whose statistics, per sample and group, run over the valid positions only (instance norm
+    is ``num_groups = C``); the output is 0 under the mask. ``mask=None`` is ``F.group_norm``."""
+    if mask is None:
+        return F.group_norm(input, num_groups, weight, bias, eps)
+    nd = input.dim() - 2
+    check_mask(input, mask, nd, name)
+    n, c = input.shape[:2]
+    if c % num_groups:
+        raise ValueError(f"{name}: {c} channels do not split into {num_groups} groups")
+    x = input.reshape(n, num_groups, c // num_groups, *input.shape[2:])
+    valid = mask != 0
+    valid = valid.reshape(n, 1, 1, *mask.shape[2:]) if mask.shape[1] == 1 else valid.reshape(x.shape)
+    y = _normalize(x, valid, tuple(range(2, x.dim())), eps).reshape(input.shape)
+    shape = (1, c) + (1,) * nd
+    if weight is not None:
+        y = y * weight.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
+    return torch.where(mask != 0, y, torch.zeros((), dtype=y.dtype, device=y.device)).to(input.dtype)
+
+
+def masked_layer_norm(
+    input: Tensor,
+    mask: Optional[Tensor],
+    normalized_shape: Sequence[int],
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    name: str = "masked_layer_norm",
+) -> Tensor:
+    """Layer norm over the last ``len(normalized_shape)`` dims; the mask broadcasts against ``input``.
+
+    Where the mask has size 1 over the normalised dims (a LayerNorm over channels, channels-last), every
+    position is normalised on its own, exactly as ``F.layer_norm``; otherwise the statistics run over the
+    valid entries. The output is 0 under the mask. ``mask=None`` is ``F.layer_norm``."""
+    normalized_shape = tuple(normalized_shape)
+    if mask is None:
+        return F.layer_norm(input, normalized_shape, weight, bias, eps)
+    check_broadcast_mask(input, mask, name)
+    dims = tuple(range(input.dim() - len(normalized_shape), input.dim()))
+    if all(mask.shape[d] == 1 for d in dims):
+        y = F.layer_norm(input, normalized_shape, weight, bias, eps)
+    else:
+        y = _normalize(input, mask != 0, dims, eps)
+        if weight is not None:
+            y = y * weight
+        if bias is not None:
+            y = y + bias
+    return torch.where(mask != 0, y, torch.zeros((), dtype=y.dtype, device=y.device)).to(input.dtype)
+
+
+def _index_anchor(mask: Tensor, dim: int, out_size: int, index_of) -> Tensor:
+    """``mask`` along ``dim`` at the input index ``index_of(i)`` (clamped to the input) of each output ``i``."""
+    i = torch.arange(out_size, device=mask.device, dtype=torch.float64)
+    idx = index_of(i).clamp(0, mask.shape[dim] - 1).to(torch.long)
+    return mask.index_select(dim, idx)
+
+
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def masked_conv_transpose(
+    input: Tensor,
+    mask: Optional[Tensor],
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: _Size = 1,
+    padding: _Size = 0,
+    output_padding: _Size = 0,
+    groups: int = 1,
+    dilation: _Size = 1,
+    *,
+    zeroed: bool = False,
+    name: str = "masked_conv_transpose",
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Transposed convolution of the input taken as 0 under the mask, times the output mask: output ``o`` is
+    valid where the plain layer run on an image at the canvas origin alone has it (the input index
+    ``floor((o - c) / stride) + 1`` is valid, ``c = dilation*(k-1) - 2*padding + output_padding + 1``).
+    A C-channel mask is first reduced to one channel (valid where any channel is).
+    ``mask=None`` is ``F.conv_transposeNd``."""
+    nd = _conv_dims(weight)
+    if mask is None:
+        return _CONV_T[nd](input, weight, bias, stride, padding, output_padding, groups, dilation), None
+    _check_spatial(input, mask, nd, name)
+    stride, padding, output_padding, dilation = (_ntuple(v, nd) for v in (stride, padding, output_padding, dilation))
+    x = input if zeroed else _zero_masked(input, mask)
+    y = _CONV_T[nd](x, weight, bias, stride, padding, output_padding, groups, dilation)
+    m = conv_transpose_mask(_mask_as(mask, input), weight.shape[2:], stride, padding, output_padding, dilation,
+                            y.shape[2:])
+    return y * m.to(y.dtype), m
+
+
+def conv_transpose_mask(mask: Tensor, kernel_size, stride, padding, output_padding, dilation, out_shape) -> Tensor:
+    """The output mask of a transposed convolution (see :func:`masked_conv_transpose`), one channel."""
+    nd = mask.dim() - 2
+    stride, padding, output_padding, dilation = (_ntuple(v, nd) for v in (stride, padding, output_padding, dilation))
+    m = mask if mask.shape[1] == 1 else mask.amax(dim=1, keepdim=True)
+    for d in range(nd):
+        c = dilation[d] * (kernel_size[d] - 1) - 2 * padding[d] + output_padding[d] + 1
+        s = stride[d]
+        m = _index_anchor(m, 2 + d, out_shape[d], lambda i, c=c, s=s: torch.floor((i - c) / s) + 1)
+    return m
+
+
+_LINEAR_MODES = {"linear", "bilinear", "trilinear"}
+_NEAREST_MODES = {"nearest", "nearest-exact"}
+
+
+def check_interpolate(size=None, scale_factor=None, mode: str = "nearest", align_corners=None,
+                      recompute_scale_factor=None, antialias: bool = False, *, name: str = "interpolate") -> None:
+    """Refuse what makes an interpolation depend on the padded canvas (``ValueError`` naming it)."""
+    why = None
+    if size is not None:
+        why = "size= resizes the padded canvas, not each image; use scale_factor="
+    elif scale_factor is None:
+        why = "it needs scale_factor="
+    elif mode not in _LINEAR_MODES | _NEAREST_MODES:
+        why = f"mode={mode!r} has no per-image rule (supported: nearest, nearest-exact, linear, bilinear, trilinear)"
+    elif align_corners:
+        why = "align_corners=True maps the canvas corners, not each image's; use align_corners=False"
+    elif recompute_scale_factor:
+        why = "recompute_scale_factor=True derives the scale from the canvas size"
+    elif antialias:
+        why = "antialias=True is not supported"
+    if why:
+        raise ValueError(f"{name}: cannot be masked exactly: {why}")
+
+
+def masked_interpolate(
+    input: Tensor,
+    mask: Optional[Tensor],
+    scale_factor,
+    mode: str = "nearest",
+    align_corners: Optional[bool] = None,
+    *,
+    zeroed: bool = False,
+    name: str = "masked_interpolate",
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Up- or downsampling by ``scale_factor`` of a padded batch, per image as on the image alone.
+
+    Nearest modes read the same source pixel as on the image alone. Linear modes are normalised,
+    ``interp(X*M) / interp(M)``: at the image's edge the weights that fell on the padding go back to the
+    edge pixel, which is exactly the edge clamping of the plain layer on the image alone. Output ``i`` is
+    valid where the image alone has it (``i < floor(size * scale)``: the input index
+    ``ceil((i + 1) / scale) - 1`` is valid). The mask of a linear mode is reduced to one channel.
+    """
+    nd = input.dim() - 2
+    check_interpolate(None, scale_factor, mode, align_corners, name=name)
+    kwargs = {} if mode in _NEAREST_MODES else {"align_corners": False}
+    y = F.interpolate(input if (zeroed or mask is None) else _zero_masked(input, mask), scale_factor=scale_factor,
+                      mode=mode, **kwargs)
+    if mask is None:
+        return y, None
+    _check_spatial(input, mask, nd, name)
+    m = _mask_as(mask, input)
+    if mode in _LINEAR_MODES:
+        with _no_autocast(input):
+            valid = (m != 0).to(m.dtype).amax(dim=1, keepdim=True)
+            weight = F.interpolate(valid, scale_factor=scale_factor, mode=mode, align_corners=False)
+            inv = torch.where(weight > 0, 1.0 / weight, torch.zeros((), dtype=m.dtype, device=m.device))
+        m = interpolate_mask(m.amax(dim=1, keepdim=True), scale_factor, y.shape[2:])
+        return y * (inv * m).to(y.dtype), m
+    m = interpolate_mask(m, scale_factor, y.shape[2:])
+    return y * m.to(y.dtype), m
+
+
+def interpolate_mask(mask: Tensor, scale_factor, out_shape) -> Tensor:
+    """The output mask of :func:`masked_interpolate`: output ``i`` reads the input index
+    ``ceil((i + 1) / scale) - 1``."""
+    nd = mask.dim() - 2
+    scales = scale_factor if isinstance(scale_factor, (tuple, list)) else [scale_factor] * nd
+    for d in range(nd):
+        s = float(scales[d])
+        mask = _index_anchor(mask, 2 + d, out_shape[d], lambda i, s=s: torch.ceil((i + 1) / s) - 1)
+    return mask
+
+
+def masked_pixel_shuffle(input: Tensor, mask: Optional[Tensor], upscale_factor: int, *,
+                         name: str = "masked_pixel_shuffle") -> tuple[Tensor, Optional[Tensor]]:
+    """Depth-to-space (``F.pixel_shuffle``) of input and mask: a 1-channel mask is repeated over each
+    ``r x r`` block, a C-channel mask is shuffled with the input."""
+    y = F.pixel_shuffle(input, upscale_factor)
+    if mask is None:
+        return y, None
+    check_mask(input, mask, input.dim() - 2, name)
+    if mask.shape[1] == 1:
+        r = upscale_factor
+        return y, mask.repeat_interleave(r, dim=-2).repeat_interleave(r, dim=-1)
+    return y, F.pixel_shuffle(mask, upscale_factor)
+
+
+# -- masks through tensor manipulation ---------------------------------------------------------------------
+#
+# A mask has the rank of its tensor and broadcasts against it (size 1 where it does not vary: the channels of
+# a 1-channel mask, or every dim but the batch for a per-sample mask). These functions move a mask the way a
+# tensor operation moves its tensor, so that layout changes (permute to channels-last, flatten after global
+# pooling, channel split) keep each value's validity.
+
+
+def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """Pair runs of dims of shape ``a`` with runs of shape ``b`` that hold the same elements."""
+    groups, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        gi, gj, pa, pb = [], [], 1, 1
+        if i < len(a):
+            gi.append(i)
+            pa, i = pa * a[i], i + 1
+        if j < len(b):
+            gj.append(j)
+            pb, j = pb * b[j], j + 1
+        while pa != pb:
+            if pa < pb and i < len(a):
+                gi.append(i)
+                pa, i = pa * a[i], i + 1
+            elif pb < pa and j < len(b):
+                gj.append(j)
+                pb, j = pb * b[j], j + 1
+            else:
+                raise ValueError(f"cannot reshape {tuple(a)} to {tuple(b)}")
+        groups.append((gi, gj))
+    return groups
+
+
+def reshape_mask(mask: Optional[Tensor], in_shape: Sequence[int], out_shape: Sequence[int]) -> Optional[Tensor]:
+    """The mask of ``x.reshape(out_shape)`` for ``x`` of ``in_shape`` (view, flatten, unflatten, ...).
+
+    Runs of dims where the mask has size 1 stay size 1; a run where it varies is expanded to the tensor's
+    size there and reshaped with it (exact: every value keeps its own validity)."""
+    if mask is None:
+        return None
+    in_shape, out_shape = tuple(int(s) for s in in_shape), tuple(int(s) for s in out_shape)
+    if tuple(mask.shape) == in_shape:
+        return mask.reshape(out_shape)
+    expand, target = list(mask.shape), []
+    for gi, gj in _reshape_groups(in_shape, out_shape):
+        if all(mask.shape[d] == 1 for d in gi):
+            target += [1] * len(gj)
+        else:
+            for d in gi:
+                expand[d] = in_shape[d]
+            target += [out_shape[d] for d in gj]
+    return mask.expand(expand).reshape(target)
+
+
+def _is_canvas_slice(item, size: int) -> bool:
+    if isinstance(item, slice):
+        return any(v is not None and v < 0 for v in (item.start, item.stop))
+    return isinstance(item, int) and item < 0
+
+
+def index_mask(mask, value: Tensor, index, *, name: str = "getitem"):
+    """The mask of ``value[index]``: the same index, with slices and ints applied as ``:`` and ``0`` where the
+    mask has size 1. Indexing a dim where the mask varies from its end (negative indices) depends on the
+    padded canvas and is refused; so are tensor (advanced) indices there."""
+    if mask is None or isinstance(mask, (tuple, list)):
+        return None if mask is None else mask[index]
+    items = index if isinstance(index, tuple) else (index,)
+    if any(i is Ellipsis for i in items):
+        k = items.index(Ellipsis)
+        used = sum(1 for i in items if i is not None and i is not Ellipsis)
+        items = items[:k] + (slice(None),) * (value.dim() - used) + items[k + 1:]
+    out, d = [], 0
+    for item in items:
+        if item is None:
+            out.append(None)
+            continue
+        if mask.shape[d] == 1 and value.shape[d] != 1:
+            if isinstance(item, Tensor):
+                raise ValueError(f"{name}: tensor indices are not supported on a masked tensor")
+            out.append(0 if isinstance(item, int) else slice(None))
+        else:
+            if d >= 1 and (isinstance(item, Tensor) or _is_canvas_slice(item, value.shape[d])):
+                raise ValueError(
+                    f"{name}: index {item!r} on dim {d} counts from the end of the padded canvas, not of each "
+                    f"image (tensor {tuple(value.shape)}, mask {tuple(mask.shape)})")
+            out.append(item)
+        d += 1
+    return mask[tuple(out)]
+
+
+def split_masks(mask: Optional[Tensor], value: Tensor, split, dim: int = 0, *, chunks: bool = False) -> list:
+    """Masks of ``value.split(split, dim)`` (or ``value.chunk(split, dim)`` with ``chunks=True``)."""
+    n = len(value.chunk(split, dim) if chunks else value.split(split, dim))
+    if mask is None:
+        return [None] * n
+    dim = dim % value.dim()
+    if mask.shape[dim] == 1:
+        return [mask] * n
+    return list(mask.chunk(split, dim) if chunks else mask.split(split, dim))
+
+
+def masked_cat(tensors: Sequence[Tensor], masks: Sequence[Optional[Tensor]], dim: int = 0, *,
+               zero: bool = True, name: str = "cat") -> tuple[Tensor, Optional[Tensor]]:
+    """``torch.cat(tensors, dim)`` and its mask.
+
+    Concatenating channels keeps one mask of size 1 along ``dim`` where every input's mask has size 1
+    there: the same mask when they are the same tensor, else their intersection (valid where every input
+    is; then, with ``zero=True``, the output is set to 0 where the intersection is 0). Otherwise the masks,
+    expanded to their tensors along ``dim``, are concatenated. A dim past the channels along which a mask
+    varies (a spatial dim) is refused: joining canvases is not joining images."""
+    y = torch.cat(list(tensors), dim)
+    present = [m for m in masks if m is not None]
+    if not present:
+        return y, None
+    dim = dim % y.dim()
+    if dim >= 2 and any(m.shape[dim] != 1 for m in present):
+        raise ValueError(f"{name}: concatenating along dim {dim}, where the masks vary, joins padded canvases, not "
+                         f"images (tensors {[tuple(t.shape) for t in tensors]})")
+    if all(m is not None and m.shape[dim] == 1 for m in masks):
+        first = masks[0]
+        if all(m is first for m in masks):
+            return y, first
+        out = first
+        for m in masks[1:]:
+            out = intersect_masks(out, m)
+        return (zero_masked(y, out) if zero else y), out
+    parts = []
+    for m, t in zip(masks, tensors):
+        if m is None:
+            m = torch.ones((1,) * t.dim(), dtype=present[0].dtype, device=t.device)
+        shape = list(torch.broadcast_shapes(m.shape, (t.shape[0],) + tuple(present[0].shape[1:])))
+        shape[dim] = t.shape[dim]
+        parts.append(m.expand(shape))
+    return y, torch.cat(parts, dim)
+
+
+def masked_linear(input: Tensor, mask: Optional[Tensor], weight: Tensor, bias: Optional[Tensor] = None, *,
+                  name: str = "linear") -> tuple[Tensor, Optional[Tensor]]:
+    """``F.linear`` over the last dim; the mask must have size 1 there (features of a position, or pooled
+    features), else the output would mix valid and padded entries and is refused. The output is 0 under
+    the mask."""
+    y = F.linear(input, weight, bias)
+    if mask is None:
+        return y, None
+    check_broadcast_mask(input, mask, name)
+    if mask.shape[-1] != 1:
+        raise ValueError(
+            f"{name}: the last dim of input {tuple(input.shape)} is masked (mask {tuple(mask.shape)}): a linear "
+            f"layer over it mixes image and padding; pool over the valid positions first")
+    return (y if bias is None else zero_masked(y, mask)), mask

@@ -37,17 +37,23 @@ def conv_ref(x, w, groups, stride, padding, dilation):
     return torch.einsum(eq, win, wg).reshape(n, c_out, *win.shape[3:3 + nd])
 
 
-def centre_ref(mask, kernel, stride, padding, dilation, out_shape):
-    """mask[..., i*stride - padding + dilation*(k//2)], 0 outside the input."""
+def centre_ref(mask, kernel, stride, padding, dilation, out_shape, anchor="centre"):
+    """mask[..., i*stride - padding + dilation*(k//2)], 0 outside the input.
+
+    ``anchor="end"``: mask[..., max(0, i*stride - padding + dilation*(k-1) - padding)], the last input of
+    the window less the right padding: valid where the layer on the image alone has an output."""
     out = torch.zeros(mask.shape[:2] + tuple(out_shape), dtype=mask.dtype)
     for idx in itertools.product(*(range(s) for s in out_shape)):
-        src = [i * stride[d] - padding[d] + dilation[d] * (kernel[d] // 2) for d, i in enumerate(idx)]
+        if anchor == "centre":
+            src = [i * stride[d] - padding[d] + dilation[d] * (kernel[d] // 2) for d, i in enumerate(idx)]
+        else:
+            src = [max(0, i * stride[d] + dilation[d] * (kernel[d] - 1) - 2 * padding[d]) for d, i in enumerate(idx)]
         if all(0 <= s < mask.shape[2 + d] for d, s in enumerate(src)):
             out[(slice(None), slice(None)) + idx] = mask[(slice(None), slice(None)) + tuple(src)]
     return out
 
 
-def partial_ref(x, m, w, b, groups, stride, padding, dilation, multichannel, update_mask):
+def partial_ref(x, m, w, b, groups, stride, padding, dilation, multichannel, update_mask, anchor="centre"):
     """Partial convolution counts valid inputs: M is the 0/1 validity ``mask != 0``."""
     x, m, w = x.double(), (m != 0).double(), w.double()
     nd = x.dim() - 2
@@ -75,11 +81,12 @@ def partial_ref(x, m, w, b, groups, stride, padding, dilation, multichannel, upd
         out_mask = (msum_o > 0).double()
     else:
         anyv = m.amax(1, keepdim=True)
-        out_mask = centre_ref(anyv, kernel, stride, padding, dilation, raw.shape[2:]) * (msum_o > 0)
+        out_mask = centre_ref(anyv, kernel, stride, padding, dilation, raw.shape[2:], anchor) * (msum_o > 0)
+    y = y * out_mask  # the output is 0 wherever the output mask is 0
     return y, out_mask
 
 
-def masked_ref(x, m, w, b, groups, stride, padding, dilation):
+def masked_ref(x, m, w, b, groups, stride, padding, dilation, anchor="centre"):
     x, m, w = x.double(), m.double(), w.double()
     nd = x.dim() - 2
     kernel = tuple(w.shape[2:])
@@ -88,7 +95,7 @@ def masked_ref(x, m, w, b, groups, stride, padding, dilation):
     y = conv_ref(xz, w, groups, stride, padding, dilation)
     if b is not None:
         y = y + b.double().view(1, -1, *([1] * nd))
-    cen = centre_ref(m, kernel, stride, padding, dilation, y.shape[2:])  # (N, 1|C, *out)
+    cen = centre_ref(m, kernel, stride, padding, dilation, y.shape[2:], anchor)  # (N, 1|C, *out)
     if m.shape[1] == 1:
         mp = cen.expand(-1, c_out, *cen.shape[2:])
     else:

@@ -60,26 +60,27 @@ def build(cls, case, **options):
 
 
 @settings(max_examples=150)
-@given(case=conv_case(), multichannel=st.booleans(), update_mask=st.booleans())
-def test_partial_conv_formula(case, multichannel, update_mask):
+@given(case=conv_case(), multichannel=st.booleans(), update_mask=st.booleans(),
+       anchor=st.sampled_from(["centre", "end"]))
+def test_partial_conv_formula(case, multichannel, update_mask, anchor):
     x, m = make_inputs(case)
-    layer = build(PARTIAL[case["nd"]], case, multichannel=multichannel, update_mask=update_mask)
+    layer = build(PARTIAL[case["nd"]], case, multichannel=multichannel, update_mask=update_mask, anchor=anchor)
     y, out_mask = layer(x.double(), m)
     ry, rm = partial_ref(x, m.double(), layer.weight.detach(), layer.bias, case["groups"], case["stride"],
-                         case["padding"], case["dilation"], multichannel, update_mask)
+                         case["padding"], case["dilation"], multichannel, update_mask, anchor)
     torch.testing.assert_close(y, ry, rtol=1e-9, atol=1e-9)
     assert out_mask.shape[1] in (1, case["c_out"])
     torch.testing.assert_close(out_mask.expand_as(rm).double(), rm, rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=150)
-@given(case=conv_case())
-def test_masked_conv_formula(case):
+@given(case=conv_case(), anchor=st.sampled_from(["centre", "end"]))
+def test_masked_conv_formula(case, anchor):
     x, m = make_inputs(case)
-    layer = build(MASKED[case["nd"]], case)
+    layer = build(MASKED[case["nd"]], case, anchor=anchor)
     y, out_mask = layer(x.double(), m)
     ry, rm = masked_ref(x, m.double(), layer.weight.detach(), layer.bias, case["groups"], case["stride"],
-                        case["padding"], case["dilation"])
+                        case["padding"], case["dilation"], anchor)
     torch.testing.assert_close(y, ry, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(out_mask.expand_as(rm).double(), rm, rtol=1e-12, atol=1e-12)
     if case["mask_channels"] == 1:

@@ -48,7 +48,8 @@ def test_convert_partial_options_and_plain_kind():
     pconv = mnn.convert(model, "partial", update_mask=False, multichannel=True)
     assert pconv[0].update_mask is False and pconv[3][1].multichannel is True
     plain = mnn.convert(model, "plain")
-    assert isinstance(plain[0], mnn.Masked) and type(plain[0].module) is nn.Conv2d
+    assert isinstance(plain[0], mnn.Unmasked) and type(plain[0].module) is nn.Conv2d
+    assert set(plain.state_dict()) == set(model.state_dict()), "the plain kind keeps the names too"
     x, m = torch.randn(2, 3, 8, 10), torch.ones(2, 1, 8, 10)
     m[1, :, 4:] = 0
     y, out_mask = plain(x, m)
@@ -60,12 +61,17 @@ def test_convert_partial_options_and_plain_kind():
         mnn.convert(model, "fancy")
 
 
+class CumSum(nn.Module):
+    def forward(self, x):
+        return torch.cumsum(x, 2)
+
+
 def test_convert_names_the_module_it_cannot_convert():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.ReLU(), nn.MaxPool2d(2)))
-    with pytest.raises(TypeError, match=r"'1\.1' \(MaxPool2d\)"):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.ReLU(), CumSum()))
+    with pytest.raises(TypeError, match=r"cumsum.*in module '1\.1' \(CumSum\)"):
         mnn.convert(model, "masked")
-    with pytest.raises(TypeError, match="Linear"):
-        mnn.convert(nn.Linear(3, 3), "masked")
+    with pytest.raises(TypeError, match=r"bilinear\) in Bilinear\.forward"):
+        mnn.convert(nn.Bilinear(3, 3, 3), "masked")
 
 
 # --- gradients -----------------------------------------------------------------------------------

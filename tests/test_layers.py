@@ -298,9 +298,40 @@ def test_masked_sequential_rejects_plain_child():
         seq(torch.randn(1, 3, 4, 4), torch.ones(1, 1, 4, 4))
 
 
-def test_masked_wrapper_rejects_grid_change():
-    with pytest.raises(ValueError, match="grid"):
-        mnn.Masked(nn.MaxPool2d(2))(torch.randn(1, 3, 4, 4), torch.ones(1, 1, 4, 4))
+def test_masked_wrapper_refuses_what_is_not_elementwise_and_names_the_layer_to_use():
+    with pytest.raises(TypeError, match="MaskedMaxPool2d"):
+        mnn.Masked(nn.MaxPool2d(2))
+    with pytest.raises(TypeError, match="MaskedGroupNorm"):
+        mnn.Masked(nn.GroupNorm(2, 4))
+    with pytest.raises(TypeError, match="elementwise=True"):
+        mnn.Masked(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ValueError, match="elementwise"):  # vouched for, but it changes the shape
+        mnn.Masked(nn.MaxPool2d(2), elementwise=True)(torch.randn(1, 3, 4, 4), torch.ones(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("module", [nn.Sigmoid(), nn.Hardsigmoid(), nn.ReLU(), nn.Softplus(), nn.Threshold(-1, 2.0)])
+def test_masked_wrapper_output_is_zero_under_the_mask(module):
+    """f(0) != 0 (sigmoid) or garbage under the mask: the output is still exactly 0 where the mask is 0."""
+    x = torch.randn(2, 3, 5, 5)
+    m = torch.ones(2, 1, 5, 5)
+    m[1, :, 2:] = 0
+    x[1, :, 3:] = float("nan")
+    y, out_mask = mnn.Masked(module)(x, m)
+    assert out_mask is m
+    assert bool((y[m.expand_as(y) == 0] == 0).all())
+    assert torch.equal(y[m.expand_as(y) == 1], module(x)[m.expand_as(y) == 1])
+
+
+def test_wrappers_keep_the_wrapped_modules_parameter_names():
+    prelu = nn.PReLU(3)
+    wrapped = mnn.Masked(prelu)
+    assert set(wrapped.state_dict()) == {"weight"} and wrapped.module is prelu
+    assert wrapped.weight is prelu.weight
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    plain = mnn.Unmasked(conv).double()
+    assert set(plain.state_dict()) == {"weight", "bias"} and conv.weight.dtype == torch.float64
+    drop = mnn.Masked(nn.Dropout(0.5)).eval()
+    assert drop.module.training is False
 
 
 def test_state_dict_round_trip_through_bytes():
@@ -357,11 +388,18 @@ def test_forward_mode_ad_and_functorch_keep_tangents():
     assert tangent.abs().max() > 0
 
 
-def test_output_mask_does_not_alias_the_input_mask():
+def test_masks_are_never_written_and_an_unchanged_mask_is_passed_on():
+    """Layers never write into a mask; where a layer keeps the grid, the output mask *is* the input mask
+    (as batch norm and elementwise modules pass it on), so a converted model can tell equal masks apart
+    for free."""
     m = torch.ones(1, 1, 5, 5)
-    _, out_mask = mnn.MaskedConv2d(1, 1, 3, padding=1)(torch.randn(1, 1, 5, 5), m)
-    out_mask.zero_()
-    assert bool((m == 1).all())
+    m[..., 3:] = 0
+    before = m.clone()
+    for layer in (mnn.MaskedConv2d(1, 1, 3, padding=1), mnn.PartialConv2d(1, 1, 3, padding=1, update_mask=False),
+                  mnn.MaskedConv2d(1, 1, 3, padding=1, stride=2)):
+        _, out_mask = layer(torch.randn(1, 1, 5, 5), m)
+        assert torch.equal(m, before)
+    assert mnn.MaskedConv2d(1, 1, 3, padding=1)(torch.randn(1, 1, 5, 5), m)[1] is m
 
 
 def test_masked_batch_norm_single_valid_position_keeps_running_var():

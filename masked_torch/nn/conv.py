@@ -20,17 +20,34 @@ __all__ = [
     "MaskedConv1d", "MaskedConv2d", "MaskedConv3d",
     "LazyPartialConv1d", "LazyPartialConv2d", "LazyPartialConv3d",
     "LazyMaskedConv1d", "LazyMaskedConv2d", "LazyMaskedConv3d",
+    "MaskedConvTranspose1d", "MaskedConvTranspose2d", "MaskedConvTranspose3d",
 ]
 
 
 class _MaskedConvBase(MaskedModule):
-    """Shared checks for both masked convolution rules (mixed into an ``nn.ConvNd`` subclass)."""
+    """Shared options and checks for both masked convolution rules (mixed into an ``nn.ConvNd`` subclass).
 
-    def _check_options(self) -> None:
+    * ``anchor`` -- where the output mask is read: ``"centre"`` (the window centre, the default) or
+      ``"end"`` (valid exactly where the plain layer on an image at the canvas origin alone has an output;
+      the same as the centre for centred windows). See :func:`masked_torch.functional.window_anchor`.
+    * ``input_zeroed`` -- the caller promises that the input is exactly 0 under the mask (every masked
+      layer's output is): the select pass over the input is skipped. :func:`convert` sets it inside
+      converted models, whose input is zeroed once.
+    """
+
+    def _set_options(self, anchor: str, input_zeroed: bool) -> None:
+        if anchor not in ("centre", "end"):
+            raise ValueError(f"{type(self).__name__}: anchor must be 'centre' or 'end', got {anchor!r}")
+        self.anchor = anchor
+        self.input_zeroed = bool(input_zeroed)
         if self.padding_mode != "zeros":
             raise ValueError(
                 f"{type(self).__name__}: only padding_mode='zeros' is supported, got {self.padding_mode!r}"
             )
+
+    def _options_repr(self) -> str:
+        out = f", anchor={self.anchor!r}" if self.anchor != "centre" else ""
+        return out + (", input_zeroed=True" if self.input_zeroed else "")
 
     def _masked_args(self):
         return self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
@@ -49,11 +66,12 @@ class _PartialConvNd(_MaskedConvBase):
       the window centre, so the valid region stays where the image is.
     """
 
-    def __init__(self, *args, multichannel: bool = False, update_mask: bool = True, **kwargs) -> None:
+    def __init__(self, *args, multichannel: bool = False, update_mask: bool = True, anchor: str = "centre",
+                 input_zeroed: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.multichannel = bool(multichannel)
         self.update_mask = bool(update_mask)
-        self._check_options()
+        self._set_options(anchor, input_zeroed)
         if not self.update_mask:
             # the window centre must be defined
             MF.resolve_padding(self.padding, self.kernel_size, self.dilation, type(self).__name__)
@@ -63,11 +81,13 @@ class _PartialConvNd(_MaskedConvBase):
             return super().forward(input), None
         return MF.partial_conv(
             input, mask, *self._masked_args(),
-            multichannel=self.multichannel, update_mask=self.update_mask, name=type(self).__name__,
+            multichannel=self.multichannel, update_mask=self.update_mask, anchor=self.anchor,
+            zeroed=self.input_zeroed, name=type(self).__name__,
         )
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, multichannel={self.multichannel}, update_mask={self.update_mask}"
+        return (f"{super().extra_repr()}, multichannel={self.multichannel}, update_mask={self.update_mask}"
+                f"{self._options_repr()}")
 
 
 class _MaskedConvNd(_MaskedConvBase):
@@ -77,15 +97,19 @@ class _MaskedConvNd(_MaskedConvBase):
     with the weights ``sum_kernel |W|`` for a C-channel mask. A drop-in for a trained ``nn.ConvNd``.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, anchor: str = "centre", input_zeroed: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._check_options()
+        self._set_options(anchor, input_zeroed)
         MF.resolve_padding(self.padding, self.kernel_size, self.dilation, type(self).__name__)
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         if mask is None:
             return super().forward(input), None
-        return MF.masked_conv(input, mask, *self._masked_args(), name=type(self).__name__)
+        return MF.masked_conv(input, mask, *self._masked_args(), anchor=self.anchor, zeroed=self.input_zeroed,
+                              name=type(self).__name__)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._options_repr()
 
 
 class PartialConv1d(_PartialConvNd, nn.Conv1d):
@@ -110,6 +134,39 @@ class MaskedConv2d(_MaskedConvNd, nn.Conv2d):
 
 class MaskedConv3d(_MaskedConvNd, nn.Conv3d):
     __doc__ = _MaskedConvNd.__doc__
+
+
+class _MaskedConvTransposeNd(MaskedModule):
+    """Transposed convolution of the input taken as 0 under the mask: see
+    :func:`masked_torch.functional.masked_conv_transpose`. Same constructor, parameters and state_dict as
+    ``nn.ConvTransposeNd``; ``forward(input, mask=None)``; ``output_size`` is not taken (it sizes the
+    padded canvas, not each image). Used for both ``"masked"`` and ``"partial"`` conversions."""
+
+    def __init__(self, *args, input_zeroed: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.input_zeroed = bool(input_zeroed)
+        if self.padding_mode != "zeros":
+            raise ValueError(
+                f"{type(self).__name__}: only padding_mode='zeros' is supported, got {self.padding_mode!r}"
+            )
+
+    def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        return MF.masked_conv_transpose(
+            input, mask, self.weight, self.bias, self.stride, self.padding, self.output_padding, self.groups,
+            self.dilation, zeroed=self.input_zeroed, name=type(self).__name__,
+        )
+
+
+class MaskedConvTranspose1d(_MaskedConvTransposeNd, nn.ConvTranspose1d):
+    __doc__ = _MaskedConvTransposeNd.__doc__
+
+
+class MaskedConvTranspose2d(_MaskedConvTransposeNd, nn.ConvTranspose2d):
+    __doc__ = _MaskedConvTransposeNd.__doc__
+
+
+class MaskedConvTranspose3d(_MaskedConvTransposeNd, nn.ConvTranspose3d):
+    __doc__ = _MaskedConvTransposeNd.__doc__
 
 
 class _LazyMaskedConvMixin(_LazyConvXdMixin):

@@ -1,0 +1,730 @@
+"""Any traceable CNN, masked: the model's ``torch.fx`` graph with a mask carried beside every value.
+
+:func:`convert_graph` traces the model (``torch.fx.symbolic_trace``, in eval and in train mode), swaps every
+layer that has a masked counterpart for it (same names, same parameters), and rewrites every function and
+method that touches a masked value into its mask rule (``masked_torch.functional``). The result,
+:class:`MaskedGraphModule`, holds the model's own module tree (so ``state_dict`` keys are the plain model's)
+and runs ``forward(input, mask=None) -> (output, out_mask)``.
+
+Values under the mask: the converted model zeroes its input there once; every masked layer keeps its output
+exactly 0 there, and an elementwise op that does not map 0 to 0 (a sigmoid, ``x + 1``, a division) marks its
+result *dirty*: it is zeroed only where a layer or the output needs it, not after every op.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from .. import functional as MF
+from .base import MaskedModule
+from .container import Masked, Unmasked
+from .registry import convert_module, has_rule
+
+__all__ = ["MaskedGraphModule", "convert_graph"]
+
+
+# -- runtime helpers the generated code calls ----------------------------------------------------------------
+
+
+def enter(input: Tensor, mask: Optional[Tensor], zero: bool, name: str):
+    """Check the mask, bring it to the mask dtype, and (masked kinds) zero the input under it."""
+    if mask is None:
+        return input, None
+    if not isinstance(input, Tensor):
+        raise ValueError(f"{name}: the first input must be a tensor to take a mask, got {type(input).__name__}")
+    MF.check_mask(input, mask, input.dim() - 2, name)
+    mask = MF._mask_as(mask, input)
+    return (MF.zero_masked(input, mask) if zero else input), mask
+
+
+def zero_unless_same(value: Tensor, mask: Optional[Tensor], a: Optional[Tensor], b: Optional[Tensor]) -> Tensor:
+    """After ``a + b`` of values 0 under their masks ``a``/``b``: zero where the intersection ``mask`` is 0,
+    unless both had the same mask (then the sum is already 0 there)."""
+    if a is b or mask is None:
+        return value
+    return MF.zero_masked(value, mask)
+
+
+def reshape_like(mask: Optional[Tensor], before: Tensor, after: Tensor) -> Optional[Tensor]:
+    return MF.reshape_mask(mask, before.shape, after.shape)
+
+
+def check_unmasked_dim(value: Tensor, mask: Optional[Tensor], dim: int, name: str) -> Tensor:
+    """For an op along ``dim`` of each position (softmax, normalize): the mask must not vary along it."""
+    if mask is not None and mask.shape[dim % value.dim()] != 1:
+        raise ValueError(f"{name}: works along dim {dim}, where the mask {tuple(mask.shape)} varies: it would mix "
+                         f"image and padding")
+    return value
+
+
+def mask_method(mask: Optional[Tensor], method: str, *args, **kwargs) -> Optional[Tensor]:
+    """Move the mask as a layout method (``permute``, ``transpose``, ``unsqueeze``, ...) moves its tensor."""
+    return None if mask is None else getattr(mask, method)(*args, **kwargs)
+
+
+# -- the converted module -----------------------------------------------------------------------------------
+
+
+class MaskedGraphModule(MaskedModule, nn.Module):
+    """A converted model: the plain model's modules, parameters and buffers (the same names: a checkpoint
+    loads with ``strict=True`` both ways) and ``forward(input, mask=None, **other_inputs) -> (output,
+    out_mask)``, where ``out_mask`` has the structure of ``output`` (a tensor, tuple or dict; ``(N, 1)``
+    sample validity for outputs without spatial dims). ``mask=None`` runs the plain model's computation.
+
+    ``.graph`` (and ``.graph_train`` where training runs other code) is the rewritten ``torch.fx`` graph,
+    ``.code`` its Python source.
+    """
+
+    def __init__(self, root: nn.Module, graphs: dict[bool, fx.Graph], class_name: str) -> None:
+        super().__init__()
+        self._parameters = root._parameters
+        self._buffers = root._buffers
+        self._non_persistent_buffers_set = root._non_persistent_buffers_set
+        self._modules = root._modules
+        self.training = root.training
+        self._class_name = class_name
+        self._graphs = graphs
+        self._compile()
+
+    def _compile(self) -> None:
+        fns, self._sources = {}, {}
+        for training, graph in self._graphs.items():
+            code = graph.python_code(root_module="self")
+            scope = dict(code.globals)
+            exec(compile(code.src, f"<masked {self._class_name} {'train' if training else 'eval'}>", "exec"), scope)
+            fns[training] = scope["forward"]
+            self._sources[training] = code.src
+        object.__setattr__(self, "_fns", fns)
+
+    @property
+    def graph(self) -> fx.Graph:
+        return self._graphs[False]
+
+    @property
+    def graph_train(self) -> fx.Graph:
+        return self._graphs[True]
+
+    @property
+    def code(self) -> str:
+        return self._sources[self.training]
+
+    def forward(self, *args, **kwargs):
+        return self._fns[self.training](self, *args, **kwargs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_fns", None)
+        return state
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state)
+        self._compile()
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        state = copy.deepcopy(self.__getstate__(), memo)
+        new.__setstate__(state)
+        return new
+
+    def _get_name(self) -> str:
+        return self._class_name
+
+
+# -- conversion ---------------------------------------------------------------------------------------------
+
+
+class _Tracer(fx.Tracer):
+    """Layers with a mask rule are leaves; everything else (the model's own blocks, and plain ``torch.nn``
+    modules without a rule) is traced through, down to functions that need a rule of their own."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return has_rule(m)
+
+
+def _trace(root: nn.Module, training: bool) -> fx.Graph:
+    modes = {m: m.training for m in root.modules()}
+    root.train(training)
+    try:
+        return _Tracer().trace(root)
+    except Exception as exc:  # fx raises TraceError, TypeError, AttributeError, ... from user code
+        raise TypeError(
+            f"convert: cannot trace {type(root).__name__} with torch.fx ({type(exc).__name__}: {exc}). Masks follow "
+            f"the model's graph, so forward must be traceable: no Python control flow on tensor values or "
+            f"spatial sizes. Move such code out of forward, or convert the traceable submodules one by one "
+            f"with masked_torch.nn.convert"
+        ) from None
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _describe(node: fx.Node, model: str) -> str:
+    """``node 'add_3' (call_function add) in module 'layer1.0' (BasicBlock)``"""
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", repr(node.target))
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    if node.op == "call_module":
+        where = f"module {node.target!r}"
+    elif stack and isinstance(stack[-1], tuple) and stack[-1][0]:
+        path, cls = stack[-1][0], stack[-1][1]
+        where = f"module {path!r} ({getattr(cls, '__name__', cls)})"
+    else:
+        where = f"{model}.forward"
+    return f"node {node.name!r} ({node.op} {target}) in {where}"
+
+
+_SHAPE_READS = {"size", "dim", "ndimension"}
+
+
+def _is_shape_read(node: fx.Node) -> bool:
+    return ((node.op == "call_function" and node.target is getattr and node.args[1] in ("shape", "ndim"))
+            or (node.op == "call_method" and node.target in _SHAPE_READS))
+
+
+def _drop_unused_shape_reads(graph: fx.Graph) -> None:
+    """``b, c, h, w = x.shape`` with ``h, w`` unused: drop the unused reads (and nothing else)."""
+    changed = True
+    while changed:
+        changed = False
+        for node in reversed(list(graph.nodes)):
+            if node.users:
+                continue
+            pure = _is_shape_read(node) or (
+                node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node)
+                and _is_shape_read(node.args[0]))
+            if pure:
+                graph.erase_node(node)
+                changed = True
+
+
+@dataclass
+class _Val:
+    """A value of the rewritten graph: its node (or constant), its mask node (``None``: statically
+    unmasked), and whether it is exactly 0 under the mask."""
+
+    value: Any
+    mask: Optional[fx.Node] = None
+    masked: bool = False
+    clean: bool = True
+
+
+# ops that act on each entry alone; True: f(0) == 0
+_UNARY: dict[Any, bool] = {}
+for _f, _z in [
+    (F.relu, True), (F.relu6, True), (F.gelu, True), (F.silu, True), (F.hardswish, True), (F.mish, True),
+    (F.leaky_relu, True), (F.elu, True), (F.selu, True), (F.celu, True), (F.hardtanh, True), (F.tanh, True),
+    (F.softsign, True), (F.tanhshrink, True), (F.dropout, True), (F.dropout1d, True), (F.dropout2d, True),
+    (F.dropout3d, True), (F.sigmoid, False), (F.hardsigmoid, False), (F.softplus, False), (F.logsigmoid, False),
+    (torch.relu, True), (torch.tanh, True), (torch.sigmoid, False), (torch.abs, True), (torch.neg, True),
+    (torch.sqrt, True), (torch.square, True), (torch.exp, False), (torch.rsqrt, False), (torch.erf, True),
+    (torch.sin, True), (torch.cos, False), (torch.clamp, False), (torch.clip, False), (operator.neg, True),
+    (F.relu_, True), (torch.relu_, True), (F.hardtanh_, True), (F.leaky_relu_, True), (F.elu_, True),
+    (torch.nn.functional.hardshrink, True), (torch.nn.functional.softshrink, True),
+]:
+    _UNARY[_f] = _z
+_UNARY_METHODS: dict[str, bool] = {
+    "relu": True, "relu_": True, "tanh": True, "tanh_": True, "sigmoid": False, "sigmoid_": False, "abs": True,
+    "neg": True, "sqrt": True, "square": True, "exp": False, "rsqrt": False, "erf": True, "sin": True,
+    "cos": False, "clamp": False, "clamp_": False, "clip": False, "clamp_min": False, "clamp_max": False,
+    "float": True, "double": True, "half": True, "bfloat16": True, "to": True, "type": True, "type_as": True,
+    "contiguous": True, "clone": True, "detach": True, "requires_grad_": True, "hardswish": True,
+}
+_BINARY = {operator.add: "add", operator.iadd: "add", torch.add: "add", operator.sub: "sub", operator.isub: "sub",
+           torch.sub: "sub", torch.subtract: "sub", operator.mul: "mul", operator.imul: "mul", torch.mul: "mul",
+           torch.multiply: "mul", operator.truediv: "div", operator.itruediv: "div", torch.div: "div",
+           torch.true_divide: "div", torch.maximum: "add", torch.minimum: "add", operator.pow: "pow",
+           torch.pow: "pow"}
+_BINARY_METHODS = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul": "mul", "mul_": "mul",
+                   "div": "div", "div_": "div", "pow": "pow", "maximum": "add", "minimum": "add"}
+_REDUCE = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.amin: "amin"}
+_REDUCE_METHODS = {"mean": "mean", "sum": "sum", "amax": "amax", "amin": "amin"}
+_SAME_OP_METHODS = {"permute", "transpose", "movedim", "moveaxis", "swapaxes", "swapdims", "unsqueeze", "expand_as",
+                    "expand"}
+_SAME_OP_FUNCTIONS = {torch.permute: "permute", torch.transpose: "transpose", torch.movedim: "movedim",
+                      torch.moveaxis: "moveaxis", torch.swapaxes: "swapaxes", torch.unsqueeze: "unsqueeze"}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "squeeze", "view_as", "reshape_as"}
+_RESHAPE_FUNCTIONS = {torch.reshape, torch.flatten, torch.squeeze, torch.unflatten}
+_FACTORY_METHODS = {"new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"}
+_FACTORY_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like,
+                      torch.randn_like}
+_ALONG_DIM = {F.softmax: "dim", F.log_softmax: "dim", torch.softmax: "dim", torch.log_softmax: "dim",
+              F.normalize: "dim"}
+
+
+def _sig(*names_defaults):
+    params = []
+    for item in names_defaults:
+        name, default = item if isinstance(item, tuple) else (item, inspect.Parameter.empty)
+        params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
+    return inspect.Signature(params)
+
+
+_SIGS = {
+    "max_pool": _sig("input", "kernel_size", ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False),
+                     ("return_indices", False)),
+    "avg_pool": _sig("input", "kernel_size", ("stride", None), ("padding", 0), ("ceil_mode", False),
+                     ("count_include_pad", True), ("divisor_override", None)),
+    "adaptive": _sig("input", "output_size", ("return_indices", False)),
+    "interpolate": _sig("input", ("size", None), ("scale_factor", None), ("mode", "nearest"), ("align_corners", None),
+                        ("recompute_scale_factor", None), ("antialias", False)),
+    "conv": _sig("input", "weight", ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)),
+    "conv_t": _sig("input", "weight", ("bias", None), ("stride", 1), ("padding", 0), ("output_padding", 0),
+                   ("groups", 1), ("dilation", 1)),
+    "linear": _sig("input", "weight", ("bias", None)),
+    "layer_norm": _sig("input", "normalized_shape", ("weight", None), ("bias", None), ("eps", 1e-5)),
+    "group_norm": _sig("input", "num_groups", ("weight", None), ("bias", None), ("eps", 1e-5)),
+    "batch_norm": _sig("input", "running_mean", "running_var", ("weight", None), ("bias", None), ("training", False),
+                       ("momentum", 0.1), ("eps", 1e-5)),
+    "reduce": _sig("input", ("dim", None), ("keepdim", False), ("dtype", None)),
+    "cat": _sig("tensors", ("dim", 0)),
+    "split": _sig("input", "split_size_or_sections", ("dim", 0)),
+    "chunk": _sig("input", "chunks", ("dim", 0)),
+    "pixel": _sig("input", "factor"),
+}
+_FUNCTION_RULES = {
+    F.max_pool1d: ("max_pool", 1), F.max_pool2d: ("max_pool", 2), F.max_pool3d: ("max_pool", 3),
+    F.avg_pool1d: ("avg_pool", 1), F.avg_pool2d: ("avg_pool", 2), F.avg_pool3d: ("avg_pool", 3),
+    F.adaptive_avg_pool1d: ("adaptive_avg", 1), F.adaptive_avg_pool2d: ("adaptive_avg", 2),
+    F.adaptive_avg_pool3d: ("adaptive_avg", 3), F.adaptive_max_pool1d: ("adaptive_max", 1),
+    F.adaptive_max_pool2d: ("adaptive_max", 2), F.adaptive_max_pool3d: ("adaptive_max", 3),
+    F.interpolate: ("interpolate", None), F.upsample: ("interpolate", None),
+    F.conv1d: ("conv", 1), F.conv2d: ("conv", 2), F.conv3d: ("conv", 3),
+    F.conv_transpose1d: ("conv_t", 1), F.conv_transpose2d: ("conv_t", 2), F.conv_transpose3d: ("conv_t", 3),
+    F.linear: ("linear", None), F.layer_norm: ("layer_norm", None), F.group_norm: ("group_norm", None),
+    F.batch_norm: ("batch_norm", None), torch.cat: ("cat", None), torch.concat: ("cat", None),
+    torch.concatenate: ("cat", None), torch.split: ("split", None), torch.chunk: ("chunk", None),
+    F.pixel_shuffle: ("pixel_shuffle", None), F.pixel_unshuffle: ("pixel_unshuffle", None),
+    F.pad: ("pad", None),
+}
+
+
+class _Rewriter:
+    def __init__(self, root: nn.Module, kind: str, options: dict, name: str) -> None:
+        self.root, self.kind, self.options, self.name = root, kind, options, name
+        self.model = type(root).__name__
+        self.plain = kind == "plain"
+
+    # -- helpers --
+    def call(self, fn: Callable, *args, **kwargs) -> fx.Node:
+        return self.g.call_function(fn, args, kwargs)
+
+    def get(self, i: int, t: fx.Node) -> fx.Node:
+        return self.g.call_function(operator.getitem, (t, i))
+
+    def clean(self, v: _Val) -> Any:
+        """The value, zeroed under its mask if it is dirty (masked kinds)."""
+        if self.plain or not v.masked or v.clean:
+            return v.value
+        return self.call(MF.zero_masked, v.value, v.mask)
+
+    def fail(self, node: fx.Node, why: str, exc=TypeError):
+        raise exc(f"convert: {_describe(node, self.model)}: {why}")
+
+    # -- the walk --
+    def run(self, graph: fx.Graph) -> fx.Graph:
+        self.g = fx.Graph()
+        env: dict[fx.Node, _Val] = {}
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        if not placeholders:
+            raise TypeError(f"convert: {self.name}.forward takes no input")
+        taken = {n.target for n in placeholders}
+        mask_name = "mask" if "mask" not in taken else "input_mask"
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                default = node.args[0] if node.args else inspect.Parameter.empty
+                ph = self.g.placeholder(node.target, default_value=default)
+                if node is placeholders[0]:
+                    mask_ph = self.g.placeholder(mask_name, default_value=None)
+                    t = self.call(enter, ph, mask_ph, not self.plain, self.name)
+                    env[node] = _Val(self.get(0, t), self.get(1, t), True, True)
+                else:
+                    env[node] = _Val(ph)
+            elif node.op == "get_attr":
+                env[node] = _Val(self.g.get_attr(node.target))
+            elif node.op == "output":
+                self.output(node, env)
+            else:
+                env[node] = self.node(node, env)
+        self.g.lint()
+        return self.g
+
+    def output(self, node: fx.Node, env: dict) -> None:
+        def value(n):
+            v = env[n]
+            return self.clean(v)
+
+        def mask(n):
+            return env[n].mask if env[n].masked else None
+
+        out = fx.map_arg(node.args[0], value)
+        masks = fx.map_arg(node.args[0], mask)
+        self.g.output((out, masks))
+
+    def node(self, node: fx.Node, env: dict) -> _Val:
+        vals = []
+        fx.map_arg((node.args, node.kwargs), lambda n: vals.append(env[n]))
+        masked = any(v.masked for v in vals)
+        args = fx.map_arg(node.args, lambda n: env[n].value)
+        kwargs = fx.map_arg(node.kwargs, lambda n: env[n].value)
+        if not masked:  # constants, parameters, random tensors: as they are
+            if node.op == "call_module" and isinstance(self.root.get_submodule(node.target), MaskedModule):
+                return _Val(self.get(0, self.g.call_module(node.target, args, kwargs)))
+            return _Val(self.g.create_node(node.op, node.target, args, kwargs, node.name))
+        if _is_shape_read(node) or (node.op == "call_function" and node.target is operator.getitem
+                                    and isinstance(node.args[0], fx.Node) and _is_shape_read(node.args[0])):
+            return self.shape_read(node, args, kwargs)
+        if (node.op == "call_method" and node.target in _FACTORY_METHODS) or (
+                node.op == "call_function" and node.target in _FACTORY_FUNCTIONS):
+            # reads only the dtype, device (and shape) of a masked tensor: a new, unmasked tensor
+            return _Val(self.copy_node(node, args, kwargs))
+        if node.op == "call_module":
+            return self.module(node, env, args, kwargs)
+        return self.function(node, env, args, kwargs)
+
+    # -- shapes --
+    def shape_read(self, node, args, kwargs) -> _Val:
+        ok = True
+        if node.op == "call_method" and node.target == "size" and (len(args) > 1 or kwargs):
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            ok = isinstance(dim, int) and dim in (0, 1)
+        if node.op == "call_function" and node.target is operator.getitem:
+            index = node.args[1]
+            if isinstance(index, slice):
+                ok = (index.start or 0) >= 0 and index.stop is not None and 0 <= index.stop <= 2 and index.step in (None, 1)
+            else:
+                ok = isinstance(index, int) and index in (0, 1)
+        if not ok:
+            self.fail(node, "reads a spatial size of a masked tensor: that is the padded canvas's size, not each "
+                            "image's (only the batch size and channel count, dims 0 and 1, can be read)", ValueError)
+        return _Val(self.g.create_node(node.op, node.target, args, kwargs, node.name))
+
+    # -- layers --
+    def module(self, node, env, args, kwargs) -> _Val:
+        module = self.root.get_submodule(node.target)
+        if len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], fx.Node):
+            self.fail(node, "a masked layer takes one input")
+        x = env[node.args[0]]
+        t = self.g.call_module(node.target, (self.clean(x), x.mask))
+        return _Val(self.get(0, t), self.get(1, t), True, True)
+
+    # -- functions and methods --
+    def function(self, node, env, args, kwargs) -> _Val:
+        target = node.target
+        if node.op == "call_method":
+            if target in _UNARY_METHODS:
+                return self.unary(node, env, args, kwargs, _UNARY_METHODS[target])
+            if target in _BINARY_METHODS:
+                return self.binary(node, env, args, kwargs, _BINARY_METHODS[target])
+            if target in _REDUCE_METHODS:
+                return self.reduce(node, env, args, kwargs, _REDUCE_METHODS[target])
+            if target in _SAME_OP_METHODS:
+                return self.same_op(node, env, args, kwargs)
+            if target in _RESHAPE_METHODS:
+                return self.reshape(node, env, args, kwargs)
+            if target in ("split", "chunk"):
+                return self.split(node, env, args, kwargs, target)
+            if target in ("softmax", "log_softmax"):
+                return self.along_dim(node, env, args, kwargs)
+        else:
+            if target in _UNARY:
+                return self.unary(node, env, args, kwargs, _UNARY[target])
+            if target in _BINARY:
+                return self.binary(node, env, args, kwargs, _BINARY[target])
+            if target in _REDUCE:
+                return self.reduce(node, env, args, kwargs, _REDUCE[target])
+            if target in _SAME_OP_FUNCTIONS:
+                return self.same_op(node, env, args, kwargs)
+            if target in _RESHAPE_FUNCTIONS:
+                return self.reshape(node, env, args, kwargs)
+            if target is operator.getitem:
+                return self.getitem(node, env, args, kwargs)
+            if target in _ALONG_DIM:
+                return self.along_dim(node, env, args, kwargs)
+            if target in _FUNCTION_RULES:
+                rule, nd = _FUNCTION_RULES[target]
+                return getattr(self, "fn_" + rule)(node, env, args, kwargs, nd)
+        self.fail(node, "no mask rule for this op on a masked tensor; supported are the layers and functions "
+                        "a CNN is made of (see masked_torch.nn.convert)")
+
+    def copy_node(self, node, args, kwargs) -> fx.Node:
+        return self.g.create_node(node.op, node.target, args, kwargs, node.name)
+
+    def masked_args(self, node, env) -> list[_Val]:
+        out = []
+        fx.map_arg((node.args, node.kwargs), lambda n: out.append(env[n]) if env[n].masked else None)
+        return out
+
+    def unary(self, node, env, args, kwargs, keeps_zero: bool) -> _Val:
+        (x,) = self.masked_args(node, env)
+        return _Val(self.copy_node(node, args, kwargs), x.mask, True, x.clean and keeps_zero)
+
+    def binary(self, node, env, args, kwargs, op: str) -> _Val:
+        operands = list(node.args[:2]) + [node.kwargs.get(k) for k in ("other",) if k in node.kwargs]
+        vals = [env[a] if isinstance(a, fx.Node) else None for a in operands[:2]]
+        masked = [v for v in vals if v is not None and v.masked]
+        value = self.copy_node(node, args, kwargs)
+        if len(masked) == 2:
+            a, b = masked
+            mask = self.call(MF.intersect_masks, a.mask, b.mask)
+        else:
+            mask = masked[0].mask
+        other = [o for o, v in zip(operands[:2], vals) if v is None or not v.masked]
+        other = other[0] if other else None
+        if op == "mul":
+            clean = all(v.clean for v in masked)
+        elif op in ("add", "sub"):
+            if len(masked) == 2:
+                clean = all(v.clean for v in masked)
+                if clean and not self.plain:
+                    value = self.call(zero_unless_same, value, mask, masked[0].mask, masked[1].mask)
+            else:
+                clean = masked[0].clean and isinstance(other, (int, float)) and other == 0
+        elif op == "div":
+            first = vals[0]
+            clean = (first is not None and first.masked and first.clean and isinstance(other, (int, float))
+                     and other != 0 and len(masked) == 1)
+        else:  # pow
+            clean = (len(masked) == 1 and vals[0] is not None and vals[0].masked and vals[0].clean
+                     and isinstance(operands[1], (int, float)) and operands[1] > 0)
+        return _Val(value, mask, True, clean)
+
+    def reduce(self, node, env, args, kwargs, mode: str) -> _Val:
+        bound = _SIGS["reduce"].bind(*args, **kwargs).arguments
+        if bound.get("dtype") is not None:
+            self.fail(node, "dtype= is not supported")
+        (x,) = self.masked_args(node, env)
+        if bound.get("dim") is None:
+            self.fail(node, "a reduction over every dim, batch included, mixes the samples", ValueError)
+        t = self.call(MF.masked_reduce, self.clean(x), x.mask, bound["dim"], bound.get("keepdim", False), mode,
+                      zeroed=True, name=node.name)
+        return self.result(node, t, args, kwargs)
+
+    def result(self, node, t: fx.Node, args, kwargs, clean: bool = True) -> _Val:
+        """``t = (value, mask)`` from a mask rule; the plain kind keeps the plain op's value."""
+        value = self.copy_node(node, args, kwargs) if self.plain else self.get(0, t)
+        return _Val(value, self.get(1, t), True, clean)
+
+    def same_op(self, node, env, args, kwargs) -> _Val:
+        (x,) = self.masked_args(node, env)
+        value = self.copy_node(node, args, kwargs)
+        if node.target in ("expand", "expand_as"):
+            return _Val(value, x.mask, True, x.clean)
+        method = node.target if node.op == "call_method" else _SAME_OP_FUNCTIONS[node.target]
+        mask = self.call(mask_method, x.mask, method, *args[1:], **kwargs)
+        return _Val(value, mask, True, x.clean)
+
+    def reshape(self, node, env, args, kwargs) -> _Val:
+        x = env[node.args[0]]
+        if not x.masked:
+            self.fail(node, "reshapes with a masked tensor as the target shape")
+        value = self.copy_node(node, args, kwargs)
+        return _Val(value, self.call(reshape_like, x.mask, args[0], value), True, x.clean)
+
+    def getitem(self, node, env, args, kwargs) -> _Val:
+        x = env[node.args[0]]
+        index_nodes = []
+        fx.map_arg(node.args[1:], index_nodes.append)
+        if not x.masked or any(env[n].masked for n in index_nodes):
+            self.fail(node, "indexes with a masked tensor")
+        value = self.copy_node(node, args, kwargs)
+        return _Val(value, self.call(MF.index_mask, x.mask, args[0], args[1], name=node.name), True, x.clean)
+
+    def split(self, node, env, args, kwargs, how: str) -> _Val:
+        bound = _SIGS[how].bind(*args, **kwargs).arguments
+        x = env[node.args[0]]
+        value = self.copy_node(node, args, kwargs)
+        size = bound.get("split_size_or_sections", bound.get("chunks"))
+        masks = self.call(MF.split_masks, x.mask, args[0], size, bound.get("dim", 0), chunks=how == "chunk")
+        return _Val(value, masks, True, x.clean)
+
+    def along_dim(self, node, env, args, kwargs) -> _Val:
+        (x,) = self.masked_args(node, env)
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if not isinstance(dim, int):
+            self.fail(node, "needs an explicit dim")
+        checked = self.call(check_unmasked_dim, args[0], x.mask, dim, node.name)
+        value = self.g.create_node(node.op, node.target, (checked,) + tuple(args[1:]), kwargs, node.name)
+        return _Val(value, x.mask, True, False)
+
+    # -- functional layers --
+    def bind(self, node, rule, args, kwargs):
+        try:
+            return _SIGS[rule].bind(*args, **kwargs).arguments
+        except TypeError as exc:
+            self.fail(node, f"unexpected arguments ({exc})")
+
+    def fn_max_pool(self, node, env, args, kwargs, nd):
+        b = self.bind(node, "max_pool", args, kwargs)
+        if b.get("return_indices"):
+            self.fail(node, "return_indices=True: indices into the padded canvas are not each image's", ValueError)
+        x = env[node.args[0]]
+        t = self.call(MF.masked_max_pool, x.value, x.mask, b["kernel_size"], b.get("stride"), b.get("padding", 0),
+                      b.get("dilation", 1), b.get("ceil_mode", False), nd=nd, name=node.name)
+        return self.result(node, t, args, kwargs)
+
+    def fn_avg_pool(self, node, env, args, kwargs, nd):
+        b = self.bind(node, "avg_pool", args, kwargs)
+        x = env[node.args[0]]
+        t = self.call(MF.masked_avg_pool, self.clean(x), x.mask, b["kernel_size"], b.get("stride"),
+                      b.get("padding", 0), b.get("ceil_mode", False), b.get("count_include_pad", True),
+                      b.get("divisor_override"), nd=nd, zeroed=True, name=node.name)
+        return self.result(node, t, args, kwargs)
+
+    def _adaptive(self, node, env, args, kwargs, nd, mode):
+        b = self.bind(node, "adaptive", args, kwargs)
+        size = b["output_size"]
+        sizes = size if isinstance(size, (tuple, list)) else (size,) * nd
+        if isinstance(size, fx.Node) or any(s not in (1, None) for s in sizes):
+            self.fail(node, f"output_size={size!r} pools the padded canvas, not each image; only global pooling "
+                            f"(output_size=1) has a per-image rule", ValueError)
+        if b.get("return_indices"):
+            self.fail(node, "return_indices=True is not supported", ValueError)
+        x = env[node.args[0]]
+        t = self.call(MF.masked_reduce, self.clean(x), x.mask, tuple(range(2, 2 + nd)), True, mode, zeroed=True,
+                      name=node.name)
+        return self.result(node, t, args, kwargs)
+
+    def fn_adaptive_avg(self, node, env, args, kwargs, nd):
+        return self._adaptive(node, env, args, kwargs, nd, "mean")
+
+    def fn_adaptive_max(self, node, env, args, kwargs, nd):
+        return self._adaptive(node, env, args, kwargs, nd, "amax")
+
+    def fn_interpolate(self, node, env, args, kwargs, nd):
+        b = self.bind(node, "interpolate", args, kwargs)
+        try:
+            MF.check_interpolate(b.get("size"), b.get("scale_factor"), b.get("mode", "nearest"), b.get("align_corners"),
+                                 b.get("recompute_scale_factor"), b.get("antialias", False), name="interpolate")
+        except ValueError as exc:
+            self.fail(node, str(exc).split(": ", 1)[1], ValueError)
+        x = env[node.args[0]]
+        t = self.call(MF.masked_interpolate, self.clean(x), x.mask, b["scale_factor"], b.get("mode", "nearest"),
+                      b.get("align_corners"), zeroed=True, name=node.name)
+        return self.result(node, t, args, kwargs)
+
+    def fn_conv(self, node, env, args, kwargs, nd):
+        b = self.bind(node, "conv", args, kwargs)
+        x = env[node.args[0]]
+        conv_args = (b["weight"], b.get("bias"), b.get("stride", 1), b.get("padding", 0), b.get("dilation", 1),
+                     b.get("groups", 1))
+        if self.kind == "partial":
+            t = self.call(MF.partial_conv, self.clean(x), x.mask, *conv_args, anchor="end", zeroed=True,
+                          name=node.name, **self.options)
+        else:
+            t = self.call(MF.masked_conv, self.clean(x), x.mask, *conv_args, anchor="end", zeroed=True, name=node.name)
+        return self.result(node, t, args, kwargs)
+
+    def fn_conv_t(self, node, env, args, kwargs, nd):
+        b = self.bind(node, "conv_t", args, kwargs)
+        x = env[node.args[0]]
+        t = self.call(MF.masked_conv_transpose, self.clean(x), x.mask, b["weight"], b.get("bias"), b.get("stride", 1),
+                      b.get("padding", 0), b.get("output_padding", 0), b.get("groups", 1), b.get("dilation", 1),
+                      zeroed=True, name=node.name)
+        return self.result(node, t, args, kwargs)
+
+    def fn_linear(self, node, env, args, kwargs, nd):
+        b = self.bind(node, "linear", args, kwargs)
+        x = env[node.args[0]]
+        t = self.call(MF.masked_linear, self.clean(x), x.mask, b["weight"], b.get("bias"), name=node.name)
+        return self.result(node, t, args, kwargs)
+
+    def fn_layer_norm(self, node, env, args, kwargs, nd):
+        b = self.bind(node, "layer_norm", args, kwargs)
+        x = env[node.args[0]]
+        value = self.copy_node(node, args, kwargs) if self.plain else self.call(
+            MF.masked_layer_norm, x.value, x.mask, b["normalized_shape"], b.get("weight"), b.get("bias"),
+            b.get("eps", 1e-5), name=node.name)
+        return _Val(value, x.mask, True, True)
+
+    def fn_group_norm(self, node, env, args, kwargs, nd):
+        b = self.bind(node, "group_norm", args, kwargs)
+        x = env[node.args[0]]
+        value = self.copy_node(node, args, kwargs) if self.plain else self.call(
+            MF.masked_group_norm, x.value, x.mask, b["num_groups"], b.get("weight"), b.get("bias"), b.get("eps", 1e-5),
+            name=node.name)
+        return _Val(value, x.mask, True, True)
+
+    def fn_batch_norm(self, node, env, args, kwargs, nd):
+        b = self.bind(node, "batch_norm", args, kwargs)
+        x = env[node.args[0]]
+        value = self.copy_node(node, args, kwargs) if self.plain else self.call(
+            MF.masked_batch_norm, x.value, x.mask, b["running_mean"], b["running_var"], b.get("weight"),
+            b.get("bias"), b.get("training", False), b.get("momentum", 0.1), b.get("eps", 1e-5), name=node.name)
+        return _Val(value, x.mask, True, True)
+
+    def fn_cat(self, node, env, args, kwargs, nd):
+        b = self.bind(node, "cat", args, kwargs)
+        tensors = node.args[0] if node.args else node.kwargs["tensors"]
+        if not isinstance(tensors, (list, tuple)):
+            self.fail(node, "needs a literal list of tensors")
+        vals = [env[t] if isinstance(t, fx.Node) else _Val(t) for t in tensors]
+        values = [self.clean(v) for v in vals]
+        masks = [v.mask if v.masked else None for v in vals]
+        t = self.call(MF.masked_cat, values, masks, b.get("dim", 0), zero=not self.plain, name=node.name)
+        return _Val(self.get(0, t), self.get(1, t), True, True)
+
+    def fn_split(self, node, env, args, kwargs, nd):
+        return self.split(node, env, args, kwargs, "split")
+
+    def fn_chunk(self, node, env, args, kwargs, nd):
+        return self.split(node, env, args, kwargs, "chunk")
+
+    def fn_pixel_shuffle(self, node, env, args, kwargs, nd):
+        x = env[node.args[0]]
+        t = self.call(MF.masked_pixel_shuffle, x.value, x.mask, args[1], name=node.name)
+        return _Val(self.get(0, t), self.get(1, t), True, x.clean)
+
+    def fn_pixel_unshuffle(self, node, env, args, kwargs, nd):
+        x = env[node.args[0]]
+        t = self.call(MF.masked_unshuffle, x.value, x.mask, args[1], name=node.name)
+        return _Val(self.get(0, t), self.get(1, t), True, x.clean)
+
+    def fn_pad(self, node, env, args, kwargs, nd):
+        self.fail(node, "F.pad shifts or grows the padded canvas, not each image; use the layers' own padding",
+                  ValueError)
+
+
+def _swap_layers(root: nn.Module, graphs: list[fx.Graph], kind: str, options: dict) -> None:
+    """Replace every layer the graphs call with its masked counterpart, in place, under the same name."""
+    done = set()
+    for graph in graphs:
+        for node in graph.nodes:
+            if node.op != "call_module" or node.target in done:
+                continue
+            done.add(node.target)
+            module = root.get_submodule(node.target)
+            new = convert_module(module, kind, options, node.target)
+            if kind != "plain":
+                for m in (new,):
+                    if hasattr(m, "input_zeroed"):
+                        m.input_zeroed = True
+            parent, _, child = node.target.rpartition(".")
+            setattr(root.get_submodule(parent) if parent else root, child, new)
+
+
+def convert_graph(model: nn.Module, kind: str, options: dict) -> MaskedGraphModule:
+    """The masked copy of any ``torch.fx``-traceable model (see :func:`masked_torch.nn.convert`)."""
+    root = copy.deepcopy(model)
+    name = type(model).__name__
+    graphs = {False: _trace(root, False), True: _trace(root, True)}
+    for g in graphs.values():
+        _drop_unused_shape_reads(g)
+    same = graphs[False].python_code("self").src == graphs[True].python_code("self").src
+    if same:
+        graphs[True] = graphs[False]
+    _swap_layers(root, list(graphs.values()), kind, options)
+    rewritten = {}
+    for training, graph in graphs.items():
+        if same and training:
+            rewritten[True] = rewritten[False]
+            continue
+        rewritten[training] = _Rewriter(root, kind, options, f"Masked{name}").run(graph)
+    return MaskedGraphModule(root, rewritten, f"Masked{name}").train(model.training)
