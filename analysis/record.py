@@ -39,7 +39,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from masked_torch.nn import ELEMENTWISE, Masked, MaskedModule
+from masked_torch.nn import ELEMENTWISE, Masked, MaskedModule, Unmasked
 
 __all__ = [
     "Moments",
@@ -447,8 +447,11 @@ Include = Union[None, Sequence[str], Callable[[str, nn.Module], bool]]
 
 
 def default_selection(name: str, module: nn.Module) -> bool:
-    """Convolutions, normalisations, :class:`~masked_torch.nn.Masked` wrappers and plain activations
-    (``ELEMENTWISE`` without Identity and dropouts). Containers are not selected."""
+    """Convolutions, normalisations, :class:`~masked_torch.nn.Masked` and :class:`~masked_torch.nn.Unmasked`
+    wrappers and plain activations (``ELEMENTWISE`` without Identity and dropouts). Containers are not
+    selected; an ``Unmasked`` wrapper is selected where the layer it wraps is."""
+    if isinstance(module, Unmasked):
+        return default_selection(name, module.module)
     return isinstance(module, (torch.nn.modules.conv._ConvNd, Masked) + _NORMS + _ACTIVATIONS)
 
 
@@ -496,7 +499,7 @@ def select_layers(model: nn.Module, include: Include = None) -> list[tuple[str, 
                 continue
             if accept(name, module):
                 chosen.append((name, module))
-                if isinstance(module, Masked):
+                if isinstance(module, (Masked, Unmasked)):
                     wrappers.append(name)
         return chosen
     if isinstance(include, str):

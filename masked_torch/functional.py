@@ -188,28 +188,17 @@ def _zero_masked(input: Tensor, mask: Tensor) -> Tensor:
     return torch.where(keep, input, torch.zeros((), dtype=input.dtype, device=input.device))
 
 
-def _take_grid(mask: Tensor, dim: int, start: int, step: int, count: int, *, clamp: bool) -> Tensor:
+def _take_grid(mask: Tensor, dim: int, start: int, step: int, count, *, clamp: bool, right: int) -> Tensor:
     """Entries ``start + i*step`` (``i < count``) of ``mask`` along ``dim``. An index before the first entry
-    reads the first entry (``clamp=True``) or 0; an index past the last entry reads 0."""
-    size = mask.shape[dim]
-    left = max(0, -start)
-    right = max(0, start + step * (count - 1) + 1 - size)
-    if left or right:
-        parts = []
-        if left:
-            shape = list(mask.shape)
-            shape[dim] = left
-            parts.append(mask.narrow(dim, 0, 1).expand(shape) if clamp else mask.new_zeros(shape))
-        parts.append(mask)
-        if right:
-            shape = list(mask.shape)
-            shape[dim] = right
-            parts.append(mask.new_zeros(shape))
-        mask = torch.cat(parts, dim)
-        start += left
-    if start == 0 and step == 1 and count == mask.shape[dim]:
-        return mask
-    return mask.narrow(dim, start, step * (count - 1) + 1)[(slice(None),) * dim + (slice(None, None, step),)]
+    reads the first entry (``clamp=True``) or 0; one past the last (at most ``right`` past, a bound the caller
+    knows statically) reads 0. Gathered by index, so that nothing here compares sizes: dynamic shapes stay
+    dynamic under ``torch.export``."""
+    idx = torch.arange(count, device=mask.device) * step + start
+    out = mask.index_select(dim, idx.clamp(0, mask.shape[dim] - 1))
+    if (start < 0 and not clamp) or right > 0:
+        inside = ((idx >= 0) & (idx < mask.shape[dim])).view([-1 if d == dim else 1 for d in range(mask.dim())])
+        out = out & inside if out.dtype == torch.bool else out * inside.to(out.dtype)
+    return out
 
 
 def window_anchor(
@@ -248,13 +237,16 @@ def window_anchor(
                      for s, p, d, k, st in zip(mask.shape[2:], padding, dilation, kernel_size, stride)]
     for d in range(nd):
         k, s, p, dil = kernel_size[d], stride[d], padding[d], dilation[d]
+        if s == 1 and 2 * p == dil * (k - 1) and (anchor == "end" or k % 2 == 1):
+            continue  # the output grid is the input grid, and each output reads its own position
         if anchor == "centre":
-            start = dil * (k // 2) - p
+            # the last centre lies at most p - dil*((k-1) - k//2) past the input (even kernels, large padding)
+            start, right = dil * (k // 2) - p, max(0, p - dil * ((k - 1) - k // 2))
         elif ceil_mode:
-            start = max(dil * (k - 1) - 2 * p - s + 1, -p)
+            start, right = max(dil * (k - 1) - 2 * p - s + 1, -p), 0
         else:
-            start = dil * (k - 1) - 2 * p
-        mask = _take_grid(mask, 2 + d, start, s, int(out_shape[d]), clamp=anchor == "end")
+            start, right = dil * (k - 1) - 2 * p, 0
+        mask = _take_grid(mask, 2 + d, start, s, out_shape[d], clamp=anchor == "end", right=right)
     return mask
 
 
@@ -1009,9 +1001,7 @@ def reshape_mask(mask: Optional[Tensor], in_shape: Sequence[int], out_shape: Seq
     size there and reshaped with it (exact: every value keeps its own validity)."""
     if mask is None:
         return None
-    in_shape, out_shape = tuple(int(s) for s in in_shape), tuple(int(s) for s in out_shape)
-    if tuple(mask.shape) == in_shape:
-        return mask.reshape(out_shape)
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
     expand, target = list(mask.shape), []
     for gi, gj in _reshape_groups(in_shape, out_shape):
         if all(mask.shape[d] == 1 for d in gi):

@@ -118,7 +118,7 @@ def test_conv_stack_keeps_wrapper_not_inner_module():
     model = build_stacks(2)["conv"]
     names = [n for n, _ in select_layers(model)]
     assert names == ["conv1", "act1", "conv2", "act2"]
-    assert isinstance(model.get_submodule("conv1"), mnn.Masked)
+    assert isinstance(model.get_submodule("conv1"), mnn.Unmasked)
 
 
 def test_large_mean_variance():

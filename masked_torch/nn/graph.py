@@ -103,6 +103,21 @@ class MaskedGraphModule(MaskedModule, nn.Module):
             fns[training] = scope["forward"]
             self._sources[training] = code.src
         object.__setattr__(self, "_fns", fns)
+        # forward with the model's own signature (input, mask=None, *, other inputs), so that
+        # inspect.signature, torch.export and ONNX see named inputs; it runs the train or eval graph
+        placeholders = [n for n in self._graphs[False].nodes if n.op == "placeholder"]
+        names = [n.target for n in placeholders]
+        params = [names[0], f"{names[1]}=None"]
+        if len(names) > 2:
+            params += ["*"] + [n for n in names[2:]]
+        call = ", ".join(f"{n}={n}" for n in names)
+        src = f"def forward(self, {', '.join(params)}):\n    return self._fns[self.training](self, {call})\n"
+        scope: dict = {}
+        exec(compile(src, f"<masked {self._class_name} forward>", "exec"), scope)
+        forward = scope["forward"]
+        defaults = {n.target: n.args[0] for n in placeholders[2:] if n.args}
+        forward.__kwdefaults__ = defaults or None
+        object.__setattr__(self, "forward", forward.__get__(self))
 
     @property
     def graph(self) -> fx.Graph:
@@ -116,12 +131,10 @@ class MaskedGraphModule(MaskedModule, nn.Module):
     def code(self) -> str:
         return self._sources[self.training]
 
-    def forward(self, *args, **kwargs):
-        return self._fns[self.training](self, *args, **kwargs)
-
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_fns", None)
+        state.pop("forward", None)
         return state
 
     def __setstate__(self, state) -> None:
@@ -214,6 +227,7 @@ class _Val:
     mask: Optional[fx.Node] = None
     masked: bool = False
     clean: bool = True
+    shape: bool = False  # the shape of a masked tensor: only dims 0 and 1 may be read
 
 
 # ops that act on each entry alone; True: f(0) == 0
@@ -291,6 +305,10 @@ _SIGS = {
 }
 _FUNCTION_RULES = {
     F.max_pool1d: ("max_pool", 1), F.max_pool2d: ("max_pool", 2), F.max_pool3d: ("max_pool", 3),
+    F.max_pool1d_with_indices: ("max_pool_indices", 1), F.max_pool2d_with_indices: ("max_pool_indices", 2),
+    F.max_pool3d_with_indices: ("max_pool_indices", 3), F.adaptive_max_pool1d_with_indices: ("max_pool_indices", 1),
+    F.adaptive_max_pool2d_with_indices: ("max_pool_indices", 2),
+    F.adaptive_max_pool3d_with_indices: ("max_pool_indices", 3),
     F.avg_pool1d: ("avg_pool", 1), F.avg_pool2d: ("avg_pool", 2), F.avg_pool3d: ("avg_pool", 3),
     F.adaptive_avg_pool1d: ("adaptive_avg", 1), F.adaptive_avg_pool2d: ("adaptive_avg", 2),
     F.adaptive_avg_pool3d: ("adaptive_avg", 3), F.adaptive_max_pool1d: ("adaptive_max", 1),
@@ -374,12 +392,13 @@ class _Rewriter:
         masked = any(v.masked for v in vals)
         args = fx.map_arg(node.args, lambda n: env[n].value)
         kwargs = fx.map_arg(node.kwargs, lambda n: env[n].value)
+        if node.op == "call_function" and node.target is operator.getitem and vals and vals[0].shape:
+            return self.shape_read(node, args, kwargs)
         if not masked:  # constants, parameters, random tensors: as they are
             if node.op == "call_module" and isinstance(self.root.get_submodule(node.target), MaskedModule):
                 return _Val(self.get(0, self.g.call_module(node.target, args, kwargs)))
             return _Val(self.g.create_node(node.op, node.target, args, kwargs, node.name))
-        if _is_shape_read(node) or (node.op == "call_function" and node.target is operator.getitem
-                                    and isinstance(node.args[0], fx.Node) and _is_shape_read(node.args[0])):
+        if _is_shape_read(node):
             return self.shape_read(node, args, kwargs)
         if (node.op == "call_method" and node.target in _FACTORY_METHODS) or (
                 node.op == "call_function" and node.target in _FACTORY_FUNCTIONS):
@@ -404,7 +423,9 @@ class _Rewriter:
         if not ok:
             self.fail(node, "reads a spatial size of a masked tensor: that is the padded canvas's size, not each "
                             "image's (only the batch size and channel count, dims 0 and 1, can be read)", ValueError)
-        return _Val(self.g.create_node(node.op, node.target, args, kwargs, node.name))
+        whole = (node.op == "call_function" and node.target is getattr and node.args[1] == "shape") or (
+            node.op == "call_method" and node.target == "size" and len(args) == 1 and not kwargs)
+        return _Val(self.g.create_node(node.op, node.target, args, kwargs, node.name), shape=whole)
 
     # -- layers --
     def module(self, node, env, args, kwargs) -> _Val:
@@ -569,6 +590,9 @@ class _Rewriter:
         t = self.call(MF.masked_max_pool, x.value, x.mask, b["kernel_size"], b.get("stride"), b.get("padding", 0),
                       b.get("dilation", 1), b.get("ceil_mode", False), nd=nd, name=node.name)
         return self.result(node, t, args, kwargs)
+
+    def fn_max_pool_indices(self, node, env, args, kwargs, nd):
+        self.fail(node, "return_indices=True: indices into the padded canvas are not each image's", ValueError)
 
     def fn_avg_pool(self, node, env, args, kwargs, nd):
         b = self.bind(node, "avg_pool", args, kwargs)
