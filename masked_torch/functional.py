@@ -445,6 +445,7 @@ def masked_batch_norm(
     momentum: float = 0.1,
     eps: float = 1e-5,
     *,
+    zeroed: bool = False,
     name: str = "masked_batch_norm",
 ) -> Tensor:
     """Batch norm whose statistics run over the valid positions (``mask > 0``) only.
@@ -453,13 +454,19 @@ def masked_batch_norm(
     positions normalise the input, and the running stats are updated in place as
     :func:`torch.nn.functional.batch_norm` updates them (``running = (1 - momentum) * running +
     momentum * stat`` with the unbiased variance); channels with no valid position leave them as they
-    are. Otherwise the running stats normalise. The output is 0 under the mask.
+    are. Otherwise the running stats normalise (``F.batch_norm`` itself, on the input with the masked
+    positions zeroed: ``zeroed=True`` promises they already are). The output is 0 under the mask.
     ``mask=None`` is :func:`torch.nn.functional.batch_norm`.
     """
     nd = input.dim() - 2
     if mask is None:
         return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     check_mask(input, mask, nd, name)
+    if not training and running_mean is not None and running_var is not None:  # eval: per-channel affine
+        y = F.batch_norm(input if zeroed else _zero_masked(input, mask), running_mean, running_var, weight, bias,
+                         False, 0.0, eps)
+        keep = (mask != 0).to(y.dtype)
+        return y * keep if y.requires_grad else y.mul_(keep)
     dtype = _mask_dtype(input)
     valid = mask != 0
     c = input.shape[1]

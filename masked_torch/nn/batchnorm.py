@@ -23,6 +23,7 @@ class _MaskedBatchNorm(MaskedModule):
     """
 
     _nd: int
+    input_zeroed = False  # the caller promises the input is 0 under the mask (set inside converted models)
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         if mask is None:
@@ -41,7 +42,8 @@ class _MaskedBatchNorm(MaskedModule):
             input, mask,
             self.running_mean if (running or not use_batch_stats) else None,
             self.running_var if (running or not use_batch_stats) else None,
-            self.weight, self.bias, use_batch_stats, factor, self.eps, name=type(self).__name__,
+            self.weight, self.bias, use_batch_stats, factor, self.eps, zeroed=self.input_zeroed,
+            name=type(self).__name__,
         )
         return out, mask
 
