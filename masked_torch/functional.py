@@ -52,6 +52,7 @@ __all__ = [
     "split_masks",
     "masked_cat",
     "masked_linear",
+    "masked_pad",
 ]
 
 _Size = Union[int, Sequence[int]]
@@ -1116,3 +1117,67 @@ def masked_linear(input: Tensor, mask: Optional[Tensor], weight: Tensor, bias: O
             f"{name}: the last dim of input {tuple(input.shape)} is masked (mask {tuple(mask.shape)}): a linear "
             f"layer over it mixes image and padding; pool over the valid positions first")
     return (y if bias is None else zero_masked(y, mask)), mask
+
+
+def masked_pad(input: Tensor, mask: Optional[Tensor], pad: Sequence[int], mode: str = "constant",
+               value: Optional[float] = None, *, zeroed: bool = False,
+               name: str = "pad") -> tuple[Tensor, Optional[Tensor]]:
+    """``F.pad`` with constant padding of the spatial dims, per image as on the image alone.
+
+    The image at the canvas origin alone gets ``left`` entries before it and ``right`` entries after its
+    own end, not after the canvas's: the output mask is the input mask with ``left`` entries before it
+    (valid where the image is not empty) and each image's valid run extended by ``right``; the entries after
+    each image hold ``value`` as they do on the image alone. Other modes (reflect, replicate, circular)
+    and negative (cropping) pads are refused: they read or cut the canvas's edge."""
+    value = 0.0 if value is None else float(value)
+    if mask is None:
+        return F.pad(input, list(pad), mode=mode, value=value), None
+    nd = input.dim() - 2
+    _check_spatial(input, mask, nd, name)
+    if mode != "constant":
+        raise ValueError(f"{name}: mode={mode!r} reads the padded canvas's edge, not each image's; only constant "
+                         f"padding has a per-image rule")
+    pad = list(pad)
+    if len(pad) % 2 or len(pad) > 2 * nd or any(p < 0 for p in pad):
+        raise ValueError(f"{name}: pad {tuple(pad)} must be non-negative (left, right) pairs of the spatial dims "
+                         f"of input {tuple(input.shape)}")
+    x = input if zeroed else _zero_masked(input, mask)
+    y = F.pad(x, pad, value=value)
+    m = _mask_as(mask, input)
+    before = F.pad(m, pad)  # the input's own validity, moved
+    for i in range(len(pad) // 2):
+        d = input.dim() - 1 - i
+        left, right = pad[2 * i], pad[2 * i + 1]
+        shape = list(m.shape)
+        parts = []
+        if left:
+            shape[d] = left
+            parts.append(m.narrow(d, 0, 1).expand(shape))
+        parts.append(m)
+        if right:
+            shape[d] = right
+            parts.append(m.new_zeros(shape))
+            m = torch.cat(parts, d)
+            kernel = [1] * nd
+            kernel[d - 2] = right + 1
+            padding = [0] * (2 * nd)
+            padding[2 * (input.dim() - 1 - d)] = right  # F.pad order: last dim first
+            m = _MAX_POOL[nd](F.pad(m, padding), kernel, 1)
+        else:
+            m = torch.cat(parts, d)
+    if value != 0.0:
+        fresh = (m != 0) & (before == 0)
+        fresh = fresh & ~_left_pad_region(fresh, pad)
+        y = torch.where(fresh, torch.full((), value, dtype=y.dtype, device=y.device), y)
+        y = torch.where(m != 0, y, torch.zeros((), dtype=y.dtype, device=y.device))
+    return y, m
+
+
+def _left_pad_region(t: Tensor, pad: Sequence[int]) -> Tensor:
+    """True on the entries the left pads added (they already hold the pad value)."""
+    region = torch.zeros_like(t)
+    for i in range(len(pad) // 2):
+        d = t.dim() - 1 - i
+        if pad[2 * i]:
+            region.narrow(d, 0, pad[2 * i]).fill_(True)
+    return region

@@ -227,7 +227,8 @@ class Block(nn.Module):
     (lambda x: F.adaptive_avg_pool2d(x, (7, 7)), r"output_size=\(7, 7\)"),
     (lambda x: F.interpolate(x, size=x.shape[-2:]), "reads a spatial size"),
     (lambda x: x.view(x.size(0), x.size(1), x.size(2) * x.size(3)), "reads a spatial size"),
-    (lambda x: F.pad(x, (0, 1, 0, 1)), "F.pad"),
+    (lambda x: F.pad(x, (0, 1, 0, 1), mode="reflect"), "mode='reflect'"),
+    (lambda x: F.pad(x, (0, -1, 0, 1)), "fixed non-negative"),
     (lambda x: F.max_pool2d(x, 2, return_indices=True)[0], "return_indices"),
 ])
 def test_canvas_dependent_ops_are_refused_at_conversion_naming_node_op_and_module(op, match):
@@ -246,6 +247,30 @@ def test_canvas_dependent_layers_are_refused_at_conversion_naming_the_layer(laye
     with pytest.raises(ValueError, match=match) as info:
         mnn.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.ReLU(), layer)), "masked")
     assert "'1.1'" in str(info.value)
+
+
+class PadThenConv(nn.Module):
+    """Asymmetric constant padding before an unpadded strided conv (as latent-diffusion downsamplers do)."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.pad = nn.ZeroPad2d((1, 2, 0, 3))
+        self.value = value
+
+    def forward(self, x):
+        return self.pad(F.pad(self.conv(F.pad(x, (0, 1, 0, 1), value=self.value)), (2, 0, 1, 1), value=self.value))
+
+
+@pytest.mark.parametrize("value", [0.0, 0.7])
+def test_constant_padding_is_per_image(value):
+    model = PadThenConv(value).double()
+    imgs = [torch.randn(3, 9, 12, dtype=torch.float64), torch.randn(3, 13, 7, dtype=torch.float64)]
+    masked = mnn.convert(model, "masked")
+    x, m = pad_batch(imgs, mask_dtype=torch.float64)
+    with torch.no_grad():
+        out, out_mask = masked(x, m)
+        assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
 
 
 class DataDependent(nn.Module):

@@ -302,6 +302,7 @@ _SIGS = {
     "split": _sig("input", "split_size_or_sections", ("dim", 0)),
     "chunk": _sig("input", "chunks", ("dim", 0)),
     "pixel": _sig("input", "factor"),
+    "pad": _sig("input", "pad", ("mode", "constant"), ("value", None)),
 }
 _FUNCTION_RULES = {
     F.max_pool1d: ("max_pool", 1), F.max_pool2d: ("max_pool", 2), F.max_pool3d: ("max_pool", 3),
@@ -712,8 +713,15 @@ class _Rewriter:
         return _Val(self.get(0, t), self.get(1, t), True, x.clean)
 
     def fn_pad(self, node, env, args, kwargs, nd):
-        self.fail(node, "F.pad shifts or grows the padded canvas, not each image; use the layers' own padding",
-                  ValueError)
+        b = self.bind(node, "pad", args, kwargs)
+        pad, mode = b["pad"], b.get("mode", "constant")
+        if mode != "constant" or not isinstance(pad, (tuple, list)) or any(
+                not isinstance(p, int) or p < 0 for p in pad):
+            self.fail(node, f"F.pad(mode={mode!r}, pad={pad!r}) reads or cuts the padded canvas's edge; only "
+                            f"constant padding by fixed non-negative amounts has a per-image rule", ValueError)
+        x = env[node.args[0]]
+        t = self.call(MF.masked_pad, self.clean(x), x.mask, pad, mode, b.get("value"), zeroed=True, name=node.name)
+        return self.result(node, t, args, kwargs)
 
 
 def _swap_layers(root: nn.Module, graphs: list[fx.Graph], kind: str, options: dict) -> None:
