@@ -2,13 +2,27 @@
 import re
 from pathlib import Path
 
+import torch
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_layer_example_runs():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+def blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_any_model_example_runs_and_gives_each_image_its_own_logits():
     namespace = {}
-    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    exec(compile(next(b for b in blocks() if "class Net" in b), "README.md", "exec"), namespace)
+    model, images, logits = namespace["model"], namespace["images"], namespace["logits"]
+    for k, image in enumerate(images):
+        torch.testing.assert_close(logits[k], model(image[None])[0], rtol=1e-4, atol=1e-5)
+    assert namespace["logit_mask"].flatten().tolist() == [1.0, 1.0, 1.0]
+
+
+def test_readme_layer_example_runs():
+    namespace = {}
+    exec(compile(next(b for b in blocks() if "MaskedSequential(" in b), "README.md", "exec"), namespace)
     assert tuple(namespace["features"].shape) == (2, 32)
     assert namespace["out_mask"].flatten().tolist() == [1.0, 1.0]
 
