@@ -53,6 +53,7 @@ __all__ = [
     "masked_cat",
     "masked_linear",
     "masked_pad",
+    "interpolate_to",
 ]
 
 _Size = Union[int, Sequence[int]]
@@ -1181,3 +1182,51 @@ def _left_pad_region(t: Tensor, pad: Sequence[int]) -> Tensor:
         if pad[2 * i]:
             region.narrow(d, 0, pad[2 * i]).fill_(True)
     return region
+
+
+def _extents(mask: Tensor) -> list[Optional[tuple[int, ...]]]:
+    """Per sample, the extent of its valid region from the origin (last valid index + 1 along each spatial
+    dim), or ``None`` for a sample with no valid position."""
+    nd = mask.dim() - 2
+    valid = (mask != 0).any(dim=1)  # (N, *S)
+    out = []
+    per_dim = []
+    for d in range(nd):
+        other = tuple(1 + e for e in range(nd) if e != d)
+        along = valid.any(dim=other) if other else valid  # (N, S_d)
+        idx = torch.arange(1, along.shape[1] + 1, device=mask.device)
+        per_dim.append((along * idx).amax(dim=1))
+    ends = torch.stack(per_dim, dim=1).tolist() if nd else [[] for _ in range(mask.shape[0])]
+    for row in ends:
+        out.append(tuple(int(e) for e in row) if all(e > 0 for e in row) else None)
+    return out
+
+
+def interpolate_to(input: Tensor, mask: Optional[Tensor], like_mask: Optional[Tensor], size, mode: str = "nearest",
+                   align_corners: Optional[bool] = None, *, name: str = "interpolate") -> tuple[Tensor, Optional[Tensor]]:
+    """``F.interpolate(input, size=t.shape[2:])`` per image: each sample's valid region of ``input`` is resized
+    to the extent of the same sample's valid region of ``t`` (mask ``like_mask``), exactly as the plain model
+    resizes the image alone to its own size; the output mask is ``t``'s (one channel).
+
+    This runs one interpolation per sample with sizes read from the masks (a host sync): fine in eager mode;
+    ``torch.compile`` breaks the graph there and ``torch.export`` cannot follow it."""
+    kwargs = {} if mode in _NEAREST_MODES | {"area"} else {"align_corners": align_corners}
+    if mask is None or like_mask is None:
+        return F.interpolate(input, size=size, mode=mode, **kwargs), None
+    size = tuple(int(s) for s in size)
+    if tuple(like_mask.shape[2:]) != size:
+        raise ValueError(f"{name}: size {size} is not the spatial size of the tensor it was read from "
+                         f"(mask {tuple(like_mask.shape)})")
+    out = input.new_zeros(input.shape[:2] + size)
+    src, dst = _extents(mask), _extents(like_mask)
+    for k, (a, b) in enumerate(zip(src, dst)):
+        if a is None or b is None:
+            continue
+        crop = input[(slice(k, k + 1), slice(None)) + tuple(slice(0, e) for e in a)]
+        out[(slice(k, k + 1), slice(None)) + tuple(slice(0, e) for e in b)] = F.interpolate(crop, size=b, mode=mode,
+                                                                                          **kwargs)
+    out_mask = _mask_as(like_mask, input)
+    out_mask = out_mask if out_mask.shape[1] == 1 else out_mask.amax(dim=1, keepdim=True)
+    seen = torch.tensor([a is not None for a in src], dtype=out_mask.dtype, device=out_mask.device)
+    out_mask = out_mask * seen.view(-1, *([1] * (out_mask.dim() - 1)))
+    return out * (out_mask != 0), out_mask

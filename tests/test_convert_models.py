@@ -50,7 +50,7 @@ def assert_per_image(out, out_mask, reference):
             assert err <= 1e-9, float(err)
             full = om.expand_as(o)[k:k + 1]
             inside = torch.zeros_like(full, dtype=torch.bool)
-            inside[crop(inside, 0, ref).shape and (slice(None),) + tuple(slice(0, s) for s in ref.shape[1:])] = True
+            inside[(slice(None),) + tuple(slice(0, s) for s in ref.shape[1:])] = True
             assert bool((full[inside] != 0).all()), "the image's own outputs are valid"
             assert not bool(full[~inside].any()), "nothing outside the image is valid"
             assert bool((o[k:k + 1][~inside] == 0).all()), "the output is exactly 0 where its mask is 0"
@@ -225,8 +225,9 @@ class Block(nn.Module):
     (lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True), "align_corners=True"),
     (lambda x: F.interpolate(x, scale_factor=2, mode="bicubic"), "mode='bicubic'"),
     (lambda x: F.adaptive_avg_pool2d(x, (7, 7)), r"output_size=\(7, 7\)"),
-    (lambda x: F.interpolate(x, size=x.shape[-2:]), "reads a spatial size"),
-    (lambda x: x.view(x.size(0), x.size(1), x.size(2) * x.size(3)), "reads a spatial size"),
+    (lambda x: x * x.shape[-1], "uses a spatial size of a masked tensor"),
+    (lambda x: x + x.new_zeros(x.size(0), 1, x.size(2), 1), "uses a spatial size of a masked tensor"),
+    (lambda x: F.interpolate(x, size=(x.shape[2] * 2, x.shape[3] * 2)), "only a size read as it is"),
     (lambda x: F.pad(x, (0, 1, 0, 1), mode="reflect"), "mode='reflect'"),
     (lambda x: F.pad(x, (0, -1, 0, 1)), "fixed non-negative"),
     (lambda x: F.max_pool2d(x, 2, return_indices=True)[0], "return_indices"),
@@ -328,3 +329,85 @@ def test_plain_kind_leaks_and_keeps_the_mask_alongside():
     assert torch.equal(out_plain, model(x)), "the plain kind runs the model as it is"
     assert torch.equal(mask_plain, mask_masked)
     assert not torch.allclose(out_plain, out_masked)
+
+
+# --- spatial sizes that only name a tensor's own dims, or resize per image ---------------------------------
+
+
+def channel_shuffle(x, groups: int):
+    """ShuffleNet's channel shuffle: reads all four sizes and views through them."""
+    batch, channels, height, width = x.size()
+    x = x.view(batch, groups, channels // groups, height, width)
+    return torch.transpose(x, 1, 2).contiguous().view(batch, -1, height, width)
+
+
+class ShuffleBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+
+    def forward(self, x):
+        x = channel_shuffle(self.conv(x), 2)
+        a, b = x.chunk(2, dim=1)
+        return torch.cat((a, self.dw(b)), dim=1)
+
+
+class SegHead(nn.Module):
+    """torchvision segmentation style: a strided backbone, an ASPP-like pooled branch broadcast back with
+    interpolate(size=...), and logits resized to the input's size."""
+
+    def __init__(self, align_corners):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 8, 1), nn.ReLU())
+        self.classifier = nn.Conv2d(16, 3, 1)
+        self.align_corners = align_corners
+
+    def forward(self, x):
+        input_shape = x.shape[-2:]
+        features = self.backbone(x)
+        size = features.shape[-2:]
+        pooled = F.interpolate(self.pool(features), size=size, mode="bilinear", align_corners=False)
+        out = self.classifier(torch.cat([features, pooled], dim=1))
+        return {"out": F.interpolate(out, size=input_shape, mode="bilinear", align_corners=self.align_corners)}
+
+
+@pytest.mark.parametrize("model", [ShuffleBlock(), SegHead(False), SegHead(True)], ids=["shuffle", "seg", "seg-ac"])
+def test_spatial_sizes_that_name_own_dims_or_resize_per_image(model):
+    model = model.double().eval()
+    imgs = [torch.randn(3, 29, 41, dtype=torch.float64), torch.randn(3, 40, 23, dtype=torch.float64),
+            torch.randn(3, 17, 17, dtype=torch.float64)]
+    masked = mnn.convert(model, "masked")
+    x, m = pad_batch(imgs, mask_dtype=torch.float64)
+    x = torch.where(m.bool().expand_as(x), x, torch.full_like(x, float("nan")))
+    with torch.no_grad():
+        out, out_mask = masked(x, m)
+        assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
+
+
+@torch.fx.wrap
+def scaled_tanh(x, scale: float):
+    return torch.tanh(x) * scale
+
+
+class Wrapped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return scaled_tanh(self.conv(x), 2.0)
+
+
+def test_functions_kept_whole_by_fx_wrap_can_be_declared_elementwise():
+    with pytest.raises(TypeError, match="scaled_tanh"):
+        mnn.convert(Wrapped(), "masked")
+    mnn.register_elementwise(scaled_tanh, preserves_zero=True)
+    model = Wrapped().double().eval()
+    imgs = [torch.randn(3, 9, 12, dtype=torch.float64), torch.randn(3, 13, 7, dtype=torch.float64)]
+    x, m = pad_batch(imgs, mask_dtype=torch.float64)
+    with torch.no_grad():
+        out, out_mask = mnn.convert(model, "masked")(x, m)
+        assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))

@@ -131,11 +131,13 @@ def draw_sizes(draw, nd: int, min_size, n_max: int = 4) -> list:
     return [tuple(min_size[d] + draw(st.integers(0, extra)) for d in range(nd)) for _ in range(n)]
 
 
+def seed_torch(draw) -> None:
+    """Seed torch (module initialisation, images) from a drawn seed: every example reproduces on its own."""
+    torch.manual_seed(draw(st.integers(0, 2**31 - 1), label="seed"))
+
+
 def draw_images(draw, sizes, channels: int) -> list:
-    seed = draw(st.integers(0, 2**31 - 1), label="seed")
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # module initialisation
-    return [torch.randn((channels,) + s, generator=g, dtype=DTYPE) for s in sizes]
+    return [torch.randn((channels,) + s, dtype=DTYPE) for s in sizes]
 
 
 def per_dim(draw, nd: int, values, label: str):
@@ -184,10 +186,11 @@ mask_forms = st.sampled_from(MASK_FORMS)
 
 @st.composite
 def max_pool_cases(draw, nd=None):
+    seed_torch(draw)
     nd = nd or draw(st.sampled_from([1, 2, 3]), label="nd")
     kernel = per_dim(draw, nd, [1, 2, 3, 4], "kernel")
     ks = tup(kernel, nd)
-    stride = draw(st.one_of(st.none(), st.just(per_dim(draw, nd, [1, 2, 3], "stride"))), label="stride")
+    stride = None if draw(st.booleans(), label="stride=None") else per_dim(draw, nd, [1, 2, 3], "stride")
     ss = ks if stride is None else tup(stride, nd)
     padding = tuple(draw(st.integers(0, k // 2), label=f"padding[{d}]") for d, k in enumerate(ks))
     dilation = per_dim(draw, nd, [1, 2], "dilation")
@@ -205,10 +208,11 @@ def max_pool_cases(draw, nd=None):
                 draw_images(draw, sizes, c), draw(st.integers(1, 3), label="multiple"))
 
 
-@given(case=max_pool_cases(), form=mask_forms)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@given(data=st.data(), form=mask_forms)
 @settings(max_examples=EXAMPLES)
-def test_max_pool(case, form):
-    check_case(case, form)
+def test_max_pool(nd, data, form):
+    check_case(data.draw(max_pool_cases(nd=nd), label="case"), form)
 
 
 # --- 2. average pooling ------------------------------------------------------------------------------------
@@ -216,10 +220,11 @@ def test_max_pool(case, form):
 
 @st.composite
 def avg_pool_cases(draw, nd=None):
+    seed_torch(draw)
     nd = nd or draw(st.sampled_from([1, 2, 3]), label="nd")
     kernel = per_dim(draw, nd, [1, 2, 3, 4], "kernel")
     ks = tup(kernel, nd)
-    stride = draw(st.one_of(st.none(), st.just(per_dim(draw, nd, [1, 2, 3], "stride"))), label="stride")
+    stride = None if draw(st.booleans(), label="stride=None") else per_dim(draw, nd, [1, 2, 3], "stride")
     ss = ks if stride is None else tup(stride, nd)
     padding = tuple(draw(st.integers(0, k // 2), label=f"padding[{d}]") for d, k in enumerate(ks))
     ceil_mode = draw(st.booleans(), label="ceil_mode")
@@ -229,7 +234,9 @@ def avg_pool_cases(draw, nd=None):
     if nd > 1:
         kw["divisor_override"] = draw(st.one_of(st.none(), st.integers(1, 5)), label="divisor_override")
     c = draw(st.integers(1, 3), label="C")
-    min_size = [max(1, k - 2 * p) for k, p in zip(ks, padding)]
+    # torch's avg_pool3d refuses an input smaller than the kernel, padding or not ("input image smaller than
+    # kernel size"): the plain layer has no output there to compare with
+    min_size = [k if nd == 3 else max(1, k - 2 * p) for k, p in zip(ks, padding)]
     sizes = draw_sizes(draw, nd, min_size)
     for s in sizes:
         assume(all(pool_out(*a, 1, ceil_mode) > 0 for a in zip(s, ks, ss, padding)))
@@ -239,10 +246,11 @@ def avg_pool_cases(draw, nd=None):
                 draw_images(draw, sizes, c), draw(st.integers(1, 3), label="multiple"))
 
 
-@given(case=avg_pool_cases(), form=mask_forms)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@given(data=st.data(), form=mask_forms)
 @settings(max_examples=EXAMPLES)
-def test_avg_pool(case, form):
-    check_case(case, form)
+def test_avg_pool(nd, data, form):
+    check_case(data.draw(avg_pool_cases(nd=nd), label="case"), form)
 
 
 # --- 3. transposed convolution -----------------------------------------------------------------------------
@@ -250,6 +258,7 @@ def test_avg_pool(case, form):
 
 @st.composite
 def conv_transpose_cases(draw, nd=None):
+    seed_torch(draw)
     nd = nd or draw(st.sampled_from([1, 2, 3]), label="nd")
     kernel = per_dim(draw, nd, [1, 2, 3, 4], "kernel")
     ks = tup(kernel, nd)
@@ -284,10 +293,11 @@ def conv_transpose_cases(draw, nd=None):
                 draw_images(draw, sizes, c_in), draw(st.integers(1, 3), label="multiple"))
 
 
-@given(case=conv_transpose_cases(), form=mask_forms)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@given(data=st.data(), form=mask_forms)
 @settings(max_examples=EXAMPLES)
-def test_conv_transpose(case, form):
-    check_case(case, form)
+def test_conv_transpose(nd, data, form):
+    check_case(data.draw(conv_transpose_cases(nd=nd), label="case"), form)
 
 
 # --- 4. upsampling -----------------------------------------------------------------------------------------
@@ -298,6 +308,7 @@ SCALES = [1, 2, 3, 1.5, 2.5, 0.5, 0.75, 1.25]
 
 @st.composite
 def upsample_cases(draw, nd=None):
+    seed_torch(draw)
     nd = nd or draw(st.sampled_from([1, 2, 3]), label="nd")
     mode = draw(st.sampled_from(["nearest", "nearest-exact", LINEAR[nd]]), label="mode")
     if draw(st.booleans(), label="scale per dim"):
@@ -310,6 +321,10 @@ def upsample_cases(draw, nd=None):
     sizes = draw_sizes(draw, nd, min_size)
     for s in sizes:
         assume(all(math.floor(a * f) > 0 for a, f in zip(s, scales)))
+        # torch copies a dim whose output size equals its input size (e.g. 3 * 1.25 -> 3), whatever the scale
+        # (2d/3d nearest, every linear mode): no one rule on the padded canvas, where the sizes differ, gives
+        # that; see test_upsample_same_size_shortcut
+        assume(not any(f != 1 and math.floor(a * f) == a for a, f in zip(s, scales)))
     kw = dict(scale_factor=scale, mode=mode)
     if mode == LINEAR[nd]:
         kw["align_corners"] = False
@@ -318,10 +333,11 @@ def upsample_cases(draw, nd=None):
                 draw_images(draw, sizes, c), draw(st.integers(1, 3), label="multiple"))
 
 
-@given(case=upsample_cases(), form=mask_forms)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@given(data=st.data(), form=mask_forms)
 @settings(max_examples=EXAMPLES)
-def test_upsample(case, form):
-    check_case(case, form)
+def test_upsample(nd, data, form):
+    check_case(data.draw(upsample_cases(nd=nd), label="case"), form)
 
 
 # --- 5. group, instance and layer norm ---------------------------------------------------------------------
@@ -336,6 +352,7 @@ def _randomise_affine(module: nn.Module) -> nn.Module:
 
 @st.composite
 def norm_cases(draw, kind=None):
+    seed_torch(draw)
     kind = kind or draw(st.sampled_from(["group", "instance", "layer"]), label="kind")
     nd = 2 if kind == "instance" else draw(st.sampled_from([1, 2, 3]), label="nd")
     sizes = draw_sizes(draw, nd, [1] * nd)
@@ -377,6 +394,7 @@ def test_norm(kind, data, form):
 
 @st.composite
 def adaptive_pool_cases(draw, nd=None):
+    seed_torch(draw)
     nd = nd or draw(st.sampled_from([1, 2, 3]), label="nd")
     mode = draw(st.sampled_from(["Avg", "Max"]), label="mode")
     size = draw(st.sampled_from([1, (1,) * nd]), label="output_size")
@@ -388,10 +406,11 @@ def adaptive_pool_cases(draw, nd=None):
                 draw_images(draw, sizes, c), draw(st.integers(1, 3), label="multiple"))
 
 
-@given(case=adaptive_pool_cases(), form=mask_forms)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@given(data=st.data(), form=mask_forms)
 @settings(max_examples=EXAMPLES // 2)
-def test_adaptive_pool(case, form):
-    check_case(case, form)
+def test_adaptive_pool(nd, data, form):
+    check_case(data.draw(adaptive_pool_cases(nd=nd), label="case"), form)
 
 
 @given(case=adaptive_pool_cases(nd=2), form=mask_forms)
@@ -400,7 +419,11 @@ def test_adaptive_pool_2d_shapes(case, form):
     x, mask = padded(case.images, case.multiple, form)
     for label, module in case.masked.items():
         y, m = module(x, mask)
-        assert y.shape == x.shape[:2] + (1, 1) and m.shape == (x.shape[0], 1, 1, 1), label
+        # (N, C, 1, 1); the mask (N, 1, 1, 1) for a 1-channel mask (a C-channel mask may stay C-channel)
+        assert y.shape == x.shape[:2] + (1, 1), label
+        assert m.shape == (x.shape[0], mask.shape[1], 1, 1) or m.shape == (x.shape[0], 1, 1, 1), label
+        if mask.shape[1] == 1:
+            assert m.shape == (x.shape[0], 1, 1, 1), label
     check_case(case, form)
 
 
@@ -411,6 +434,7 @@ def test_adaptive_pool_2d_shapes(case, form):
 def conv_cases(draw, nd=None, kind=None):
     """``convert(nn.ConvNd, "masked")`` for any window; ``convert(..., "partial", update_mask=False)`` for
     unpadded windows (with padding, partial convolution rescales the border by design: not the plain conv)."""
+    seed_torch(draw)
     nd = nd or draw(st.sampled_from([1, 2, 3]), label="nd")
     kind = kind or draw(st.sampled_from(["masked", "partial"]), label="kind")
     kernel = per_dim(draw, nd, [1, 2, 3, 4], "kernel")
@@ -442,10 +466,11 @@ def conv_cases(draw, nd=None, kind=None):
                 info={"kind": kind})
 
 
-@given(case=conv_cases(), form=mask_forms)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@given(data=st.data(), form=mask_forms)
 @settings(max_examples=EXAMPLES)
-def test_converted_conv(case, form):
-    check_case(case, form)
+def test_converted_conv(nd, data, form):
+    check_case(data.draw(conv_cases(nd=nd), label="case"), form)
 
 
 @pytest.mark.parametrize("kind", ["masked", "partial"])

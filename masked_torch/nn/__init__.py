@@ -14,6 +14,7 @@ from .conv import (
 )
 from .convert import convert
 from .elementwise import ELEMENTWISE
+from .graph import MaskedGraphModule, register_elementwise
 from .linear import MaskedFlatten, MaskedLinear
 from .norm import MaskedGroupNorm, MaskedInstanceNorm1d, MaskedInstanceNorm2d, MaskedInstanceNorm3d, MaskedLayerNorm
 from .pooling import (
@@ -27,7 +28,8 @@ from .resample import MaskedPixelShuffle, MaskedUpsample
 from .shuffle import MaskedUnshuffle1d, MaskedUnshuffle2d, MaskedUnshuffle3d
 
 __all__ = [
-    "MaskedModule", "MaskedSequential", "Masked", "Unmasked", "convert", "ELEMENTWISE",
+    "MaskedModule", "MaskedSequential", "Masked", "Unmasked", "convert", "ELEMENTWISE", "MaskedGraphModule",
+    "register_elementwise",
     "PartialConv1d", "PartialConv2d", "PartialConv3d",
     "MaskedConv1d", "MaskedConv2d", "MaskedConv3d",
     "LazyPartialConv1d", "LazyPartialConv2d", "LazyPartialConv3d",

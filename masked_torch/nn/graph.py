@@ -28,7 +28,7 @@ from .base import MaskedModule
 from .container import Masked, Unmasked
 from .registry import convert_module, has_rule
 
-__all__ = ["MaskedGraphModule", "convert_graph"]
+__all__ = ["MaskedGraphModule", "convert_graph", "register_elementwise"]
 
 
 # -- runtime helpers the generated code calls ----------------------------------------------------------------
@@ -227,7 +227,8 @@ class _Val:
     mask: Optional[fx.Node] = None
     masked: bool = False
     clean: bool = True
-    shape: bool = False  # the shape of a masked tensor: only dims 0 and 1 may be read
+    shape_of: Optional["_Val"] = None  # this is ``t.shape`` (or ``t.size()``) of the masked value ``t``
+    canvas: Optional[tuple] = None  # a spatial size of a masked value: (source _Val, reading node, exact)
 
 
 # ops that act on each entry alone; True: f(0) == 0
@@ -244,6 +245,17 @@ for _f, _z in [
     (torch.nn.functional.hardshrink, True), (torch.nn.functional.softshrink, True),
 ]:
     _UNARY[_f] = _z
+#: functions that ``torch.fx.wrap`` keeps whole, by name: stochastic depth multiplies each sample by 0 or 1/(1-p)
+_UNARY_BY_NAME = {("torchvision.ops.stochastic_depth", "stochastic_depth"): True}
+
+
+def register_elementwise(fn: Callable, *, preserves_zero: bool) -> Callable:
+    """Declare a function (typically one kept whole by ``torch.fx.wrap``) as acting on each entry alone, so
+    that :func:`convert` passes its input's mask on. ``preserves_zero``: ``fn(0) == 0``. Returns ``fn``."""
+    _UNARY[fn] = bool(preserves_zero)
+    return fn
+
+
 _UNARY_METHODS: dict[str, bool] = {
     "relu": True, "relu_": True, "tanh": True, "tanh_": True, "sigmoid": False, "sigmoid_": False, "abs": True,
     "neg": True, "sqrt": True, "square": True, "exp": False, "rsqrt": False, "erf": True, "sin": True,
@@ -393,14 +405,19 @@ class _Rewriter:
         masked = any(v.masked for v in vals)
         args = fx.map_arg(node.args, lambda n: env[n].value)
         kwargs = fx.map_arg(node.kwargs, lambda n: env[n].value)
-        if node.op == "call_function" and node.target is operator.getitem and vals and vals[0].shape:
-            return self.shape_read(node, args, kwargs)
+        if node.op == "call_function" and node.target is operator.getitem and vals and vals[0].shape_of is not None:
+            return self.shape_index(node, vals[0], args, kwargs)
+        tainted = [v.canvas for v in vals if v.canvas is not None]
+        if tainted:
+            use = self.canvas_use(node, env, args, kwargs, tainted)
+            if use is not None:
+                return use
         if not masked:  # constants, parameters, random tensors: as they are
             if node.op == "call_module" and isinstance(self.root.get_submodule(node.target), MaskedModule):
                 return _Val(self.get(0, self.g.call_module(node.target, args, kwargs)))
             return _Val(self.g.create_node(node.op, node.target, args, kwargs, node.name))
         if _is_shape_read(node):
-            return self.shape_read(node, args, kwargs)
+            return self.shape_read(node, env, args, kwargs)
         if (node.op == "call_method" and node.target in _FACTORY_METHODS) or (
                 node.op == "call_function" and node.target in _FACTORY_FUNCTIONS):
             # reads only the dtype, device (and shape) of a masked tensor: a new, unmasked tensor
@@ -410,23 +427,72 @@ class _Rewriter:
         return self.function(node, env, args, kwargs)
 
     # -- shapes --
-    def shape_read(self, node, args, kwargs) -> _Val:
-        ok = True
+    #
+    # The batch size and channel count (dims 0 and 1) of a masked tensor are each image's too. A spatial size
+    # is the padded canvas's: it may flow, through integer arithmetic, into the shape arguments of a view or
+    # reshape of a masked tensor (where it only names the tensor's own dims), or, unchanged, into
+    # ``interpolate(size=...)`` (resized per image); any other use is refused at conversion.
+
+    def shape_read(self, node, env, args, kwargs) -> _Val:
+        source = env[node.args[0]]
+        value = self.g.create_node(node.op, node.target, args, kwargs, node.name)
         if node.op == "call_method" and node.target == "size" and (len(args) > 1 or kwargs):
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
-            ok = isinstance(dim, int) and dim in (0, 1)
-        if node.op == "call_function" and node.target is operator.getitem:
-            index = node.args[1]
-            if isinstance(index, slice):
-                ok = (index.start or 0) >= 0 and index.stop is not None and 0 <= index.stop <= 2 and index.step in (None, 1)
-            else:
-                ok = isinstance(index, int) and index in (0, 1)
-        if not ok:
-            self.fail(node, "reads a spatial size of a masked tensor: that is the padded canvas's size, not each "
-                            "image's (only the batch size and channel count, dims 0 and 1, can be read)", ValueError)
-        whole = (node.op == "call_function" and node.target is getattr and node.args[1] == "shape") or (
-            node.op == "call_method" and node.target == "size" and len(args) == 1 and not kwargs)
-        return _Val(self.g.create_node(node.op, node.target, args, kwargs, node.name), shape=whole)
+            if isinstance(dim, int) and dim in (0, 1):
+                return _Val(value)
+            return _Val(value, canvas=(source, node, True))
+        if (node.op == "call_function" and node.target is getattr and node.args[1] == "shape") or (
+                node.op == "call_method" and node.target == "size"):
+            return _Val(value, shape_of=source)
+        return _Val(value)  # dim(), ndim: the rank
+
+    def shape_index(self, node, shape: _Val, args, kwargs) -> _Val:
+        value = self.copy_node(node, args, kwargs)
+        index = node.args[1]
+        if isinstance(index, slice):
+            batch_or_channels = ((index.start or 0) >= 0 and index.stop is not None and 0 <= index.stop <= 2
+                                 and index.step in (None, 1))
+        else:
+            batch_or_channels = isinstance(index, int) and index in (0, 1)
+        return _Val(value) if batch_or_channels else _Val(value, canvas=(shape.shape_of, node, True))
+
+    _INT_OPS = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod,
+                operator.neg, operator.pow, operator.getitem, math.floor, math.ceil, int}
+
+    def canvas_use(self, node, env, args, kwargs, tainted) -> Optional[_Val]:
+        """A node that uses a spatial size: arithmetic on it (tainted in turn), a reshape of a masked tensor
+        (allowed: ``None`` goes on to the usual rule), ``interpolate(size=...)`` (per image), or a refusal."""
+        source, read, _ = tainted[0]
+        if node.op == "call_function" and node.target in self._INT_OPS and not any(
+                env[n].masked for n in node.all_input_nodes):
+            exact = node.target is operator.getitem and tainted[0][2]
+            return _Val(self.copy_node(node, args, kwargs), canvas=(source, read, exact))
+        first = env[node.all_input_nodes[0]] if node.all_input_nodes else None
+        reshape = (node.op == "call_method" and node.target in _RESHAPE_METHODS | {"expand"}) or (
+            node.op == "call_function" and node.target in _RESHAPE_FUNCTIONS)
+        if reshape and first is not None and first.masked and node.args and node.args[0] is node.all_input_nodes[0]:
+            return None
+        if node.op == "call_function" and node.target in (F.interpolate, F.upsample):
+            return self.interpolate_to(node, env, args, kwargs)
+        self.fail(node, f"uses a spatial size of a masked tensor (read at node {read.name!r}): that is the padded "
+                        f"canvas's size, not each image's. Only dims 0 and 1 (batch, channels) may be read; a "
+                        f"spatial size may only shape a view/reshape of a masked tensor or be an "
+                        f"interpolate(size=...) target", ValueError)
+
+    def interpolate_to(self, node, env, args, kwargs) -> _Val:
+        b = self.bind(node, "interpolate", args, kwargs)
+        size_arg = node.kwargs.get("size", node.args[1] if len(node.args) > 1 else None)
+        parts = list(size_arg) if isinstance(size_arg, (tuple, list)) else [size_arg]
+        taints = [env[p].canvas if isinstance(p, fx.Node) else None for p in parts]
+        sources = {id(t[0]) for t in taints if t is not None}
+        x = env[node.args[0]]
+        if None in taints or len(sources) != 1 or not all(t[2] for t in taints) or not x.masked:
+            self.fail(node, "interpolate(size=...) resizes to the padded canvas's size: only a size read as it is "
+                            "from a masked tensor (size=t.shape[-2:]) is resized per image", ValueError)
+        like = taints[0][0]
+        t = self.call(MF.interpolate_to, self.clean(x), x.mask, like.mask, b["size"], b.get("mode", "nearest"),
+                      b.get("align_corners"), name=node.name)
+        return self.result(node, t, args, kwargs)
 
     # -- layers --
     def module(self, node, env, args, kwargs) -> _Val:
@@ -458,6 +524,9 @@ class _Rewriter:
         else:
             if target in _UNARY:
                 return self.unary(node, env, args, kwargs, _UNARY[target])
+            key = (getattr(target, "__module__", None), getattr(target, "__name__", None))
+            if key in _UNARY_BY_NAME:
+                return self.unary(node, env, args, kwargs, _UNARY_BY_NAME[key])
             if target in _BINARY:
                 return self.binary(node, env, args, kwargs, _BINARY[target])
             if target in _REDUCE:
