@@ -638,10 +638,22 @@ def masked_max_pool(
     return torch.where(out_mask != 0, y, torch.zeros((), dtype=y.dtype, device=y.device)), out_mask
 
 
+def _avg_pool(t: Tensor, kernel_size, stride, padding, ceil_mode: bool, count_include_pad: bool,
+              divisor_override: Optional[int]) -> Tensor:
+    """``F.avg_poolNd``; 1d has no ``divisor_override``: there it goes through the 2d pool."""
+    nd = t.dim() - 2
+    if nd == 1 and divisor_override is not None:
+        one = lambda v: (1, _ntuple(v, 1)[0])  # noqa: E731
+        return F.avg_pool2d(t.unsqueeze(2), one(kernel_size), one(stride), (0, _ntuple(padding, 1)[0]), ceil_mode,
+                            count_include_pad, divisor_override).squeeze(2)
+    if nd == 1:
+        return F.avg_pool1d(t, kernel_size, stride, padding, ceil_mode, count_include_pad)
+    return _AVG_POOL[nd](t, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
 def _window_sum(t: Tensor, kernel_size, stride, padding, ceil_mode: bool, out_shape) -> Tensor:
     """Sum of ``t`` over each pooling window (zero padding), cut to ``out_shape``."""
-    nd = t.dim() - 2
-    s = _AVG_POOL[nd](t, kernel_size, stride, padding, ceil_mode, True, 1)
+    s = _avg_pool(t, kernel_size, stride, padding, ceil_mode, True, 1)
     return s[(slice(None), slice(None)) + tuple(slice(0, o) for o in out_shape)]
 
 
@@ -667,25 +679,20 @@ def masked_avg_pool(
     nd = input.dim() - 2 if nd is None else nd
     stride = kernel_size if stride is None or stride == [] or stride == () else stride
     if mask is None:
-        return _AVG_POOL[nd](input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                             divisor_override), None
+        return _avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override), None
     _check_spatial(input, mask, nd, name)
     kernel_size, stride, padding = (_ntuple(v, nd) for v in (kernel_size, stride, padding))
     x = input if zeroed else _zero_masked(input, mask)
     m = _mask_as(mask, input)
     out_mask = None
     if divisor_override is not None or (count_include_pad and not ceil_mode):
-        y = _AVG_POOL[nd](x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        y = _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     else:
-        total = _AVG_POOL[nd](x, kernel_size, stride, padding, ceil_mode, True, 1)
+        total = _avg_pool(x, kernel_size, stride, padding, ceil_mode, True, 1)
         with _no_autocast(input):
             valid = (m != 0).to(m.dtype)
-            if count_include_pad:
-                # the image alone counts its own padding: left padding, and `padding` entries past its end
-                ext = F.pad(valid, [q for p in reversed(padding) for q in (p, 0)])  # dilate to the right...
-                ext = _MAX_POOL[nd](F.pad(ext, [q for p in reversed(padding) for q in (0, p)]),
-                                    tuple(p + 1 for p in padding), 1)
-                ext = F.pad(ext, [q for p in reversed(padding) for q in (p, 0)], value=1.0)  # ...and the left
+            if count_include_pad:  # the image alone counts its own padding, not what lies past it
+                ext = _grow(valid, [q for p in reversed(padding) for q in (p, p)])
                 count = _window_sum(ext, kernel_size, stride, 0, ceil_mode, total.shape[2:])
             else:
                 count = _window_sum(valid, kernel_size, stride, padding, ceil_mode, total.shape[2:])
@@ -1146,8 +1153,24 @@ def masked_pad(input: Tensor, mask: Optional[Tensor], pad: Sequence[int], mode: 
     y = F.pad(x, pad, value=value)
     m = _mask_as(mask, input)
     before = F.pad(m, pad)  # the input's own validity, moved
+    m = _grow(m, pad)
+    if value != 0.0:
+        fresh = (m != 0) & (before == 0)
+        fresh = fresh & ~_left_pad_region(fresh, pad)
+        y = torch.where(fresh, torch.full((), value, dtype=y.dtype, device=y.device), y)
+        y = torch.where(m != 0, y, torch.zeros((), dtype=y.dtype, device=y.device))
+    return y, m
+
+
+def _grow(mask: Tensor, pad: Sequence[int]) -> Tensor:
+    """The validity of an image padded on its own: for each ``(left, right)`` pair of ``pad`` (``F.pad`` order,
+    last dim first) ``left`` entries before the mask (valid where the image covers that line: its first entry)
+    and each image's valid run extended by ``right`` entries past its own end. Dim by dim, so that for an
+    image at the origin the corners of the padding are valid exactly where the image alone has them."""
+    nd = mask.dim() - 2
+    m = mask
     for i in range(len(pad) // 2):
-        d = input.dim() - 1 - i
+        d = mask.dim() - 1 - i
         left, right = pad[2 * i], pad[2 * i + 1]
         shape = list(m.shape)
         parts = []
@@ -1156,22 +1179,17 @@ def masked_pad(input: Tensor, mask: Optional[Tensor], pad: Sequence[int], mode: 
             parts.append(m.narrow(d, 0, 1).expand(shape))
         parts.append(m)
         if right:
+            shape = list(m.shape)
             shape[d] = right
             parts.append(m.new_zeros(shape))
-            m = torch.cat(parts, d)
+        m = torch.cat(parts, d) if len(parts) > 1 else m
+        if right:
             kernel = [1] * nd
             kernel[d - 2] = right + 1
-            padding = [0] * (2 * nd)
-            padding[2 * (input.dim() - 1 - d)] = right  # F.pad order: last dim first
-            m = _MAX_POOL[nd](F.pad(m, padding), kernel, 1)
-        else:
-            m = torch.cat(parts, d)
-    if value != 0.0:
-        fresh = (m != 0) & (before == 0)
-        fresh = fresh & ~_left_pad_region(fresh, pad)
-        y = torch.where(fresh, torch.full((), value, dtype=y.dtype, device=y.device), y)
-        y = torch.where(m != 0, y, torch.zeros((), dtype=y.dtype, device=y.device))
-    return y, m
+            shift = [0] * (2 * nd)
+            shift[2 * i] = right  # zeros before: entry j becomes the max of entries j - right .. j
+            m = _MAX_POOL[nd](F.pad(m, shift), kernel, 1)
+    return m
 
 
 def _left_pad_region(t: Tensor, pad: Sequence[int]) -> Tensor:
