@@ -932,6 +932,11 @@ def masked_interpolate(
     edge pixel, which is exactly the edge clamping of the plain layer on the image alone. Output ``i`` is
     valid where the image alone has it (``i < floor(size * scale)``: the input index
     ``ceil((i + 1) / scale) - 1`` is valid). The mask of a linear mode is reduced to one channel.
+
+    Exact for integer scale factors and their inverses. For other scales PyTorch takes shortcuts that depend on
+    the size (it copies a dim whose output size equals its input size, e.g. 3 x 1.25 -> 3; nearest with an
+    output exactly twice the input reads ``i // 2``), so an image whose own size hits one while the canvas
+    does not gets other values than alone.
     """
     nd = input.dim() - 2
     check_interpolate(None, scale_factor, mode, align_corners, name=name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 import pytest
 import torch
@@ -29,7 +29,7 @@ from masked_torch.utils import pad_batch
 
 DTYPE = torch.float64
 NAN = float("nan")
-EXAMPLES = 60
+EXAMPLES = 100
 
 # mask forms: (channels, dtype); item 8 of the brief: 1-channel vs C-channel, bool vs float
 MASK_FORMS = [("1", torch.float64), ("1", torch.float32), ("1", torch.bool), ("C", torch.float64),
@@ -37,6 +37,16 @@ MASK_FORMS = [("1", torch.float64), ("1", torch.float32), ("1", torch.bool), ("C
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only cost here (a max_pool1d of a few entries took milliseconds with two
+    threads on a busy two-core machine, microseconds with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @dataclass
@@ -48,14 +58,10 @@ class Case:
     masked: dict  # label -> masked module (built directly, and by convert)
     images: list  # (C, *s) float64 tensors
     multiple: int = 1  # extra canvas padding (pad_batch's multiple)
-    channels_last: bool = False  # LayerNorm over channels: run on x.movedim(1, -1)
+    channels_last: bool = False  # LayerNorm over channels: run on x.movedim(1, -1) ...
+    channels_first: frozenset = frozenset()  # ... except the models with these labels (they permute inside)
     exact_mask: bool = True  # the output mask is exactly 0/1 on the region (False: within 1e-12 of it)
-    info: dict = field(default_factory=dict)
-
-    def __repr__(self) -> str:  # what hypothesis prints for a failing example
-        sizes = [tuple(t.shape[1:]) for t in self.images]
-        return (f"Case({self.name}: plain={self.plain!r}, C={self.images[0].shape[0]}, sizes={sizes}, "
-                f"multiple={self.multiple}, {self.info})")
+    info: dict = field(default_factory=dict)  # the layer's arguments (printed with a failing example)
 
 
 def padded(images, multiple: int, form) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +126,7 @@ def check_case(case: Case, form) -> None:
     with torch.no_grad():
         refs = [run_plain(case.plain, img, case.channels_last) for img in case.images]
         for label, module in case.masked.items():
-            y, m = run_masked(module, x, mask, case.channels_last)
+            y, m = run_masked(module, x, mask, case.channels_last and label not in case.channels_first)
             check_promise(y, m, refs, exact_mask=case.exact_mask, what=f"{label} mask={form}")
 
 
@@ -136,7 +142,7 @@ def seed_torch(draw) -> None:
     torch.manual_seed(draw(st.integers(0, 2**31 - 1), label="seed"))
 
 
-def draw_images(draw, sizes, channels: int) -> list:
+def draw_images(sizes, channels: int) -> list:
     return [torch.randn((channels,) + s, dtype=DTYPE) for s in sizes]
 
 
@@ -162,20 +168,61 @@ def pool_out(s, k, st_, p, d, ceil_mode) -> int:
     return out
 
 
-def masked_versions(plain: nn.Module, masked_cls: Optional[type], build: Optional[Callable] = None) -> dict:
-    """The masked layer built directly (``build()``, weights loaded from ``plain``) and by ``convert``."""
-    out = {}
-    if masked_cls is not None:
-        direct = build() if build is not None else None
-        if direct is not None:
-            if any(True for _ in plain.parameters()):
-                direct.load_state_dict(plain.state_dict(), strict=True)
-            out[masked_cls.__name__] = direct.to(DTYPE)
-    converted = mnn.convert(plain, "masked")
-    if masked_cls is not None:
-        assert type(converted) is masked_cls, f"convert({type(plain).__name__}) gave {type(converted).__name__}"
-    out[f"convert({type(plain).__name__})"] = converted
+class Wrapped(nn.Module):
+    """A one-layer model that ``convert`` traces with ``torch.fx`` (the layer then runs with ``input_zeroed``)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+class ChannelsLast(nn.Module):
+    """A traced model that runs a channels-last layer (LayerNorm over channels) on channels-first input."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x.movedim(1, -1)).movedim(-1, 1)
+
+
+GRAPH_CL = "convert(graph(movedim, LayerNorm, movedim))"
+
+
+def converted(plain: nn.Module, kind: str = "masked", **options) -> dict:
+    """``convert`` of the layer itself, of an ``nn.Sequential`` holding it and of a traced model holding it
+    (for a LayerNorm, one that moves the channels last and back: a traced model takes ``(N, C, *S)``)."""
+    name = type(plain).__name__
+    out = {f"convert({name})": mnn.convert(plain, kind, **options),
+           f"convert(Sequential({name}))": mnn.convert(nn.Sequential(plain), kind, **options)}
+    if isinstance(plain, nn.LayerNorm):
+        out[GRAPH_CL] = mnn.convert(ChannelsLast(plain), kind, **options)
+    else:
+        out[f"convert(graph({name}))"] = mnn.convert(Wrapped(plain), kind, **options)
     return out
+
+
+def masked_versions(plain: nn.Module, masked_cls: type, build: Callable) -> dict:
+    """The masked layer built directly (``build()``, weights loaded from ``plain``) and by ``convert``."""
+    direct = build().to(DTYPE)  # float64 before loading: float32 parameters would round the weights
+    direct.load_state_dict(plain.state_dict(), strict=True)
+    out = {masked_cls.__name__: direct, **converted(plain)}
+    layer = out[f"convert({type(plain).__name__})"]
+    assert type(layer) is masked_cls, f"convert({type(plain).__name__}) gave {type(layer).__name__}"
+    return out
+
+
+def randomise(module: nn.Module) -> nn.Module:
+    """float64 parameters drawn in float64 (not float32-representable: a float32 round trip shows)."""
+    module = module.to(DTYPE)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_()
+    return module
 
 
 mask_forms = st.sampled_from(MASK_FORMS)
@@ -205,7 +252,7 @@ def max_pool_cases(draw, nd=None):
     plain = getattr(nn, f"MaxPool{nd}d")(**kw)
     cls = getattr(mnn, f"MaskedMaxPool{nd}d")
     return Case(f"MaxPool{nd}d", plain, masked_versions(plain, cls, lambda: cls(**kw)),
-                draw_images(draw, sizes, c), draw(st.integers(1, 3), label="multiple"))
+                draw_images(sizes, c), draw(st.integers(1, 3), label="multiple"), info=kw)
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])
@@ -243,7 +290,7 @@ def avg_pool_cases(draw, nd=None):
     plain = getattr(nn, f"AvgPool{nd}d")(**kw)
     cls = getattr(mnn, f"MaskedAvgPool{nd}d")
     return Case(f"AvgPool{nd}d", plain, masked_versions(plain, cls, lambda: cls(**kw)),
-                draw_images(draw, sizes, c), draw(st.integers(1, 3), label="multiple"))
+                draw_images(sizes, c), draw(st.integers(1, 3), label="multiple"), info=kw)
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])
@@ -286,11 +333,11 @@ def conv_transpose_cases(draw, nd=None):
         min_size.append(s)
     sizes = draw_sizes(draw, nd, min_size)
     kw = dict(stride=stride, padding=padding, output_padding=ops, groups=groups, bias=bias, dilation=dilation)
-    plain = getattr(nn, f"ConvTranspose{nd}d")(c_in, c_out, kernel, **kw).to(DTYPE)
+    plain = randomise(getattr(nn, f"ConvTranspose{nd}d")(c_in, c_out, kernel, **kw))
     cls = getattr(mnn, f"MaskedConvTranspose{nd}d")
     return Case(f"ConvTranspose{nd}d", plain,
                 masked_versions(plain, cls, lambda: cls(c_in, c_out, kernel, **kw)),
-                draw_images(draw, sizes, c_in), draw(st.integers(1, 3), label="multiple"))
+                draw_images(sizes, c_in), draw(st.integers(1, 3), label="multiple"), info=kw)
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])
@@ -329,8 +376,9 @@ def upsample_cases(draw, nd=None):
     if mode == LINEAR[nd]:
         kw["align_corners"] = False
     plain = nn.Upsample(**kw)
-    return Case(f"Upsample({mode})", plain, masked_versions(plain, mnn.MaskedUpsample, lambda: mnn.MaskedUpsample(**kw)),
-                draw_images(draw, sizes, c), draw(st.integers(1, 3), label="multiple"))
+    return Case(f"Upsample({mode})", plain,
+                masked_versions(plain, mnn.MaskedUpsample, lambda: mnn.MaskedUpsample(**kw)),
+                draw_images(sizes, c), draw(st.integers(1, 3), label="multiple"), info=kw)
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])
@@ -340,14 +388,26 @@ def test_upsample(nd, data, form):
     check_case(data.draw(upsample_cases(nd=nd), label="case"), form)
 
 
+@pytest.mark.xfail(strict=True, reason="torch copies a dim whose output size equals its input size (3 * 1.25 -> 3) "
+                   "and halves the index where it is exactly twice (3 * 2.25 -> 6), instead of reading "
+                   "floor(i / scale); on the canvas that dim is larger, so no one rule on the canvas can give both "
+                   "images what they get alone")
+@pytest.mark.parametrize("mode,scale", [("nearest", (1.25, 2.0)), ("bilinear", (1.25, 2.0)), ("nearest", (2.25, 1.0)),
+                                        ("linear", (1.25,))])
+def test_upsample_same_size_shortcut(mode, scale):
+    """Documents what the upsample strategy leaves out (a known limit, not hidden): nearest in 2d/3d and the
+    linear modes, along a dim where floor(size * scale) == size (or == 2 * size, nearest) with scale != 1 or 2;
+    1d nearest has no such shortcut in torch and passes."""
+    shapes = [(1, 3, 1), (1, 4, 2)] if len(scale) == 2 else [(1, 3), (1, 5)]
+    images = [torch.arange(1.0, 1.0 + math.prod(s), dtype=DTYPE).view(s) for s in shapes]
+    kw = dict(scale_factor=scale, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+    plain = nn.Upsample(**kw)
+    x, mask = padded(images, 1, ("1", DTYPE))
+    y, m = mnn.MaskedUpsample(**kw)(x, mask)
+    check_promise(y, m, [plain(img[None])[0] for img in images], what=f"Upsample{kw}")
+
+
 # --- 5. group, instance and layer norm ---------------------------------------------------------------------
-
-
-def _randomise_affine(module: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_()
-    return module
 
 
 @st.composite
@@ -361,25 +421,26 @@ def norm_cases(draw, kind=None):
         c = g * draw(st.integers(1, 3), label="channels per group")
         # torch refuses a group of one value: "Expected more than 1 value per channel when training"
         assume(all(c // g * math.prod(s) > 1 for s in sizes))
-        plain = _randomise_affine(nn.GroupNorm(g, c, affine=draw(st.booleans(), label="affine")).to(DTYPE))
+        plain = randomise(nn.GroupNorm(g, c, affine=draw(st.booleans(), label="affine")))
         cls = mnn.MaskedGroupNorm
         build = lambda: cls(g, c, affine=plain.affine)  # noqa: E731
     elif kind == "instance":
         c = draw(st.integers(1, 3), label="C")
         # torch refuses instance norm over one spatial element ("Expected more than 1 spatial element")
         assume(all(math.prod(s) > 1 for s in sizes))
-        plain = _randomise_affine(nn.InstanceNorm2d(c, affine=True).to(DTYPE))
+        plain = randomise(nn.InstanceNorm2d(c, affine=True))
         cls = mnn.MaskedInstanceNorm2d
         build = lambda: cls(c, affine=True)  # noqa: E731
     else:
         c = draw(st.integers(1, 4), label="C")
         affine = draw(st.booleans(), label="elementwise_affine")
         bias = draw(st.booleans(), label="bias")
-        plain = _randomise_affine(nn.LayerNorm(c, elementwise_affine=affine, bias=bias).to(DTYPE))
+        plain = randomise(nn.LayerNorm(c, elementwise_affine=affine, bias=bias))
         cls = mnn.MaskedLayerNorm
         build = lambda: cls(c, elementwise_affine=affine, bias=bias)  # noqa: E731
-    return Case(f"{type(plain).__name__}", plain, masked_versions(plain, cls, build), draw_images(draw, sizes, c),
-                draw(st.integers(1, 3), label="multiple"), channels_last=kind == "layer")
+    return Case(f"{type(plain).__name__}", plain, masked_versions(plain, cls, build), draw_images(sizes, c),
+                draw(st.integers(1, 3), label="multiple"), channels_last=kind == "layer",
+                channels_first=frozenset({GRAPH_CL}))
 
 
 @pytest.mark.parametrize("kind", ["group", "instance", "layer"])
@@ -403,7 +464,7 @@ def adaptive_pool_cases(draw, nd=None):
     plain = getattr(nn, f"Adaptive{mode}Pool{nd}d")(size)
     cls = getattr(mnn, f"MaskedAdaptive{mode}Pool{nd}d")
     return Case(f"Adaptive{mode}Pool{nd}d", plain, masked_versions(plain, cls, lambda: cls(size)),
-                draw_images(draw, sizes, c), draw(st.integers(1, 3), label="multiple"))
+                draw_images(sizes, c), draw(st.integers(1, 3), label="multiple"))
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])
@@ -451,17 +512,16 @@ def conv_cases(draw, nd=None, kind=None):
     bias = draw(st.booleans(), label="bias")
     min_size = [max(1, d * (k - 1) + 1 - 2 * p) for k, p, d in zip(ks, ps, ds)]
     sizes = draw_sizes(draw, nd, min_size)
-    plain = getattr(nn, f"Conv{nd}d")(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation,
-                                       groups=groups, bias=bias).to(DTYPE)
-    if kind == "masked":
-        masked = {"convert(masked)": mnn.convert(plain, "masked")}
-        assert type(masked["convert(masked)"]) is getattr(mnn, f"MaskedConv{nd}d")
-    else:
-        masked = {"convert(partial, update_mask=False)": mnn.convert(plain, "partial", update_mask=False)}
-        assert type(masked["convert(partial, update_mask=False)"]) is getattr(mnn, f"PartialConv{nd}d")
+    plain = randomise(getattr(nn, f"Conv{nd}d")(c_in, c_out, kernel, stride=stride, padding=padding,
+                                                dilation=dilation, groups=groups, bias=bias))
+    options = {"update_mask": False} if kind == "partial" else {}
+    masked = converted(plain, kind, **options)
+    layer = masked[f"convert(Conv{nd}d)"]
+    assert type(layer) is getattr(mnn, f"{'Masked' if kind == 'masked' else 'Partial'}Conv{nd}d")
+    assert layer.anchor == "end"
     # masked convolution mixes a C-channel mask over input channels with weights normalised to sum 1:
     # the mask is 1 up to rounding there
-    return Case(f"convert(Conv{nd}d, {kind})", plain, masked, draw_images(draw, sizes, c_in),
+    return Case(f"convert(Conv{nd}d, {kind})", plain, masked, draw_images(sizes, c_in),
                 draw(st.integers(1, 3), label="multiple"), exact_mask=kind == "partial",
                 info={"kind": kind})
 
@@ -482,19 +542,17 @@ def test_converted_conv_non_centred_windows(kind, kernel, stride, padding, form)
     if kind == "partial" and padding:
         pytest.skip("partial convolution rescales the zero padding by design")
     torch.manual_seed(1)
-    plain = nn.Conv2d(3, 5, kernel, stride=stride, padding=padding).to(DTYPE)
-    if kind == "masked":
-        masked = mnn.convert(plain, "masked")
-    else:
-        masked = mnn.convert(plain, "partial", update_mask=False)
+    plain = randomise(nn.Conv2d(3, 5, kernel, stride=stride, padding=padding))
+    masked = converted(plain, kind, **({"update_mask": False} if kind == "partial" else {}))
     g = torch.Generator().manual_seed(2)
     sizes = [(17, 13), (9, 16), (kernel, kernel), (kernel + 1, 11), (12, kernel + 2)]
     images = [torch.randn((3,) + s, generator=g, dtype=DTYPE) for s in sizes]
     x, mask = padded(images, 4, form)
     with torch.no_grad():
-        y, m = masked(x, mask)
         refs = [plain(img[None])[0] for img in images]
-    check_promise(y, m, refs, exact_mask=kind == "partial" or form[0] == "1", what=f"{kind} {form}")
+        for label, module in masked.items():
+            y, m = module(x, mask)
+            check_promise(y, m, refs, exact_mask=kind == "partial" or form[0] == "1", what=f"{label} {form}")
 
 
 # --- 8. 1-channel vs C-channel masks, bool vs float --------------------------------------------------------
@@ -518,7 +576,7 @@ def test_mask_forms_agree(case):
             results = []
             for form in MASK_FORMS:
                 x, mask = padded(case.images, case.multiple, form)
-                y, m = run_masked(module, x, mask, case.channels_last)
+                y, m = run_masked(module, x, mask, case.channels_last and label not in case.channels_first)
                 results.append((form, y, m.to(DTYPE).expand_as(y)))
             form0, y0, m0 = results[0]
             for form, y, m in results[1:]:

@@ -71,7 +71,8 @@ class _MaskedAvgPoolNd(_Zeroed, MaskedModule):
 
 class _MaskedAdaptivePoolNd(_Zeroed, MaskedModule):
     """Global pooling (``output_size`` 1 in every dimension) over the valid positions of each sample;
-    output mask ``(N, 1, 1, ...)``: 1 for samples with a valid position. Any other ``output_size`` divides
+    output mask ``(N, 1, 1, ...)`` (``(N, C, 1, ...)`` for a C-channel mask): 1 for samples (channels) with a
+    valid position. Any other ``output_size`` divides
     the padded canvas, not each image, and is refused at construction."""
 
     _nd: int
