@@ -26,6 +26,7 @@ from torch import Tensor
 __all__ = [
     "check_mask",
     "check_broadcast_mask",
+    "check_input",
     "window_centre",
     "window_mean",
     "partial_conv",
@@ -599,7 +600,9 @@ def intersect_masks(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor
     return a * b
 
 
-def _check_spatial(input: Tensor, mask: Optional[Tensor], nd: int, name: str) -> None:
+def check_input(input: Tensor, mask: Optional[Tensor], nd: int, name: str) -> None:
+    """A batched input ``(N, C, *spatial)`` with ``nd`` spatial dims, and a mask that fits it (``ValueError``
+    naming ``name`` and the shapes otherwise)."""
     if input.dim() != nd + 2:
         raise ValueError(f"{name}: expected input of {nd + 2} dimensions (N, C, *spatial), got "
                          f"{tuple(input.shape)}" + ("" if mask is None else f" with mask {tuple(mask.shape)}"))
@@ -629,7 +632,7 @@ def masked_max_pool(
     stride = kernel_size if stride is None or stride == [] or stride == () else stride
     if mask is None:
         return _MAX_POOL[nd](input, kernel_size, stride, padding, dilation, ceil_mode), None
-    _check_spatial(input, mask, nd, name)
+    check_input(input, mask, nd, name)
     valid = mask != 0
     low = torch.full((), float("-inf"), dtype=input.dtype, device=input.device)
     y = _MAX_POOL[nd](torch.where(valid, input, low), kernel_size, stride, padding, dilation, ceil_mode)
@@ -680,7 +683,7 @@ def masked_avg_pool(
     stride = kernel_size if stride is None or stride == [] or stride == () else stride
     if mask is None:
         return _avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override), None
-    _check_spatial(input, mask, nd, name)
+    check_input(input, mask, nd, name)
     kernel_size, stride, padding = (_ntuple(v, nd) for v in (kernel_size, stride, padding))
     x = input if zeroed else _zero_masked(input, mask)
     m = _mask_as(mask, input)
@@ -870,7 +873,7 @@ def masked_conv_transpose(
     nd = _conv_dims(weight)
     if mask is None:
         return _CONV_T[nd](input, weight, bias, stride, padding, output_padding, groups, dilation), None
-    _check_spatial(input, mask, nd, name)
+    check_input(input, mask, nd, name)
     stride, padding, output_padding, dilation = (_ntuple(v, nd) for v in (stride, padding, output_padding, dilation))
     x = input if zeroed else _zero_masked(input, mask)
     y = _CONV_T[nd](x, weight, bias, stride, padding, output_padding, groups, dilation)
@@ -945,7 +948,7 @@ def masked_interpolate(
                       mode=mode, **kwargs)
     if mask is None:
         return y, None
-    _check_spatial(input, mask, nd, name)
+    check_input(input, mask, nd, name)
     m = _mask_as(mask, input)
     if mode in _LINEAR_MODES:
         with _no_autocast(input):
@@ -1146,7 +1149,7 @@ def masked_pad(input: Tensor, mask: Optional[Tensor], pad: Sequence[int], mode: 
     if mask is None:
         return F.pad(input, list(pad), mode=mode, value=value), None
     nd = input.dim() - 2
-    _check_spatial(input, mask, nd, name)
+    check_input(input, mask, nd, name)
     if mode != "constant":
         raise ValueError(f"{name}: mode={mode!r} reads the padded canvas's edge, not each image's; only constant "
                          f"padding has a per-image rule")

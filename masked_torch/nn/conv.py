@@ -24,6 +24,12 @@ __all__ = [
 ]
 
 
+def _check_padding_mode(conv: nn.Module) -> None:
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"{type(conv).__name__}: only padding_mode='zeros' is supported (the others read the "
+                         f"padded canvas's edge), got {conv.padding_mode!r}")
+
+
 class _MaskedConvBase(MaskedModule):
     """Shared options and checks for both masked convolution rules (mixed into an ``nn.ConvNd`` subclass).
 
@@ -40,10 +46,7 @@ class _MaskedConvBase(MaskedModule):
             raise ValueError(f"{type(self).__name__}: anchor must be 'centre' or 'end', got {anchor!r}")
         self.anchor = anchor
         self.input_zeroed = bool(input_zeroed)
-        if self.padding_mode != "zeros":
-            raise ValueError(
-                f"{type(self).__name__}: only padding_mode='zeros' is supported, got {self.padding_mode!r}"
-            )
+        _check_padding_mode(self)
 
     def _options_repr(self) -> str:
         out = f", anchor={self.anchor!r}" if self.anchor != "centre" else ""
@@ -145,10 +148,7 @@ class _MaskedConvTransposeNd(MaskedModule):
     def __init__(self, *args, input_zeroed: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.input_zeroed = bool(input_zeroed)
-        if self.padding_mode != "zeros":
-            raise ValueError(
-                f"{type(self).__name__}: only padding_mode='zeros' is supported, got {self.padding_mode!r}"
-            )
+        _check_padding_mode(self)
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         return MF.masked_conv_transpose(

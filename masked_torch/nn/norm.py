@@ -35,9 +35,7 @@ class _MaskedInstanceNormNd(MaskedModule):
             raise ValueError(f"{type(self).__name__}: track_running_stats=True is not supported")
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
-        if input.dim() != self._nd + 2:
-            raise ValueError(f"{type(self).__name__}: expected input of {self._nd + 2} dimensions (N, C, *spatial), "
-                             f"got {tuple(input.shape)}")
+        MF.check_input(input, mask, self._nd, type(self).__name__)
         return MF.masked_group_norm(input, mask, input.shape[1], self.weight, self.bias, self.eps,
                                     name=type(self).__name__), mask
 

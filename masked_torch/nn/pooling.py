@@ -86,10 +86,7 @@ class _MaskedAdaptivePoolNd(_Zeroed, MaskedModule):
                              f"each image; only global pooling (output_size=1) has a per-image rule")
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
-        if input.dim() != self._nd + 2:
-            raise ValueError(f"{type(self).__name__}: expected input of {self._nd + 2} dimensions (N, C, *spatial), "
-                             f"got {tuple(input.shape)}")
-        MF.check_mask(input, mask, self._nd, type(self).__name__)
+        MF.check_input(input, mask, self._nd, type(self).__name__)
         return MF.masked_reduce(input, mask, tuple(range(2, input.dim())), True, self._mode,
                                 zeroed=self.input_zeroed, name=type(self).__name__)
 
