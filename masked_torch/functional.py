@@ -508,7 +508,7 @@ def masked_batch_norm(
 
 
 def masked_unshuffle(
-    input: Tensor, mask: Optional[Tensor], factor: int, *, name: str = "masked_unshuffle"
+    input: Tensor, mask: Optional[Tensor], factor: int, *, zeroed: bool = False, name: str = "masked_unshuffle"
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Space-to-depth by ``factor`` in every spatial dimension, of the input and of the mask.
 
@@ -540,9 +540,9 @@ def masked_unshuffle(
         t = t.permute(order)
         return t.reshape(n, c * factor**nd, *t.shape[2 + nd:])
 
-    out = unshuffle(input)
     if mask is None:
-        return out, None
+        return unshuffle(input), None
+    out = unshuffle(input if zeroed else _zero_masked(input, mask))
     out_mask = unshuffle(mask)
     if mask.shape[1] == 1 and input.shape[1] != 1:
         # channel c*f^nd + k reads sub-position k of every input channel: tile over channels
@@ -972,14 +972,14 @@ def interpolate_mask(mask: Tensor, scale_factor, out_shape) -> Tensor:
     return mask
 
 
-def masked_pixel_shuffle(input: Tensor, mask: Optional[Tensor], upscale_factor: int, *,
+def masked_pixel_shuffle(input: Tensor, mask: Optional[Tensor], upscale_factor: int, *, zeroed: bool = False,
                          name: str = "masked_pixel_shuffle") -> tuple[Tensor, Optional[Tensor]]:
     """Depth-to-space (``F.pixel_shuffle``) of input and mask: a 1-channel mask is repeated over each
     ``r x r`` block, a C-channel mask is shuffled with the input."""
-    y = F.pixel_shuffle(input, upscale_factor)
     if mask is None:
-        return y, None
+        return F.pixel_shuffle(input, upscale_factor), None
     check_mask(input, mask, input.dim() - 2, name)
+    y = F.pixel_shuffle(input if zeroed else _zero_masked(input, mask), upscale_factor)
     if mask.shape[1] == 1:
         r = upscale_factor
         return y, mask.repeat_interleave(r, dim=-2).repeat_interleave(r, dim=-1)

@@ -262,6 +262,7 @@ def test_unshuffle_reference(n, c, nd, r, blocks):
     module = [mnn.MaskedUnshuffle1d, mnn.MaskedUnshuffle2d, mnn.MaskedUnshuffle3d][nd - 1](r)
     y, out_mask = module(x, m)
     assert y.shape == (n, c * r**nd) + tuple(b for b in blocks[:nd])
+    x = torch.where(m.bool(), x, torch.zeros(()))  # the output is 0 where its mask is 0
     # reference: output channel c*r^nd + offset, offset row-major over the sub-position
     import itertools
     for offset, sub in enumerate(itertools.product(range(r), repeat=nd)):
@@ -408,3 +409,24 @@ def test_masked_batch_norm_single_valid_position_keeps_running_var():
     m[..., 0, 0] = 1
     bn(torch.randn(1, 2, 3, 3), m)
     assert torch.equal(bn.running_var, torch.ones(2))
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (mnn.MaskedUnshuffle2d(2), (2, 3, 6, 8)),
+    (mnn.MaskedPixelShuffle(2), (2, 8, 3, 4)),
+    (mnn.MaskedFlatten(2), (2, 3, 6, 8)),
+    (mnn.Masked(nn.Identity()), (2, 3, 6, 8)),
+    (mnn.MaskedMaxPool2d(2), (2, 3, 6, 8)),
+    (mnn.MaskedAvgPool2d(3, 2, 1), (2, 3, 6, 8)),
+    (mnn.MaskedUpsample(scale_factor=2, mode="bilinear"), (2, 3, 6, 8)),
+    (mnn.MaskedGroupNorm(1, 3), (2, 3, 6, 8)),
+    (mnn.MaskedConvTranspose2d(3, 2, 2, stride=2), (2, 3, 6, 8)),
+])
+def test_every_layer_output_is_zero_where_its_mask_is_zero_even_with_garbage_input(layer, shape):
+    x = torch.randn(shape)
+    m = torch.ones(shape[0], 1, *shape[2:])
+    m[1, :, shape[2] // 2:] = 0
+    x = torch.where(m.bool().expand_as(x), x, torch.full_like(x, float("nan")))
+    y, out_mask = layer(x, m)
+    assert bool(torch.isfinite(y).all())
+    assert bool((y[(out_mask == 0).expand_as(y)] == 0).all())

@@ -56,7 +56,14 @@ def convert(model: nn.Module, kind: str = "masked", **options) -> nn.Module:
     if has_rule(model):
         return convert_module(model, kind, options)
     if _sequential_of_layers(model):
-        return _convert_sequential(model, kind, options, "")
+        out = _convert_sequential(model, kind, options, "")
+        if kind != "plain":
+            # every layer after the first reads a masked layer's output, exactly 0 under its mask
+            leaves = [m for m in out.modules() if not isinstance(m, MaskedSequential)]
+            for layer in leaves[1:]:
+                if hasattr(layer, "input_zeroed"):
+                    layer.input_zeroed = True
+        return out
     from .graph import convert_graph
 
     return convert_graph(model, kind, options)

@@ -773,13 +773,13 @@ class _Rewriter:
 
     def fn_pixel_shuffle(self, node, env, args, kwargs, nd):
         x = env[node.args[0]]
-        t = self.call(MF.masked_pixel_shuffle, x.value, x.mask, args[1], name=node.name)
-        return _Val(self.get(0, t), self.get(1, t), True, x.clean)
+        t = self.call(MF.masked_pixel_shuffle, self.clean(x), x.mask, args[1], zeroed=True, name=node.name)
+        return _Val(self.get(0, t), self.get(1, t), True, True)
 
     def fn_pixel_unshuffle(self, node, env, args, kwargs, nd):
         x = env[node.args[0]]
-        t = self.call(MF.masked_unshuffle, x.value, x.mask, args[1], name=node.name)
-        return _Val(self.get(0, t), self.get(1, t), True, x.clean)
+        t = self.call(MF.masked_unshuffle, self.clean(x), x.mask, args[1], zeroed=True, name=node.name)
+        return _Val(self.get(0, t), self.get(1, t), True, True)
 
     def fn_pad(self, node, env, args, kwargs, nd):
         b = self.bind(node, "pad", args, kwargs)

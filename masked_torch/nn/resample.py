@@ -34,5 +34,8 @@ class MaskedUpsample(MaskedModule, nn.Upsample):
 class MaskedPixelShuffle(MaskedModule, nn.PixelShuffle):
     """``nn.PixelShuffle`` of input and mask (see :func:`masked_torch.functional.masked_pixel_shuffle`)."""
 
+    input_zeroed = False
+
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
-        return MF.masked_pixel_shuffle(input, mask, self.upscale_factor, name=type(self).__name__)
+        return MF.masked_pixel_shuffle(input, mask, self.upscale_factor, zeroed=self.input_zeroed,
+                                       name=type(self).__name__)

@@ -19,6 +19,7 @@ class _MaskedUnshuffleNd(MaskedModule, nn.Module):
     """
 
     _nd: int
+    input_zeroed = False  # the caller promises the input is 0 under the mask (set inside converted models)
 
     def __init__(self, downscale_factor: int) -> None:
         super().__init__()
@@ -27,12 +28,9 @@ class _MaskedUnshuffleNd(MaskedModule, nn.Module):
         self.downscale_factor = int(downscale_factor)
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
-        if input.dim() != self._nd + 2:
-            raise ValueError(
-                f"{type(self).__name__}: expected input of {self._nd + 2} dimensions (N, C, *spatial), "
-                f"got {tuple(input.shape)}"
-            )
-        return MF.masked_unshuffle(input, mask, self.downscale_factor, name=type(self).__name__)
+        MF.check_input(input, mask, self._nd, type(self).__name__)
+        return MF.masked_unshuffle(input, mask, self.downscale_factor, zeroed=self.input_zeroed,
+                                   name=type(self).__name__)
 
     def extra_repr(self) -> str:
         return f"downscale_factor={self.downscale_factor}"
