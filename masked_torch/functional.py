@@ -55,6 +55,9 @@ __all__ = [
     "masked_linear",
     "masked_pad",
     "interpolate_to",
+    "masked_var",
+    "masked_max_dim",
+    "masked_stack",
 ]
 
 _Size = Union[int, Sequence[int]]
@@ -764,6 +767,64 @@ def masked_reduce(
     else:
         raise ValueError(f"{name}: mode must be mean, sum, amax or amin, got {mode!r}")
     return torch.where(out_mask != 0, y, torch.zeros((), dtype=y.dtype, device=y.device)), out_mask
+
+
+def masked_var(input: Tensor, mask: Optional[Tensor], dim=None, correction: float = 1, keepdim: bool = False,
+               std: bool = False, *, name: str = "masked_var") -> tuple[Tensor, Optional[Tensor]]:
+    """Variance (``std=True``: standard deviation) over ``dim``, over the valid entries only, with Bessel's
+    ``correction`` as ``torch.var``; the mask reduces as in :func:`masked_reduce`."""
+    dims = _dims(dim, input.dim())
+    fn = torch.std if std else torch.var
+    if mask is None:
+        return fn(input, dim=dims, correction=correction, keepdim=keepdim), None
+    check_broadcast_mask(input, mask, name)
+    out_mask = mask.amax(dim=dims, keepdim=keepdim)
+    if all(mask.shape[d] == 1 for d in dims):
+        y = fn(input, dim=dims, correction=correction, keepdim=keepdim)
+    else:
+        valid = mask != 0
+        dtype = torch.promote_types(input.dtype, torch.float32)
+        zero = torch.zeros((), dtype=dtype, device=input.device)
+        x = torch.where(valid, input.to(dtype), zero)
+        count = valid.sum(dim=dims, keepdim=True, dtype=dtype)
+        count = count * math.prod(input.shape[d] for d in dims if mask.shape[d] == 1)
+        mean = x.sum(dim=dims, keepdim=True) / count.clamp_min(1)
+        centred = torch.where(valid, x - mean, zero)
+        y = (centred * centred).sum(dim=dims, keepdim=True) / (count - correction).clamp_min(1e-30)
+        y = (y.sqrt() if std else y).to(input.dtype)
+        if not keepdim:
+            y = y.squeeze(dims)
+    return torch.where(out_mask != 0, y, torch.zeros((), dtype=y.dtype, device=y.device)), out_mask
+
+
+def masked_max_dim(input: Tensor, mask: Optional[Tensor], dim: int, keepdim: bool = False, mode: str = "max", *,
+                   name: str = "masked_max"):
+    """``torch.max(input, dim)`` (or ``min``) over the valid entries: ``(values, indices)`` and their masks.
+    Along a dim where the mask has size 1 (CBAM's max over channels) it is the plain op."""
+    fn = torch.max if mode == "max" else torch.min
+    result = torch.return_types.max if mode == "max" else torch.return_types.min
+    if mask is None:
+        return fn(input, dim, keepdim), None
+    check_broadcast_mask(input, mask, name)
+    dim = dim % input.dim()
+    if mask.shape[dim] == 1:
+        out_mask = mask if keepdim else mask.squeeze(dim)
+        return fn(input, dim, keepdim), result((out_mask, out_mask))
+    fill = float("-inf") if mode == "max" else float("inf")
+    values, indices = fn(torch.where(mask != 0, input, torch.full((), fill, dtype=input.dtype, device=input.device)),
+                         dim, keepdim)
+    out_mask = mask.amax(dim=dim, keepdim=keepdim)
+    values = torch.where(out_mask != 0, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    return result((values, indices)), result((out_mask, out_mask))
+
+
+def masked_stack(tensors: Sequence[Tensor], masks: Sequence[Optional[Tensor]], dim: int = 0, *, zero: bool = True,
+                 name: str = "stack") -> tuple[Tensor, Optional[Tensor]]:
+    """``torch.stack``: the masks stack along the new dim (one mask of size 1 there when they agree), as in
+    :func:`masked_cat`."""
+    d = dim % (tensors[0].dim() + 1)
+    return masked_cat([t.unsqueeze(d) for t in tensors], [None if m is None else m.unsqueeze(d) for m in masks], d,
+                      zero=zero, name=name)
 
 
 def _normalize(x: Tensor, valid: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:

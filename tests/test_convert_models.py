@@ -1,5 +1,6 @@
 """convert() on model-zoo-style networks (tests/zoo.py): the padded-batch promise, state_dict, training,
 compile, ONNX, and the refusals."""
+import collections
 import io
 
 import pytest
@@ -411,3 +412,90 @@ def test_functions_kept_whole_by_fx_wrap_can_be_declared_elementwise():
     with torch.no_grad():
         out, out_mask = mnn.convert(model, "masked")(x, m)
         assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
+
+
+# --- patterns found in torchvision and timm models ----------------------------------------------------------
+
+Outputs = collections.namedtuple("Outputs", ["logits", "aux"])
+
+
+class Patterns(nn.Module):
+    """CBAM (max/min over channels, global pools written with the map's own size), SKNet (stack of branches),
+    ECA (a Conv1d over the pooled channel vector), SE with expand_as, var/std pooling, metadata reads, and a
+    namedtuple output as Inception returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branch1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.branch2 = nn.Conv2d(8, 8, 1)
+        self.eca = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        spatial = torch.max(x, 1, keepdim=True)[0] - x.min(dim=1, keepdim=True).values
+        pooled = F.avg_pool2d(x, x.shape[2:]) + F.max_pool2d(x, (x.size(2), x.size(3)))
+        spread = x.var((2, 3), keepdim=True) + torch.std(x, dim=(2, 3), keepdim=True, unbiased=False)
+        selected = torch.stack([self.branch1(x), self.branch2(x)], dim=1).sum(1)
+        eca = self.eca(x.mean((2, 3)).view(x.shape[0], 1, -1)).view(x.shape[0], -1, 1, 1).sigmoid()
+        gate = torch.zeros(1, dtype=x.dtype, device=x.device) + eca
+        y = selected * torch.sigmoid(pooled + spread) * gate.expand_as(selected) + spatial
+        return Outputs(self.head(y.mean((2, 3))), torch.max(y, torch.zeros_like(y)))
+
+
+def test_patterns_from_real_model_zoos_are_per_image():
+    model = Patterns().double().eval()
+    imgs = [torch.randn(3, 9, 10, dtype=torch.float64), torch.randn(3, 5, 7, dtype=torch.float64)]
+    masked = mnn.convert(model, "masked")
+    x, m = pad_batch(imgs, mask_dtype=torch.float64)
+    x = torch.where(m.bool().expand_as(x), x, torch.full_like(x, float("nan")))
+    with torch.no_grad():
+        out, out_mask = masked(x, m)
+        assert type(out) is Outputs and type(out_mask) is Outputs
+        assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
+
+
+class Chain(nn.Module):
+    def __init__(self, depth):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Conv2d(4, 4, 1) for _ in range(depth))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + torch.relu(block(x))
+        return x
+
+
+def test_a_deep_converted_model_saves_and_loads_whole():
+    masked = mnn.convert(Chain(80), "masked")
+    buffer = io.BytesIO()
+    torch.save(masked, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    x, m = pad_batch([torch.randn(3, 9, 10), torch.randn(3, 5, 7)])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, m)[0], masked(x, m)[0])
+    assert str(loaded.graph) == str(masked.graph)
+
+
+class Inner(nn.Module):
+    def forward(self, x):
+        return x if x.mean() > 0 else -x
+
+
+class Outer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.body = nn.Sequential(nn.ReLU(), Inner())
+
+    def forward(self, x):
+        return self.body(self.conv(x))
+
+
+def test_untraceable_model_error_names_the_module_that_failed():
+    with pytest.raises(TypeError, match=r"cannot trace Outer with torch\.fx in module 'body\.1' \(Inner\)"):
+        mnn.convert(Outer(), "masked")

@@ -53,6 +53,23 @@ def zero_unless_same(value: Tensor, mask: Optional[Tensor], a: Optional[Tensor],
     return MF.zero_masked(value, mask)
 
 
+def fit_mask(mask: Optional[Tensor], value: Tensor) -> Optional[Tensor]:
+    """A mask of size 1 along a spatial dim (a per-sample mask viewed as a sequence, as ECA does before its
+    Conv1d) expanded to the layer input's size there: it is constant along it."""
+    if mask is None or mask.dim() != value.dim() or mask.shape[2:] == value.shape[2:]:
+        return mask
+    return mask.expand(tuple(mask.shape[:2]) + tuple(value.shape[2:]))
+
+
+def refit_mask(out_mask: Optional[Tensor], mask: Optional[Tensor], value: Tensor) -> Optional[Tensor]:
+    """After a layer that got a mask expanded by :func:`fit_mask`: the output mask is constant along those
+    dims too (windows read it at their clamped end), so it goes back to size 1 there."""
+    if mask is None or out_mask is None or mask.dim() != value.dim() or mask.shape[2:] == value.shape[2:]:
+        return out_mask
+    dims = tuple(d for d in range(2, mask.dim()) if mask.shape[d] == 1 and value.shape[d] != 1)
+    return out_mask.amax(dim=dims, keepdim=True) if dims and out_mask.dim() == mask.dim() else out_mask
+
+
 def reshape_like(mask: Optional[Tensor], before: Tensor, after: Tensor) -> Optional[Tensor]:
     return MF.reshape_mask(mask, before.shape, after.shape)
 
@@ -63,6 +80,14 @@ def check_unmasked_dim(value: Tensor, mask: Optional[Tensor], dim: int, name: st
         raise ValueError(f"{name}: works along dim {dim}, where the mask {tuple(mask.shape)} varies: it would mix "
                          f"image and padding")
     return value
+
+
+def field_mask(mask, value, field: str, name: str):
+    """The mask of ``value.field``: a field of a namedtuple of outputs. A tensor attribute (``.T``, ``.mT``,
+    ``.real``) has no rule."""
+    if isinstance(value, tuple) and hasattr(value, field):  # a namedtuple, or torch.max's (values, indices)
+        return None if mask is None else getattr(mask, field)
+    raise ValueError(f"{name}: no mask rule for the attribute {field!r} of a masked {type(value).__name__}")
 
 
 def mask_method(mask: Optional[Tensor], method: str, *args, **kwargs) -> Optional[Tensor]:
@@ -135,9 +160,21 @@ class MaskedGraphModule(MaskedModule, nn.Module):
         state = self.__dict__.copy()
         state.pop("_fns", None)
         state.pop("forward", None)
+        # an fx.Graph pickles recursively, node by node (a deep model overflows the stack): store it flat
+        flat = {id(g): _flatten(g) for g in self._graphs.values()}
+        state["_graphs"] = {training: flat[id(g)] for training, g in self._graphs.items()}
         return state
 
     def __setstate__(self, state) -> None:
+        graphs, built = state["_graphs"], {}
+        state["_graphs"] = {}
+        for training, g in graphs.items():
+            if isinstance(g, fx.Graph):
+                state["_graphs"][training] = g
+                continue
+            if id(g) not in built:
+                built[id(g)] = _unflatten(g)
+            state["_graphs"][training] = built[id(g)]
         self.__dict__.update(state)
         self._compile()
 
@@ -150,6 +187,36 @@ class MaskedGraphModule(MaskedModule, nn.Module):
 
     def _get_name(self) -> str:
         return self._class_name
+
+
+@dataclass(frozen=True)
+class _Ref:
+    name: str
+
+
+def _flatten(graph: fx.Graph) -> list:
+    """The nodes of ``graph`` as a list of ``(op, target, args, kwargs, name)``, node arguments by name."""
+    ref = lambda n: _Ref(n.name)  # noqa: E731
+    return [(n.op, n.target, fx.map_arg(n.args, ref), fx.map_arg(n.kwargs, ref), n.name) for n in graph.nodes]
+
+
+def _unflatten(flat: list) -> fx.Graph:
+    graph, nodes = fx.Graph(), {}
+
+    def resolve(a):
+        if isinstance(a, _Ref):
+            return nodes[a.name]
+        if isinstance(a, (tuple, list)):
+            return type(a)(resolve(b) for b in a) if not hasattr(a, "_fields") else type(a)(*map(resolve, a))
+        if isinstance(a, dict):
+            return {k: resolve(v) for k, v in a.items()}
+        if isinstance(a, slice):
+            return slice(resolve(a.start), resolve(a.stop), resolve(a.step))
+        return a
+
+    for op, target, args, kwargs, name in flat:
+        nodes[name] = graph.create_node(op, target, resolve(args), resolve(kwargs), name)
+    return graph
 
 
 # -- conversion ---------------------------------------------------------------------------------------------
@@ -166,11 +233,16 @@ class _Tracer(fx.Tracer):
 def _trace(root: nn.Module, training: bool) -> fx.Graph:
     modes = {m: m.training for m in root.modules()}
     root.train(training)
+    tracer = _Tracer()
     try:
-        return _Tracer().trace(root)
+        return tracer.trace(root)
     except Exception as exc:  # fx raises TraceError, TypeError, AttributeError, ... from user code
+        stack = list(getattr(tracer, "module_stack", {}).values())
+        where = ""
+        if stack and isinstance(stack[-1], tuple) and stack[-1][0]:
+            where = f" in module {stack[-1][0]!r} ({getattr(stack[-1][1], '__name__', stack[-1][1])})"
         raise TypeError(
-            f"convert: cannot trace {type(root).__name__} with torch.fx ({type(exc).__name__}: {exc}). Masks follow "
+            f"convert: cannot trace {type(root).__name__} with torch.fx{where} ({type(exc).__name__}: {exc}). Masks follow "
             f"the model's graph, so forward must be traceable: no Python control flow on tensor values or "
             f"spatial sizes. Move such code out of forward, or convert the traceable submodules one by one "
             f"with masked_torch.nn.convert"
@@ -195,6 +267,15 @@ def _describe(node: fx.Node, model: str) -> str:
 
 
 _SHAPE_READS = {"size", "dim", "ndimension"}
+
+
+_METADATA = {"device", "dtype", "ndim", "is_cuda", "layout", "requires_grad", "is_floating_point", "is_complex",
+             "element_size", "get_device", "is_contiguous"}
+
+
+def _is_metadata_read(node: fx.Node) -> bool:
+    return ((node.op == "call_function" and node.target is getattr and node.args[1] in _METADATA)
+            or (node.op == "call_method" and node.target in _METADATA))
 
 
 def _is_shape_read(node: fx.Node) -> bool:
@@ -315,6 +396,9 @@ _SIGS = {
     "chunk": _sig("input", "chunks", ("dim", 0)),
     "pixel": _sig("input", "factor"),
     "pad": _sig("input", "pad", ("mode", "constant"), ("value", None)),
+    "var": _sig("input", ("dim", None), ("unbiased", None), ("keepdim", False), ("correction", None)),
+    "max_dim": _sig("input", ("dim", None), ("keepdim", False)),
+    "stack": _sig("tensors", ("dim", 0)),
 }
 _FUNCTION_RULES = {
     F.max_pool1d: ("max_pool", 1), F.max_pool2d: ("max_pool", 2), F.max_pool3d: ("max_pool", 3),
@@ -333,7 +417,7 @@ _FUNCTION_RULES = {
     F.batch_norm: ("batch_norm", None), torch.cat: ("cat", None), torch.concat: ("cat", None),
     torch.concatenate: ("cat", None), torch.split: ("split", None), torch.chunk: ("chunk", None),
     F.pixel_shuffle: ("pixel_shuffle", None), F.pixel_unshuffle: ("pixel_unshuffle", None),
-    F.pad: ("pad", None),
+    F.pad: ("pad", None), torch.stack: ("stack", None),
 }
 
 
@@ -355,6 +439,10 @@ class _Rewriter:
         if self.plain or not v.masked or v.clean:
             return v.value
         return self.call(MF.zero_masked, v.value, v.mask)
+
+    def label(self, node: fx.Node) -> str:
+        """How errors raised while the converted model runs name the op: ``convert(Model): node ... in ...``."""
+        return f"{self.name}: {_describe(node, self.model)}"
 
     def fail(self, node: fx.Node, why: str, exc=TypeError):
         raise exc(f"convert: {_describe(node, self.model)}: {why}")
@@ -418,6 +506,12 @@ class _Rewriter:
             return _Val(self.g.create_node(node.op, node.target, args, kwargs, node.name))
         if _is_shape_read(node):
             return self.shape_read(node, env, args, kwargs)
+        if _is_metadata_read(node):
+            return _Val(self.copy_node(node, args, kwargs))
+        if isinstance(node.target, type) and issubclass(node.target, tuple) and hasattr(node.target, "_fields"):
+            return self.namedtuple(node, env, args, kwargs)
+        if node.op == "call_function" and node.target is getattr:
+            return self.attribute(node, env, args, kwargs)
         if (node.op == "call_method" and node.target in _FACTORY_METHODS) or (
                 node.op == "call_function" and node.target in _FACTORY_FUNCTIONS):
             # reads only the dtype, device (and shape) of a masked tensor: a new, unmasked tensor
@@ -474,10 +568,30 @@ class _Rewriter:
             return None
         if node.op == "call_function" and node.target in (F.interpolate, F.upsample):
             return self.interpolate_to(node, env, args, kwargs)
+        if node.op == "call_function" and _FUNCTION_RULES.get(node.target, ("",))[0] in ("avg_pool", "max_pool"):
+            return self.pool_whole(node, env, args, kwargs)
         self.fail(node, f"uses a spatial size of a masked tensor (read at node {read.name!r}): that is the padded "
                         f"canvas's size, not each image's. Only dims 0 and 1 (batch, channels) may be read; a "
                         f"spatial size may only shape a view/reshape of a masked tensor or be an "
                         f"interpolate(size=...) target", ValueError)
+
+    def pool_whole(self, node, env, args, kwargs) -> _Val:
+        """``F.avg_pool2d(x, x.shape[2:])`` (or ``(x.size(2), x.size(3))``): global pooling of ``x``."""
+        rule, nd = _FUNCTION_RULES[node.target]
+        b = self.bind(node, rule, args, kwargs)
+        kernel = node.kwargs.get("kernel_size", node.args[1] if len(node.args) > 1 else None)
+        parts = list(kernel) if isinstance(kernel, (tuple, list)) else [kernel]
+        taints = [env[p].canvas if isinstance(p, fx.Node) else None for p in parts]
+        x = env[node.args[0]]
+        rest = {k: v for k, v in b.items() if k not in ("input", "kernel_size")}
+        if (None in taints or not all(t[2] and t[0] is x for t in taints) or rest.get("stride") not in (None, [], ())
+                or any(rest.get(k) for k in ("padding", "ceil_mode", "return_indices", "divisor_override"))):
+            self.fail(node, "pools with a window sized by the padded canvas: only a window of the whole map "
+                            "(kernel_size=x.shape[2:], no stride or padding) has a per-image rule", ValueError)
+        mode = "mean" if rule == "avg_pool" else "amax"
+        t = self.call(MF.masked_reduce, self.clean(x), x.mask, tuple(range(2, 2 + nd)), True, mode, zeroed=True,
+                      name=self.label(node))
+        return self.result(node, t, args, kwargs)
 
     def interpolate_to(self, node, env, args, kwargs) -> _Val:
         b = self.bind(node, "interpolate", args, kwargs)
@@ -491,8 +605,25 @@ class _Rewriter:
                             "from a masked tensor (size=t.shape[-2:]) is resized per image", ValueError)
         like = taints[0][0]
         t = self.call(MF.interpolate_to, self.clean(x), x.mask, like.mask, b["size"], b.get("mode", "nearest"),
-                      b.get("align_corners"), name=node.name)
+                      b.get("align_corners"), name=self.label(node))
         return self.result(node, t, args, kwargs)
+
+    def namedtuple(self, node, env, args, kwargs) -> _Val:
+        """A namedtuple of outputs (Inception's ``InceptionOutputs``): the same namedtuple of their masks."""
+        mask_of = lambda n: env[n].mask if env[n].masked else None  # noqa: E731
+        masks = self.g.create_node(node.op, node.target, fx.map_arg(node.args, mask_of),
+                                   fx.map_arg(node.kwargs, mask_of))
+        value_of = lambda n: self.clean(env[n])  # noqa: E731  (its fields are zeroed as they go in)
+        value = self.g.create_node(node.op, node.target, fx.map_arg(node.args, value_of),
+                                   fx.map_arg(node.kwargs, value_of), node.name)
+        return _Val(value, masks, True, True)
+
+    def attribute(self, node, env, args, kwargs) -> _Val:
+        x = env[node.args[0]]
+        if not (isinstance(node.args[1], str) and x.masked):
+            self.fail(node, "no mask rule for this attribute")
+        value = self.copy_node(node, args, kwargs)
+        return _Val(value, self.call(field_mask, x.mask, args[0], node.args[1], self.label(node)), True, x.clean)
 
     # -- layers --
     def module(self, node, env, args, kwargs) -> _Val:
@@ -500,8 +631,9 @@ class _Rewriter:
         if len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], fx.Node):
             self.fail(node, "a masked layer takes one input")
         x = env[node.args[0]]
-        t = self.g.call_module(node.target, (self.clean(x), x.mask))
-        return _Val(self.get(0, t), self.get(1, t), True, True)
+        value = self.clean(x)
+        t = self.g.call_module(node.target, (value, self.call(fit_mask, x.mask, value)))
+        return _Val(self.get(0, t), self.call(refit_mask, self.get(1, t), x.mask, value), True, True)
 
     # -- functions and methods --
     def function(self, node, env, args, kwargs) -> _Val:
@@ -521,6 +653,10 @@ class _Rewriter:
                 return self.split(node, env, args, kwargs, target)
             if target in ("softmax", "log_softmax"):
                 return self.along_dim(node, env, args, kwargs)
+            if target in ("var", "std"):
+                return self.var(node, env, args, kwargs, target == "std")
+            if target in ("max", "min"):
+                return self.max_dim(node, env, args, kwargs, target)
         else:
             if target in _UNARY:
                 return self.unary(node, env, args, kwargs, _UNARY[target])
@@ -539,6 +675,10 @@ class _Rewriter:
                 return self.getitem(node, env, args, kwargs)
             if target in _ALONG_DIM:
                 return self.along_dim(node, env, args, kwargs)
+            if target in (torch.var, torch.std):
+                return self.var(node, env, args, kwargs, target is torch.std)
+            if target in (torch.max, torch.min):
+                return self.max_dim(node, env, args, kwargs, target.__name__)
             if target in _FUNCTION_RULES:
                 rule, nd = _FUNCTION_RULES[target]
                 return getattr(self, "fn_" + rule)(node, env, args, kwargs, nd)
@@ -595,7 +735,7 @@ class _Rewriter:
         if bound.get("dim") is None:
             self.fail(node, "a reduction over every dim, batch included, mixes the samples", ValueError)
         t = self.call(MF.masked_reduce, self.clean(x), x.mask, bound["dim"], bound.get("keepdim", False), mode,
-                      zeroed=True, name=node.name)
+                      zeroed=True, name=self.label(node))
         return self.result(node, t, args, kwargs)
 
     def result(self, node, t: fx.Node, args, kwargs, clean: bool = True) -> _Val:
@@ -604,7 +744,9 @@ class _Rewriter:
         return _Val(value, self.get(1, t), True, clean)
 
     def same_op(self, node, env, args, kwargs) -> _Val:
-        (x,) = self.masked_args(node, env)
+        x = env[node.args[0]]  # expand_as(other): other only gives a shape
+        if not x.masked:
+            self.fail(node, "the layout of an unmasked tensor set by a masked one")
         value = self.copy_node(node, args, kwargs)
         if node.target in ("expand", "expand_as"):
             return _Val(value, x.mask, True, x.clean)
@@ -626,7 +768,7 @@ class _Rewriter:
         if not x.masked or any(env[n].masked for n in index_nodes):
             self.fail(node, "indexes with a masked tensor")
         value = self.copy_node(node, args, kwargs)
-        return _Val(value, self.call(MF.index_mask, x.mask, args[0], args[1], name=node.name), True, x.clean)
+        return _Val(value, self.call(MF.index_mask, x.mask, args[0], args[1], name=self.label(node)), True, x.clean)
 
     def split(self, node, env, args, kwargs, how: str) -> _Val:
         bound = _SIGS[how].bind(*args, **kwargs).arguments
@@ -636,12 +778,37 @@ class _Rewriter:
         masks = self.call(MF.split_masks, x.mask, args[0], size, bound.get("dim", 0), chunks=how == "chunk")
         return _Val(value, masks, True, x.clean)
 
+    def var(self, node, env, args, kwargs, std: bool) -> _Val:
+        b = self.bind(node, "var", args, kwargs)
+        if b.get("dim") is None:
+            self.fail(node, "a reduction over every dim, batch included, mixes the samples", ValueError)
+        correction = b.get("correction")
+        if correction is None:
+            correction = 1 if b.get("unbiased", True) in (True, None) else 0
+        x = env[node.args[0]]
+        t = self.call(MF.masked_var, x.value, x.mask, b["dim"], correction, b.get("keepdim", False), std,
+                      name=self.label(node))
+        return self.result(node, t, args, kwargs)
+
+    def max_dim(self, node, env, args, kwargs, mode: str) -> _Val:
+        masked = self.masked_args(node, env)
+        other = args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("dim"))
+        if len(masked) == 2 or isinstance(other, fx.Node):  # torch.max(a, b): elementwise
+            return self.binary(node, env, args, kwargs, "add")
+        b = self.bind(node, "max_dim", args, kwargs)
+        if b.get("dim") is None:
+            self.fail(node, "a max over every dim, batch included, mixes the samples", ValueError)
+        x = env[node.args[0]]
+        t = self.call(MF.masked_max_dim, x.value, x.mask, b["dim"], b.get("keepdim", False), mode,
+                      name=self.label(node))
+        return self.result(node, t, args, kwargs)
+
     def along_dim(self, node, env, args, kwargs) -> _Val:
         (x,) = self.masked_args(node, env)
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
         if not isinstance(dim, int):
             self.fail(node, "needs an explicit dim")
-        checked = self.call(check_unmasked_dim, args[0], x.mask, dim, node.name)
+        checked = self.call(check_unmasked_dim, args[0], x.mask, dim, self.label(node))
         value = self.g.create_node(node.op, node.target, (checked,) + tuple(args[1:]), kwargs, node.name)
         return _Val(value, x.mask, True, False)
 
@@ -658,7 +825,7 @@ class _Rewriter:
             self.fail(node, "return_indices=True: indices into the padded canvas are not each image's", ValueError)
         x = env[node.args[0]]
         t = self.call(MF.masked_max_pool, x.value, x.mask, b["kernel_size"], b.get("stride"), b.get("padding", 0),
-                      b.get("dilation", 1), b.get("ceil_mode", False), nd=nd, name=node.name)
+                      b.get("dilation", 1), b.get("ceil_mode", False), nd=nd, name=self.label(node))
         return self.result(node, t, args, kwargs)
 
     def fn_max_pool_indices(self, node, env, args, kwargs, nd):
@@ -669,7 +836,7 @@ class _Rewriter:
         x = env[node.args[0]]
         t = self.call(MF.masked_avg_pool, self.clean(x), x.mask, b["kernel_size"], b.get("stride"),
                       b.get("padding", 0), b.get("ceil_mode", False), b.get("count_include_pad", True),
-                      b.get("divisor_override"), nd=nd, zeroed=True, name=node.name)
+                      b.get("divisor_override"), nd=nd, zeroed=True, name=self.label(node))
         return self.result(node, t, args, kwargs)
 
     def _adaptive(self, node, env, args, kwargs, nd, mode):
@@ -683,7 +850,7 @@ class _Rewriter:
             self.fail(node, "return_indices=True is not supported", ValueError)
         x = env[node.args[0]]
         t = self.call(MF.masked_reduce, self.clean(x), x.mask, tuple(range(2, 2 + nd)), True, mode, zeroed=True,
-                      name=node.name)
+                      name=self.label(node))
         return self.result(node, t, args, kwargs)
 
     def fn_adaptive_avg(self, node, env, args, kwargs, nd):
@@ -701,7 +868,7 @@ class _Rewriter:
             self.fail(node, str(exc).split(": ", 1)[1], ValueError)
         x = env[node.args[0]]
         t = self.call(MF.masked_interpolate, self.clean(x), x.mask, b["scale_factor"], b.get("mode", "nearest"),
-                      b.get("align_corners"), zeroed=True, name=node.name)
+                      b.get("align_corners"), zeroed=True, name=self.label(node))
         return self.result(node, t, args, kwargs)
 
     def fn_conv(self, node, env, args, kwargs, nd):
@@ -711,9 +878,9 @@ class _Rewriter:
                      b.get("groups", 1))
         if self.kind == "partial":
             t = self.call(MF.partial_conv, self.clean(x), x.mask, *conv_args, anchor="end", zeroed=True,
-                          name=node.name, **self.options)
+                          name=self.label(node), **self.options)
         else:
-            t = self.call(MF.masked_conv, self.clean(x), x.mask, *conv_args, anchor="end", zeroed=True, name=node.name)
+            t = self.call(MF.masked_conv, self.clean(x), x.mask, *conv_args, anchor="end", zeroed=True, name=self.label(node))
         return self.result(node, t, args, kwargs)
 
     def fn_conv_t(self, node, env, args, kwargs, nd):
@@ -721,13 +888,13 @@ class _Rewriter:
         x = env[node.args[0]]
         t = self.call(MF.masked_conv_transpose, self.clean(x), x.mask, b["weight"], b.get("bias"), b.get("stride", 1),
                       b.get("padding", 0), b.get("output_padding", 0), b.get("groups", 1), b.get("dilation", 1),
-                      zeroed=True, name=node.name)
+                      zeroed=True, name=self.label(node))
         return self.result(node, t, args, kwargs)
 
     def fn_linear(self, node, env, args, kwargs, nd):
         b = self.bind(node, "linear", args, kwargs)
         x = env[node.args[0]]
-        t = self.call(MF.masked_linear, self.clean(x), x.mask, b["weight"], b.get("bias"), name=node.name)
+        t = self.call(MF.masked_linear, self.clean(x), x.mask, b["weight"], b.get("bias"), name=self.label(node))
         return self.result(node, t, args, kwargs)
 
     def fn_layer_norm(self, node, env, args, kwargs, nd):
@@ -735,7 +902,7 @@ class _Rewriter:
         x = env[node.args[0]]
         value = self.copy_node(node, args, kwargs) if self.plain else self.call(
             MF.masked_layer_norm, x.value, x.mask, b["normalized_shape"], b.get("weight"), b.get("bias"),
-            b.get("eps", 1e-5), name=node.name)
+            b.get("eps", 1e-5), name=self.label(node))
         return _Val(value, x.mask, True, True)
 
     def fn_group_norm(self, node, env, args, kwargs, nd):
@@ -743,7 +910,7 @@ class _Rewriter:
         x = env[node.args[0]]
         value = self.copy_node(node, args, kwargs) if self.plain else self.call(
             MF.masked_group_norm, x.value, x.mask, b["num_groups"], b.get("weight"), b.get("bias"), b.get("eps", 1e-5),
-            name=node.name)
+            name=self.label(node))
         return _Val(value, x.mask, True, True)
 
     def fn_batch_norm(self, node, env, args, kwargs, nd):
@@ -751,7 +918,7 @@ class _Rewriter:
         x = env[node.args[0]]
         value = self.copy_node(node, args, kwargs) if self.plain else self.call(
             MF.masked_batch_norm, x.value, x.mask, b["running_mean"], b["running_var"], b.get("weight"),
-            b.get("bias"), b.get("training", False), b.get("momentum", 0.1), b.get("eps", 1e-5), name=node.name)
+            b.get("bias"), b.get("training", False), b.get("momentum", 0.1), b.get("eps", 1e-5), name=self.label(node))
         return _Val(value, x.mask, True, True)
 
     def fn_cat(self, node, env, args, kwargs, nd):
@@ -762,7 +929,18 @@ class _Rewriter:
         vals = [env[t] if isinstance(t, fx.Node) else _Val(t) for t in tensors]
         values = [self.clean(v) for v in vals]
         masks = [v.mask if v.masked else None for v in vals]
-        t = self.call(MF.masked_cat, values, masks, b.get("dim", 0), zero=not self.plain, name=node.name)
+        t = self.call(MF.masked_cat, values, masks, b.get("dim", 0), zero=not self.plain, name=self.label(node))
+        return _Val(self.get(0, t), self.get(1, t), True, True)
+
+    def fn_stack(self, node, env, args, kwargs, nd):
+        b = self.bind(node, "stack", args, kwargs)
+        tensors = node.args[0] if node.args else node.kwargs["tensors"]
+        if not isinstance(tensors, (list, tuple)):
+            self.fail(node, "needs a literal list of tensors")
+        vals = [env[t] if isinstance(t, fx.Node) else _Val(t) for t in tensors]
+        masks = [v.mask if v.masked else None for v in vals]
+        t = self.call(MF.masked_stack, [self.clean(v) for v in vals], masks, b.get("dim", 0), zero=not self.plain,
+                      name=self.label(node))
         return _Val(self.get(0, t), self.get(1, t), True, True)
 
     def fn_split(self, node, env, args, kwargs, nd):
@@ -773,12 +951,12 @@ class _Rewriter:
 
     def fn_pixel_shuffle(self, node, env, args, kwargs, nd):
         x = env[node.args[0]]
-        t = self.call(MF.masked_pixel_shuffle, self.clean(x), x.mask, args[1], zeroed=True, name=node.name)
+        t = self.call(MF.masked_pixel_shuffle, self.clean(x), x.mask, args[1], zeroed=True, name=self.label(node))
         return _Val(self.get(0, t), self.get(1, t), True, True)
 
     def fn_pixel_unshuffle(self, node, env, args, kwargs, nd):
         x = env[node.args[0]]
-        t = self.call(MF.masked_unshuffle, self.clean(x), x.mask, args[1], zeroed=True, name=node.name)
+        t = self.call(MF.masked_unshuffle, self.clean(x), x.mask, args[1], zeroed=True, name=self.label(node))
         return _Val(self.get(0, t), self.get(1, t), True, True)
 
     def fn_pad(self, node, env, args, kwargs, nd):
@@ -789,7 +967,7 @@ class _Rewriter:
             self.fail(node, f"F.pad(mode={mode!r}, pad={pad!r}) reads or cuts the padded canvas's edge; only "
                             f"constant padding by fixed non-negative amounts has a per-image rule", ValueError)
         x = env[node.args[0]]
-        t = self.call(MF.masked_pad, self.clean(x), x.mask, pad, mode, b.get("value"), zeroed=True, name=node.name)
+        t = self.call(MF.masked_pad, self.clean(x), x.mask, pad, mode, b.get("value"), zeroed=True, name=self.label(node))
         return self.result(node, t, args, kwargs)
 
 
