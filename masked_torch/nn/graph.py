@@ -26,6 +26,7 @@ from torch import Tensor, fx, nn
 from .. import functional as MF
 from .base import MaskedModule
 from .container import Masked, Unmasked
+from .elementwise import is_elementwise
 from .registry import convert_module, has_rule
 
 __all__ = ["MaskedGraphModule", "convert_graph", "register_elementwise"]
@@ -51,6 +52,16 @@ def zero_unless_same(value: Tensor, mask: Optional[Tensor], a: Optional[Tensor],
     if a is b or mask is None:
         return value
     return MF.zero_masked(value, mask)
+
+
+def _broadcasts_mask(module: nn.Module) -> bool:
+    """Layers that act on each position (in any layout) and take a mask that merely broadcasts."""
+    from .linear import MaskedFlatten, MaskedLinear
+    from .norm import MaskedLayerNorm
+
+    inner = module.module if isinstance(module, Unmasked) else module
+    return isinstance(module, (Masked, MaskedLinear, MaskedLayerNorm, MaskedFlatten)) or isinstance(
+        inner, (nn.Linear, nn.LayerNorm, nn.Flatten)) or (isinstance(module, Unmasked) and is_elementwise(inner))
 
 
 def fit_mask(mask: Optional[Tensor], value: Tensor) -> Optional[Tensor]:
@@ -632,8 +643,11 @@ class _Rewriter:
             self.fail(node, "a masked layer takes one input")
         x = env[node.args[0]]
         value = self.clean(x)
-        t = self.g.call_module(node.target, (value, self.call(fit_mask, x.mask, value)))
-        return _Val(self.get(0, t), self.call(refit_mask, self.get(1, t), x.mask, value), True, True)
+        if not _broadcasts_mask(module):  # a layer over (N, C, *spatial) that needs the mask's full extent
+            t = self.g.call_module(node.target, (value, self.call(fit_mask, x.mask, value)))
+            return _Val(self.get(0, t), self.call(refit_mask, self.get(1, t), x.mask, value), True, True)
+        t = self.g.call_module(node.target, (value, x.mask))
+        return _Val(self.get(0, t), self.get(1, t), True, True)
 
     # -- functions and methods --
     def function(self, node, env, args, kwargs) -> _Val:
