@@ -4,6 +4,7 @@
     python visualize_activations_2d.py --out results                     # the README figures (make figures)
     python visualize_activations_2d.py --out /tmp/run --data synthetic --depth 2 --num-images 4
     python visualize_activations_2d.py --out /tmp/mine --data ~/pictures --max-side 384
+    python visualize_activations_2d.py sweep --out /tmp/sweep --vary depth=2,3,4 --set data=synthetic
 
 Builds the three stacks of ``analysis.stacks`` (conv / pconv / mconv: ``depth`` levels of PixelUnshuffle(2) +
 3x3 conv + activation, identical weights), runs them on padded batches (``analysis.data``), records per-channel
@@ -33,6 +34,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each default said once, as it would be typed: ``(default: X)`` is appended to an option's help unless
+    the help already says what the default is (the word "default"), the option is off by default (a plain
+    flag), or it has no default (``None``, an empty list)."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=30, width=min(100, _terminal_width()))
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if ("default" in text.lower() or not action.option_strings or d is None or d is False
+                or d is argparse.SUPPRESS or d == []):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((100, 24)).columns - 2
+
+
 def _positive(name: str):
     def parse(text: str) -> int:
         try:
@@ -56,7 +80,7 @@ def _seed(text: str) -> int:
 
 
 def _stacks(text: str) -> tuple[str, ...]:
-    from analysis.stacks import STACKS
+    from analysis.choices import STACKS
 
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     bad = [s for s in names if s not in STACKS]
@@ -68,59 +92,106 @@ def _stacks(text: str) -> tuple[str, ...]:
     return names
 
 
+PROG = "visualize_activations_2d.py"
+
+_USAGE = f"""%(prog)s [options]
+       {PROG} sweep [sweep options]
+       torchrun --nproc-per-node N {PROG} [options]"""
+
+_EPILOG = f"""\
+subcommand:
+  sweep                       run a grid of settings (--vary NAME=V1,V2, a TOML --grid) in worker
+                              processes into one tidy parquet; its options: sweep --help
+
+examples:
+  {PROG} --out results               # the README figures (make figures)
+  {PROG} --out /tmp/run --data synthetic --depth 2 --num-images 4
+  {PROG} --out /tmp/mine --data ~/pictures --max-side 384
+  {PROG} sweep --out /tmp/sweep --vary depth=2,3,4 --set data=synthetic
+
+Writes activation_stats.parquet, padding_sensitivity.parquet and figures/*.png under --out.
+Exit status 2 with one line on stderr for a bad flag or unusable images; 130 when interrupted
+(the previous results are kept)."""
+
+_SWEEP_DESCRIPTION = f"""\
+Run many configurations (a grid of settings) in worker processes into one tidy parquet.
+A setting is an option of a single run ({PROG} --help),
+without the dashes and with _ for -: data, depth, num_images, batch_size, seed, bias, activation,
+init, max_side, normalize, device, threads, and stacks (names joined by +: stacks=conv+mconv)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from analysis.stacks import ACTIVATIONS, INITS
+    # no torch here: --help and bad flags answer at once (the names come from the torch-free analysis.choices)
+    from analysis.choices import ACTIVATION_NAMES, INITS, NORMALIZE, STACKS
 
     p = _Parser(
-        prog="visualize_activations_2d.py",
+        prog=PROG,
+        usage=_USAGE,
         description="Activation statistics of conv / pconv / mconv stacks on padded batches of images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=_EPILOG,
+        formatter_class=_HelpFormatter,
     )
-    p.add_argument("--out", default="results", help="output folder (created if missing)")
-    p.add_argument("--data", default="photos",
-                   help="'synthetic' (N(0,1) noise of random sizes), 'photos' (bundled scikit-image/matplotlib "
-                        "photos) or a folder (or file) of your own images")
-    p.add_argument("--depth", type=_positive("--depth"), default=4, help="number of unshuffle + conv levels")
-    p.add_argument("--num-images", type=_positive("--num-images"), default=None,
-                   help="images to use (default: every photo / every image in the folder; 8 synthetic)")
-    p.add_argument("--batch-size", type=_positive("--batch-size"), default=4, help="images per padded batch")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the weights and of the synthetic images")
-    p.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True, help="convolutions with bias")
-    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu", help="activation after each conv")
-    p.add_argument("--init", choices=list(INITS), default="default",
-                   help="weight init: nn.Conv2d's default, kaiming (He normal) or xavier (Glorot normal)")
-    p.add_argument("--stacks", type=_stacks, default=("conv", "pconv", "mconv"),
-                   help="comma-separated stacks to run (conv,pconv,mconv)")
-    p.add_argument("--max-side", type=_positive("--max-side"), default=256,
-                   help="shrink images so that their longer side is at most this (synthetic: largest side)")
-    p.add_argument("--normalize", choices=["image", "dataset", "none"], default="image",
-                   help="standardise each image on its own, all images with one per-channel mean/std, or not")
-    p.add_argument("--figure-image", default=None,
-                   help="image (name) for the activation-map figure (default: the most padded image of the "
-                        "first batch)")
-    p.add_argument("--threads", type=_positive("--threads"), default=None,
-                   help="torch CPU threads (default 1: the tensors are small, and more threads than free cores "
-                        "slow a run down badly on a busy machine)")
-    p.add_argument("--device", default="cpu",
-                   help="torch device for layers, recorder and data: cpu, cuda or cuda:N (where CUDA is present)")
-    p.add_argument("--dpi", type=_positive("--dpi"), default=120, help="resolution of the PNG figures")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    data = p.add_argument_group("images")
+    data.add_argument("--data", default="photos", metavar="WHAT",
+                      help="'synthetic' (N(0,1) noise of random sizes), 'photos' (bundled scikit-image/matplotlib "
+                           "photos) or a folder (or file) of your own images")
+    data.add_argument("--num-images", type=_positive("--num-images"), default=None, metavar="N",
+                      help="images to use (default: every photo / every image in the folder; 8 synthetic)")
+    data.add_argument("--max-side", type=_positive("--max-side"), default=256, metavar="PIXELS",
+                      help="shrink images so that their longer side is at most this (synthetic: largest side)")
+    data.add_argument("--normalize", choices=NORMALIZE, default="image",
+                      help="standardise each image on its own, all images with one per-channel mean/std, or not")
+    data.add_argument("--batch-size", type=_positive("--batch-size"), default=4, metavar="N",
+                      help="images per padded batch")
+
+    net = p.add_argument_group("stacks")
+    net.add_argument("--depth", type=_positive("--depth"), default=4, metavar="N",
+                     help="number of unshuffle + conv levels")
+    net.add_argument("--stacks", type=_stacks, default=",".join(STACKS), metavar="NAMES",
+                     help=f"comma-separated stacks to run, a subset of {','.join(STACKS)}")
+    bias = net.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True)
+    bias.help = "convolutions with bias or without (default: --bias)"  # set after: 3.11 appends its own
+    net.add_argument("--activation", choices=ACTIVATION_NAMES, default="relu", help="activation after each conv")
+    net.add_argument("--init", choices=INITS, default="default",
+                     help="weight init: default = nn.Conv2d's own (the default), kaiming = He normal, "
+                          "xavier = Glorot normal")
+    net.add_argument("--seed", type=_seed, default=0, help="seed of the weights and of the synthetic images")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default="results", metavar="DIR", help="output folder (created if missing)")
+    out.add_argument("--figure-image", default=None, metavar="NAME",
+                     help="image (name) for the activation-map figure (default: the most padded image of the "
+                          "first batch)")
+    out.add_argument("--dpi", type=_positive("--dpi"), default=120, help="resolution of the PNG figures")
+    out.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    run = p.add_argument_group("compute")
+    run.add_argument("--device", default="cpu",
+                     help="torch device for layers, recorder and data: cpu, cuda or cuda:N (where CUDA is "
+                          "present; under torchrun give cuda, each process takes its LOCAL_RANK's GPU)")
+    run.add_argument("--threads", type=_positive("--threads"), default=None, metavar="N",
+                     help="torch CPU threads (default 1: the tensors are small, and more threads than free "
+                          "cores slow a run down badly on a busy machine)")
     return p
 
 
 def build_sweep_parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="visualize_activations_2d.py sweep",
-        description="Run many configurations (a grid of settings) in worker processes into one tidy parquet.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=f"{PROG} sweep",
+        description=_SWEEP_DESCRIPTION,
+        epilog=f"example:\n  {PROG} sweep --out /tmp/sweep --vary depth=2,3,4 --vary bias=true,false \\\n"
+               "      --set data=synthetic --set num_images=16 --jobs 2",
+        formatter_class=_HelpFormatter,
     )
-    p.add_argument("--grid", default=None, help="TOML file with [grid] (lists of values) and [fixed] tables")
+    p.add_argument("--grid", default=None, metavar="FILE",
+                   help="TOML file with [grid] (lists of values) and [fixed] tables")
     p.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2",
                    help="a setting and its values (repeatable; adds to --grid), e.g. --vary depth=2,3,4")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="fixed",
                    help="a setting for every configuration (repeatable), e.g. --set data=synthetic")
-    p.add_argument("--out", required=True, help="output folder; configurations already there are skipped")
-    p.add_argument("--jobs", type=_positive("--jobs"), default=1, help="worker processes")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (required); configurations already there are skipped")
+    p.add_argument("--jobs", type=_positive("--jobs"), default=1, metavar="N", help="worker processes")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
 

@@ -30,7 +30,9 @@ rather than return a frame that lacks layers which never fired.
 """
 from __future__ import annotations
 
+import functools
 import os
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, fields
@@ -455,12 +457,42 @@ def default_selection(name: str, module: nn.Module) -> bool:
     return isinstance(module, (torch.nn.modules.conv._ConvNd, Masked) + _NORMS + _ACTIVATIONS)
 
 
-def _compiled_modules(model: nn.Module) -> list[str]:
-    from torch._dynamo.eval_frame import OptimizedModule
+def _optimized_module_type() -> Optional[type]:
+    """``torch._dynamo.eval_frame.OptimizedModule`` if the compiler is loaded, else ``None``: without
+    ``torch._dynamo`` imported no module can have been compiled, and importing it costs 1-2 s."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return getattr(eval_frame, "OptimizedModule", None)
 
+
+def _not_traced(fn: Callable) -> Callable:
+    """``torch._dynamo.disable(fn)``: a hook that runs eagerly under ``torch.compile`` (dynamo breaks the
+    graph there) instead of being traced into a compiled graph. The compiler is not imported for it: while
+    ``torch._dynamo`` is not loaded nothing can be tracing, so ``fn`` runs as it is; once it is loaded (a
+    ``torch.compile`` inside the recording block), the disabled wrapper is made once and used from then on."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None and hasattr(dynamo, "disable"):
+        return dynamo.disable(fn)
+    disabled: Optional[Callable] = None
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        nonlocal disabled
+        if disabled is None:
+            loaded = sys.modules.get("torch._dynamo")
+            if loaded is None or not hasattr(loaded, "disable"):
+                return fn(*args, **kwargs)
+            disabled = loaded.disable(fn)
+        return disabled(*args, **kwargs)
+
+    return call
+
+
+def _compiled_modules(model: nn.Module) -> list[str]:
+    optimized = _optimized_module_type()
     found = []
     for name, module in model.named_modules():
-        if isinstance(module, OptimizedModule) or getattr(module, "_compiled_call_impl", None) is not None:
+        if ((optimized is not None and isinstance(module, optimized))
+                or getattr(module, "_compiled_call_impl", None) is not None):
             found.append(name or "<model>")
     return found
 
@@ -469,10 +501,9 @@ def _refuse_compiled(model: nn.Module) -> None:
     compiled = _compiled_modules(model)
     if not compiled:
         return
-    from torch._dynamo.eval_frame import OptimizedModule
-
+    optimized = _optimized_module_type()
     hint = ("record the eager model `model._orig_mod` instead (same parameters), or the model before "
-            "torch.compile" if isinstance(model, OptimizedModule) else
+            "torch.compile" if optimized is not None and isinstance(model, optimized) else
             "record an eager copy (use `._orig_mod` of each compiled submodule) or the model before "
             "torch.compile")
     raise RuntimeError(
@@ -562,7 +593,7 @@ class ActivationRecorder:
         masked = isinstance(module, MaskedModule)
         where = f"ActivationRecorder[{name!r} ({type(module).__name__})]"
 
-        @torch._dynamo.disable
+        @_not_traced
         def hook(mod, args, output):
             if masked and isinstance(output, tuple) and len(output) == 2:
                 out, mask = output
@@ -577,7 +608,6 @@ class ActivationRecorder:
 
         return hook
 
-    @torch._dynamo.disable
     def _count_model_call(self, mod, args, output) -> None:
         self._model_calls += 1
 
@@ -617,7 +647,7 @@ class ActivationRecorder:
         try:
             for name, module in self.layers:
                 self._handles.append(module.register_forward_hook(self._make_hook(name, module)))
-            self._handles.append(self.model.register_forward_hook(self._count_model_call))
+            self._handles.append(self.model.register_forward_hook(_not_traced(self._count_model_call)))
         except BaseException:
             self._remove_hooks()
             raise

@@ -20,9 +20,10 @@ from torch import nn
 
 from masked_torch.nn import convert
 
-STACKS = ("conv", "pconv", "mconv")
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "none": None}
-INITS = ("default", "kaiming", "xavier")
+from .choices import ACTIVATION_NAMES, INITS, STACKS
+
+_ACTIVATION_LAYERS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "none": None}
+ACTIVATIONS = {name: _ACTIVATION_LAYERS[name] for name in ACTIVATION_NAMES}  # the names of analysis.choices
 
 
 def channel_plan(depth: int, in_channels: int = 3, width: int = 16) -> list[tuple[int, int]]:

@@ -133,9 +133,9 @@ def expand_grid(grid: dict, fixed: Optional[dict] = None) -> list[Settings]:
 
 def _check_choices(settings: Settings) -> None:
     """Values with a fixed set of choices, checked before any worker starts."""
-    from .stacks import ACTIVATIONS, INITS, STACKS
+    from .choices import ACTIVATION_NAMES, INITS, NORMALIZE, STACKS
 
-    for name, allowed in (("activation", ACTIVATIONS), ("init", INITS), ("normalize", ("image", "dataset", "none"))):
+    for name, allowed in (("activation", ACTIVATION_NAMES), ("init", INITS), ("normalize", NORMALIZE)):
         if getattr(settings, name) not in allowed:
             raise SweepError(f"setting {name!r} must be one of {sorted(allowed)}, got {getattr(settings, name)!r}")
     bad = [s for s in settings.stacks if s not in STACKS]

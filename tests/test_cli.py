@@ -1,6 +1,8 @@
 """visualize_activations_2d.py: a small run end to end (subprocess, the venv's python), bad flags, unreadable
 images, and the atomic writing that keeps previous results when a run is interrupted."""
+import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +150,120 @@ def test_unknown_figure_image_exits_2(tmp_path, capsys):
                      "--max-side", "16", "--figure-image", "nope", "--quiet"])
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ --help and start-up
+def _help(*args) -> str:
+    proc = _run(*args, "--help", timeout=60)
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    return proc.stdout
+
+
+def _option_entries(text: str) -> dict:
+    """{'--flag': its help entry (the flag line and its continuation lines)} from an argparse help text."""
+    entries, current = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^  (-{1,2}[\w-]+)", line)
+        if m:
+            current = m.group(1)
+            entries[current] = line
+        elif current and line.startswith("      "):
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return entries
+
+
+@pytest.mark.parametrize("sub", [(), ("sweep",)])
+def test_help_shows_each_default_once_readably(sub):
+    text = _help(*sub)
+    parser = cli.build_sweep_parser() if sub else cli.build_parser()
+    entries = _option_entries(text)
+    for action in parser._actions:
+        flag = action.option_strings[-1] if action.option_strings else None
+        if flag in (None, "--help"):
+            continue
+        entry = entries.get(action.option_strings[0])
+        assert entry is not None, (flag, text)
+        said = len(re.findall(r"\(default|\(the default\)", entry))  # where a help text states its default
+        assert said <= 1, entry
+        if action.default not in (None, False, [], argparse.SUPPRESS):
+            assert said == 1, f"{flag}: its default is not shown: {entry}"
+    assert "None" not in text and "('conv'" not in text and "(default: False)" not in text
+    for line in text.splitlines():
+        assert len(line) <= 100, line
+
+
+def test_help_names_the_sweep_subcommand_and_torchrun():
+    text = _help()
+    usage = text.split("\n\n")[0]
+    assert "sweep" in usage and "torchrun" in usage
+    assert re.search(r"^subcommand:\n  sweep ", text, re.M)
+    assert "sweep --help" in text
+    sweep = _help("sweep")
+    assert sweep.startswith("usage: visualize_activations_2d.py sweep")
+    assert "--vary" in sweep and "--grid" in sweep and "(default: 1)" in sweep
+
+
+def test_help_and_flag_errors_do_not_import_torch():
+    """--help answers without importing torch (or matplotlib, pandas); a run does not import the compiler."""
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = [sys.argv[1], *sys.argv[2:]]\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'pandas', 'matplotlib', 'seaborn') if m in sys.modules)\n"
+        "print('HEAVY', ','.join(heavy))\n"
+    )
+    for argv in (["--help"], ["sweep", "--help"], ["--depth", "0"], ["--stacks", "conv,bogus"]):
+        proc = subprocess.run([PYTHON, "-c", code, str(SCRIPT), *argv], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+        assert "HEAVY \n" in proc.stdout, (argv, proc.stdout[-300:], proc.stderr[-300:])
+
+
+def test_a_run_does_not_import_the_compiler(tmp_path):
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import visualize_activations_2d as cli\n"
+        f"rc = cli.main(['--out', {str(tmp_path)!r}, '--data', 'synthetic', '--depth', '1', '--num-images', '2',"
+        " '--max-side', '16', '--quiet'])\n"
+        "print('RC', rc, 'DYNAMO', 'torch._dynamo' in sys.modules, 'INDUCTOR', 'torch._inductor' in sys.modules)\n"
+    )
+    proc = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "MPLBACKEND": "Agg"})
+    assert "RC 0 DYNAMO False INDUCTOR False" in proc.stdout, proc.stdout[-500:] + proc.stderr[-2000:]
+
+
+def test_recorder_hooks_stay_eager_when_the_compiler_loads_later():
+    """The recorder's hooks are dynamo-disabled without importing dynamo up front: a function compiled
+    inside the recording block (dynamo imported only then) still runs every hook, eagerly."""
+    code = (
+        "import sys\n"
+        "from collections import OrderedDict\n"
+        "import torch\n"
+        "from torch import nn\n"
+        "from analysis.record import ActivationRecorder\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "model = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3, padding=1), relu=nn.ReLU()))\n"
+        "with ActivationRecorder(model, compile=False) as rec:\n"
+        "    model(torch.randn(2, 3, 8, 8))\n"
+        "    fn = torch.compile(lambda x: model(x), backend='eager')\n"
+        "    fn(torch.randn(2, 3, 8, 8)); fn(torch.randn(2, 3, 8, 8))\n"
+        "assert 'torch._dynamo' in sys.modules\n"
+        "print('CALLS', rec.calls, 'COUNTS', sorted(set(rec.to_frame()['count'].tolist())))\n"
+    )
+    proc = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert "CALLS {'conv': 3, 'relu': 3} COUNTS [384]" in proc.stdout, proc.stdout[-500:] + proc.stderr[-2000:]
+
+
+def test_cli_choices_match_the_stacks_module():
+    from analysis import choices, stacks
+
+    assert tuple(stacks.ACTIVATIONS) == choices.ACTIVATION_NAMES
+    assert stacks.STACKS == choices.STACKS and stacks.INITS == choices.INITS
 
 
 # ------------------------------------------------------------------------------------ atomic writing
