@@ -47,22 +47,69 @@ def test_channel_stats_on_a_real_run(tiny):
     assert any("mconv" in lb for lb in labels) and any("alone" in lb for lb in labels)
 
 
-def test_channel_stats_log_axis_only_when_needed():
-    fig = plot.plot_channel_stats(_stats_frame())  # variances span 1e-1 .. 1e-3: log
-    var_axes = [ax for ax in fig.axes if "variance" in ax.get_title()]
-    assert var_axes and all(ax.get_yscale() == "log" for ax in var_axes)
-    assert all("log scale" in ax.get_ylabel() for ax in var_axes)
+def _drawn_medians(ax):
+    """{gid: y} of the median marks the figure functions tag with gid 'median <stack> depth <d>'."""
+    out = {}
+    for artist in list(ax.lines) + list(ax.collections):
+        gid = artist.get_gid()
+        if gid and gid.startswith("median "):
+            if hasattr(artist, "get_segments"):
+                ys = {float(y) for seg in artist.get_segments() for _, y in seg}
+            else:
+                ys = {float(y) for y in artist.get_ydata()}
+            assert len(ys) == 1, (gid, ys)
+            out[gid] = ys.pop()
+    return out
+
+
+def _zero_tick(ax):
+    """The y value whose tick reads '0' (None if there is none)."""
+    fmt = ax.yaxis.get_major_formatter()
+    zeros = [t for t in ax.get_yticks() if fmt(t, 0) == "0"]
+    return zeros[0] if zeros else None
+
+
+def test_channel_stats_variance_is_always_log_and_mean_linear():
     flat = _stats_frame(kinds=("conv",))
-    flat["var"] = np.random.default_rng(1).uniform(1, 2, len(flat))
-    fig = plot.plot_channel_stats(flat)
-    var_axes = [ax for ax in fig.axes if "variance" in ax.get_title()]
-    assert len(var_axes) == 1 and var_axes[0].get_yscale() == "linear"
+    flat["var"] = np.random.default_rng(1).uniform(1, 2, len(flat))  # less than a decade: log all the same
+    for frame in (_stats_frame(), flat):
+        fig = plot.plot_channel_stats(frame)
+        var_axes = [ax for ax in fig.axes if "variance" in ax.get_title()]
+        mean_axes = [ax for ax in fig.axes if "mean" in ax.get_title()]
+        assert var_axes and all(ax.get_yscale() == "log" and "log scale" in ax.get_ylabel() for ax in var_axes)
+        assert mean_axes and all(ax.get_yscale() == "linear" and "linear scale" in ax.get_ylabel()
+                                 for ax in mean_axes)
+        plt.close(fig)
 
 
-def test_channel_stats_zero_variance_is_drawn_and_said():
-    fig = plot.plot_channel_stats(_stats_frame(zero_var=True))
+def test_channel_stats_zero_variance_is_drawn_at_a_zero_tick_and_said():
+    frame = _stats_frame(zero_var=True)
+    fig = plot.plot_channel_stats(frame)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any("= 0" in t for t in texts)
+    for ax in [ax for ax in fig.axes if "variance" in ax.get_title()]:
+        zero = _zero_tick(ax)
+        assert zero is not None and ax.get_ylim()[0] < zero < frame.loc[frame["var"] > 0, "var"].min()
+
+
+def test_channel_stats_boxes_are_the_data_statistics():
+    """Median line of each box = the median of the channel values (not of drawn or log-transformed ones)."""
+    frame = _stats_frame(kinds=("conv",))
+    # depth 1, conv: two zero-variance channels of four: the median is half the third value, not near the floor
+    sel = (frame["stack"] == "conv") & (frame["depth"] == 1)
+    frame.loc[sel, "var"] = [0.0, 0.0, 0.0086, 0.028]
+    fig = plot.plot_channel_stats(frame)
+    for ax in fig.axes:
+        stat = "var" if "variance" in ax.get_title() else "mean" if "mean" in ax.get_title() else None
+        if stat is None:
+            continue
+        drawn = _drawn_medians(ax)
+        expected = frame.groupby(["stack", "depth"])[stat].median()
+        assert len(drawn) == len(expected)
+        for (stack, depth), value in expected.items():
+            assert drawn[f"median {stack} depth {depth}"] == pytest.approx(value, rel=1e-12)
+        if stat == "var":
+            assert drawn["median conv depth 1"] == pytest.approx(0.0043)
 
 
 def test_channel_stats_subset_of_stacks_and_errors():
@@ -105,6 +152,39 @@ def test_padding_sensitivity_on_a_real_run(tiny):
     assert len(panels) == 2 and all(ax.get_yscale() == "log" for ax in panels)
     texts = [t.get_text() for ax in panels for t in ax.texts]
     assert any("float32 eps" in t for t in texts)
+
+
+def test_padding_sensitivity_bar_is_the_median_of_the_errors():
+    """The issue's case: errors [0, 0, 0.0086, 0.028] have median 0.0043 (the median of the drawn, floored
+    positions on a log axis would land near 1e-6); an all-zero median is drawn at the tick that reads 0."""
+    rows = [dict(stack=s, reference="alone", layer="act1", depth=1, kind="act", image=f"im{i}", rel_error=v,
+                 padded=True)
+            for s, values in (("conv", [0.0, 0.0, 0.0086, 0.028]), ("mconv", [0.0, 0.0, 0.0, 1e-7]))
+            for i, v in enumerate(values)]
+    fig = plot.plot_padding_sensitivity(pd.DataFrame(rows))
+    (ax,) = [ax for ax in fig.axes if ax.get_title()]
+    drawn = _drawn_medians(ax)
+    assert drawn["median conv depth 1"] == pytest.approx(0.0043)
+    zero = _zero_tick(ax)
+    assert zero is not None and drawn["median mconv depth 1"] == zero
+    assert zero < 1e-7 / 10  # the 0 band sits clear below the smallest non-zero error
+    assert ax.get_ylim()[0] < zero
+    assert set(drawn) == {"median conv depth 1", "median mconv depth 1"}
+
+
+def test_padding_sensitivity_medians_on_a_real_run(tiny):
+    fig = plot.plot_padding_sensitivity(tiny.padding)
+    data = plot.level_layers(tiny.padding)
+    data = data[data["padded"]] if data["padded"].any() else data
+    for ax in [ax for ax in fig.axes if ax.get_title()]:
+        ref = "alone" if "same stack" in ax.get_title() else "conv_alone"
+        expected = data[data["reference"] == ref].groupby(["stack", "depth"])["rel_error"].median()
+        drawn = _drawn_medians(ax)
+        zero = _zero_tick(ax)
+        assert len(drawn) == len(expected)
+        for (stack, depth), value in expected.items():
+            y = drawn[f"median {stack} depth {depth}"]
+            assert y == (zero if value == 0 else pytest.approx(value, rel=1e-12))
 
 
 def test_padding_sensitivity_hand_made_zeros_and_errors():
