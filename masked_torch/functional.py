@@ -197,8 +197,11 @@ def _zero_masked(input: Tensor, mask: Tensor) -> Tensor:
 def _take_grid(mask: Tensor, dim: int, start: int, step: int, count, *, clamp: bool, right: int) -> Tensor:
     """Entries ``start + i*step`` (``i < count``) of ``mask`` along ``dim``. An index before the first entry
     reads the first entry (``clamp=True``) or 0; one past the last (at most ``right`` past, a bound the caller
-    knows statically) reads 0. Gathered by index, so that nothing here compares sizes: dynamic shapes stay
-    dynamic under ``torch.export``."""
+    knows statically) reads 0. Eager: a strided view where every index lies inside. Traced (compile, export):
+    gathered by index, so that nothing compares sizes and dynamic shapes stay dynamic."""
+    if start >= 0 and right == 0 and not torch.compiler.is_compiling():
+        out = mask.narrow(dim, start, step * (count - 1) + 1)
+        return out if step == 1 else out[(slice(None),) * dim + (slice(None, None, step),)]
     idx = torch.arange(count, device=mask.device) * step + start
     out = mask.index_select(dim, idx.clamp(0, mask.shape[dim] - 1))
     if (start < 0 and not clamp) or right > 0:
@@ -333,14 +336,16 @@ def partial_conv(
     ``sum(M) == 0`` (``anchor="end"``: at the window's end, see :func:`window_anchor`). It is 1-channel
     unless ``multichannel`` and ``groups > 1`` (then ``C_out`` channels). The output is 0 wherever the
     output mask is 0. ``zeroed=True`` promises that ``input`` is already exactly 0 under the mask (as every
-    masked layer's output is), which skips the select pass over the input.
+    masked layer's output is) and that the mask fits it (a converted model checks it once), which skips the
+    select pass over the input and the mask check.
     ``mask=None`` is the plain convolution and returns ``None`` as mask.
     """
     nd = _conv_dims(weight)
     conv = _CONV[nd]
-    check_mask(input, mask, nd, name)
     if mask is None:
         return conv(input, weight, bias, stride, padding, dilation, groups), None
+    if not zeroed:  # a converted model (zeroed=True) has checked its input mask once
+        check_mask(input, mask, nd, name)
     kernel_size = tuple(weight.shape[2:])
     dtype = _mask_dtype(input)
     valid_in = mask != 0
@@ -416,7 +421,7 @@ def masked_conv(
     ``m'`` is the mask at each window's centre (input index ``i*stride - padding + dilation*(k//2)``;
     ``anchor="end"``: the window's end, so that an image at the canvas origin keeps exactly the outputs the
     plain layer gives it alone; see :func:`window_anchor`). ``zeroed=True`` promises that ``input`` is
-    already exactly 0 under the mask, which skips the select pass over the input.
+    already exactly 0 under the mask and that the mask fits it, which skips the select pass and the check.
     For a C-channel mask it is mixed over each group's input channels with the weights
     ``A[o, c] = sum_kernel |W[o, c]|``: ``m' = conv1x1(centre(M), A) / sum_c A``. The output mask is
     ``m'``: 1-channel for a 1-channel mask, ``C_out`` channels otherwise.
@@ -424,9 +429,10 @@ def masked_conv(
     """
     nd = _conv_dims(weight)
     conv = _CONV[nd]
-    check_mask(input, mask, nd, name)
     if mask is None:
         return conv(input, weight, bias, stride, padding, dilation, groups), None
+    if not zeroed:  # a converted model (zeroed=True) has checked its input mask once
+        check_mask(input, mask, nd, name)
     kernel_size = tuple(weight.shape[2:])
     pad = resolve_padding(padding, kernel_size, _ntuple(dilation, nd), name)
     m = _mask_as(mask, input)
@@ -467,7 +473,8 @@ def masked_batch_norm(
     nd = input.dim() - 2
     if mask is None:
         return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
-    check_mask(input, mask, nd, name)
+    if not zeroed:  # a converted model (zeroed=True) has checked its input mask once
+        check_mask(input, mask, nd, name)
     if not training and running_mean is not None and running_var is not None:  # eval: per-channel affine
         y = F.batch_norm(input if zeroed else _zero_masked(input, mask), running_mean, running_var, weight, bias,
                          False, 0.0, eps)
