@@ -9,23 +9,29 @@ show inline); nothing is shown or saved here, close the figures when done.
 * :func:`plot_padding_sensitivity` -- the padding frame (stack, reference, layer, depth, image, rel_error):
   relative error of each image in its padded batch against the same image alone.
 
-Every statistic drawn (medians, quartiles, percentiles) is computed on the data, never on drawn positions: on
-a log axis an exact 0 is drawn on a floor band whose tick reads "0", and a median of 0 sits on that band.
-Matplotlib only (seaborn's statistics would add scipy's second of import time to every run).
+Figures 2 and 3 are seaborn plots of tidy frames (``hue="stack"``, dodged, colours from seaborn's "colorblind"
+palette); seaborn is imported inside those functions only, so importing this module (and the command line's
+``--help``) stays light. Every statistic drawn (medians, quartiles, percentiles) is computed on the data, never
+on drawn positions: seaborn draws on a linear y axis, where it aggregates the values themselves (on a log axis
+it would aggregate their logarithms: the median of ``[0, 0, 0.0086, 0.028]`` would become 0 instead of 0.0043),
+and the axis is switched to log afterwards. On that log axis an exact 0 is drawn on a floor band whose tick
+reads "0": the dots are floored to it, and a statistic that is 0 is lifted onto it after it was computed.
 """
 from __future__ import annotations
 
 import math
 import textwrap
+import warnings
+from contextlib import contextmanager
 from typing import Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib import MatplotlibDeprecationWarning
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize, to_rgb
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatterSciNotation, NullLocator
 
@@ -33,7 +39,9 @@ __all__ = ["plot_activation_maps", "plot_channel_stats", "plot_padding_sensitivi
            "STACK_COLORS", "STACK_LABELS", "FLOAT32_EPS", "level_layers", "zero_floor"]
 
 STACK_ORDER = ("conv", "pconv", "mconv", "conv_alone")
-# seaborn's "colorblind" palette (entries 3, 0, 2), as RGB tuples
+# seaborn's "colorblind" palette (entries 3, 0, 2; tests/test_plot.py checks them against seaborn), as RGB
+# tuples so that this module and figure 1 need no seaborn import
+_PALETTE_INDEX = {"conv": 3, "pconv": 0, "mconv": 2}
 STACK_COLORS = {"conv": to_rgb("#d55e00"), "pconv": to_rgb("#0173b2"), "mconv": to_rgb("#029e73"),
                 "conv_alone": (0.45, 0.45, 0.45)}
 STACK_LABELS = {
@@ -85,23 +93,71 @@ def zero_floor(values, floor: Optional[float] = None, *, at_most: Optional[float
     return below if at_most is None else min(at_most, below)
 
 
-def _offsets(n: int) -> np.ndarray:
-    """x offsets of ``n`` stacks within a depth's group (seaborn's dodge)."""
-    w = _GROUP_WIDTH / n
-    return w * (np.arange(n) - (n - 1) / 2)
+def _palette(stacks: Sequence[str]) -> dict:
+    """Colour of each stack: seaborn's "colorblind" palette (conv 3, pconv 0, mconv 2, conv_alone grey), other
+    stacks the palette's unused entries in turn."""
+    import seaborn as sns
+
+    cb = sns.color_palette("colorblind")
+    spare = iter([c for i, c in enumerate(cb) if i not in _PALETTE_INDEX.values() and i != 7] * 2)  # 7: grey
+    return {s: STACK_COLORS[s] if s in STACK_COLORS else next(spare) for s in stacks}
 
 
-def _strip(ax: Axes, x: float, values: np.ndarray, color, rng: np.random.Generator, *, half_width: float,
-           size: float, alpha: float) -> None:
-    """One dot per value at ``x``, jittered sideways."""
-    if len(values):
-        ax.scatter(x + rng.uniform(-half_width, half_width, len(values)), values, s=size, color=color,
-                   alpha=alpha, linewidths=0, zorder=3)
+@contextmanager
+def _fixed_jitter(seed: int = _JITTER_SEED):
+    """seaborn's stripplot jitters with numpy's global generator: seed it for the call (the same frame gives
+    the same PNG) and put the caller's state back afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+@contextmanager
+def _quiet_bxp():
+    """seaborn 0.13's boxplot passes matplotlib >= 3.10's deprecated ``vert`` to ``Axes.bxp``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=MatplotlibDeprecationWarning)
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning, message=".*vert.*")
+        yield
+
+
+def _slot(x: float, n_stacks: int) -> tuple[int, int]:
+    """(depth index, stack index) of a dodged x position (seaborn's dodge: ``n_stacks`` slots of
+    ``_GROUP_WIDTH / n_stacks`` centred on each depth)."""
+    d = int(round(x))
+    w = _GROUP_WIDTH / n_stacks
+    return d, int(round((x - d) / w + (n_stacks - 1) / 2))
+
+
+def _lift_onto_band(lines, floor: float) -> None:
+    """Move the points of already drawn statistics (box edges, whiskers, medians) that are below ``floor``,
+    i.e. exact zeros, onto the 0 band; the statistics were computed on the values, only their drawn position
+    changes (a 0 has no place on a log axis otherwise). NaN (no data) stays NaN."""
+    for line in lines:
+        y = np.asarray(line.get_ydata(), dtype=float)
+        line.set_ydata(np.where(y < floor, floor, y))
+
+
+def _figure_legend(fig: Figure, ax: Axes, *, markerscale: float) -> None:
+    """Move seaborn's hue legend of ``ax`` under the figure, with the stacks' long names."""
+    legend = ax.get_legend()
+    if legend is None:
+        return
+    handles, labels = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
+    legend.remove()
+    for handle in handles:
+        handle.set_alpha(1.0)  # the dots' transparency would make the key pale
+    fig.legend(handles, [STACK_LABELS.get(lb, lb) for lb in labels], loc="outside lower center",
+               ncols=len(labels), markerscale=markerscale, frameon=False, fontsize=9)
 
 
 def _log_axis_with_zero(ax: Axes, floor: float, top: float) -> None:
     """Log y axis from ``floor / 3`` to ``top`` whose ticks are decades plus the floor, which is labelled "0"
-    and shaded: the exact zeros drawn there are zeros, not small values."""
+    and shaded: the exact zeros drawn there are zeros, not small values. Plain matplotlib: seaborn has no
+    notion of a zero on a log axis (its ``log_scale`` drops or mis-aggregates zeros)."""
     lo = floor / 3
     ax.set_yscale("log")
     ax.set_ylim(lo, top)
@@ -214,29 +270,18 @@ def plot_activation_maps(maps: pd.DataFrame, rgb: Optional[np.ndarray] = None, *
 _LOG_STATS = ("var", "std")  # scale statistics: always on a log axis (they span decades over depth)
 
 
-def _box_stats(values: np.ndarray) -> dict:
-    """Median, quartiles and 5th / 95th percentiles of ``values``, computed on the values themselves."""
-    q05, q25, q50, q75, q95 = np.percentile(values, [5, 25, 50, 75, 95])
-    return dict(med=q50, q1=q25, q3=q75, whislo=q05, whishi=q95, fliers=[])
-
-
-def _legend(fig: Figure, stacks: Sequence[str], marker: str = "o") -> None:
-    handles = [Line2D([], [], marker=marker, ls="none", markersize=6, color=STACK_COLORS.get(s, "k"))
-               for s in stacks]
-    fig.legend(handles, [STACK_LABELS.get(s, s) for s in stacks], loc="outside lower center",
-               ncols=len(stacks), frameon=False, fontsize=9)
-
-
 def plot_channel_stats(stats: pd.DataFrame, *, stacks: Optional[Sequence[str]] = None,
                        statistics: Sequence[str] = ("mean", "var"), kinds: Optional[Sequence[str]] = None) -> Figure:
     """Per-channel statistics by depth: one column of panels per statistic, one row per layer kind (conv
     output, activation output); x = depth, colour = stack; every dot is one channel (over all valid positions
-    of all images). Boxes: quartiles over channels, the line in the box their median, whiskers the 5th and
-    95th percentiles, all computed on the values.
+    of all images). Boxes (seaborn, on the values): quartiles over channels, the line in the box their median,
+    whiskers out to the most extreme channel within the 5th-95th percentiles (``whis=(5, 95)``).
 
     One scale rule: variance and std are always drawn on a log axis (they shrink by decades with depth);
     channels whose value is exactly 0 (a dead ReLU channel) are drawn on a shaded band at the bottom whose
     tick reads "0", and counted in the panel. Every other statistic is drawn on a linear axis."""
+    import seaborn as sns
+
     if stats.empty:
         raise ValueError("plot_channel_stats: empty frame")
     stacks = _stacks_in(stats, stacks)
@@ -244,9 +289,7 @@ def plot_channel_stats(stats: pd.DataFrame, *, stacks: Optional[Sequence[str]] =
     if kinds is None:
         kinds = [k for k in ("conv", "act") if (data["kind"] == k).any()] or list(pd.unique(data["kind"]))
     depths = sorted(data["depth"].unique())
-    offsets = _offsets(len(stacks))
-    width = _GROUP_WIDTH / len(stacks)
-    rng = np.random.default_rng(_JITTER_SEED)
+    palette = _palette(stacks)
     nrows, ncols = len(kinds), len(statistics)
     fig_width = max(6.0, 1.1 * len(depths) * max(1, len(stacks)) ** 0.5 + 1.5) * ncols
     fig = plt.figure(figsize=(min(fig_width, 13.5), 2.0 + 3.2 * nrows), layout="constrained")
@@ -254,48 +297,51 @@ def plot_channel_stats(stats: pd.DataFrame, *, stacks: Optional[Sequence[str]] =
     kind_names = {"conv": "conv output (pre-activation)", "act": "activation output"}
     stat_names = {"mean": "per-channel mean", "var": "per-channel variance", "std": "per-channel std",
                   "zero_frac": "fraction of exact zeros"}
-    for i, kind in enumerate(kinds):
-        sub = data[data["kind"] == kind]
-        for j, stat in enumerate(statistics):
-            ax = axes[i, j]
-            values = sub[stat].to_numpy(dtype=float)
-            log = stat in _LOG_STATS
-            n_zero = int((values == 0).sum()) if log else 0
-            floor = zero_floor(values, at_most=None) if n_zero else None
-            lift = -np.inf if floor is None else floor  # drawn at max(value, lift); statistics use the values
-            for di, d in enumerate(depths):
-                for si, s in enumerate(stacks):
-                    v = sub.loc[(sub["depth"] == d) & (sub["stack"] == s), stat].to_numpy(dtype=float)
-                    v = v[np.isfinite(v)]
-                    if not v.size:
-                        continue
-                    x, color = di + offsets[si], STACK_COLORS.get(s, "k")
-                    box = {k: (max(val, lift) if k != "fliers" else val) for k, val in _box_stats(v).items()}
-                    line = dict(color=color, lw=1.0)
-                    art = ax.bxp([box], positions=[x], widths=0.8 * width, showfliers=False, manage_ticks=False,
-                                 boxprops=line, whiskerprops=line, capprops=line,
-                                 medianprops=dict(color=color, lw=1.8))
-                    for median in art["medians"]:
-                        median.set_gid(f"median {s} depth {d}")
-                    _strip(ax, x, np.maximum(v, lift), color, rng, half_width=0.3 * width, size=5, alpha=0.5)
-            ax.set_xticks(range(len(depths)), [str(d) for d in depths])
-            ax.set_xlim(-0.5, len(depths) - 0.5)
-            if floor is not None:
-                _log_axis_with_zero(ax, floor, top=float(np.nanmax(values)) * 3)
-                ax.text(0.99, 0.01, f"{n_zero} channel(s) with {stat} = 0, drawn on the 0 band", ha="right",
-                        va="bottom", fontsize=7, transform=ax.transAxes)
-            elif log:
-                ax.set_yscale("log")
-            if stat == "mean" and (values < 0).any():
-                ax.axhline(0, color="0.6", lw=0.8, zorder=0)
-            ax.set_ylabel(f"{stat_names.get(stat, stat)} ({'log' if log else 'linear'} scale)")
-            ax.set_xlabel("depth (level)")
-            ax.set_title(f"{kind_names.get(kind, kind)}: {stat_names.get(stat, stat)}", fontsize=10)
-            ax.grid(axis="y", which="major", color="0.9", lw=0.6)
-    _legend(fig, stacks)
+    common = dict(x="depth", hue="stack", order=depths, hue_order=stacks, palette=palette, dodge=True)
+    with _fixed_jitter():
+        for i, kind in enumerate(kinds):
+            for j, stat in enumerate(statistics):
+                ax = axes[i, j]
+                sub = data[(data["kind"] == kind) & np.isfinite(data[stat].to_numpy(dtype=float))]
+                values = sub[stat].to_numpy(dtype=float)
+                log = stat in _LOG_STATS
+                n_zero = int((values == 0).sum()) if log else 0
+                floor = zero_floor(values, at_most=None) if n_zero else None
+                # the dots: every channel, exact zeros floored onto the 0 band (only their drawn position)
+                dots = sub.assign(**{stat: np.maximum(values, floor)}) if floor is not None else sub
+                # The boxes are computed by seaborn on the values while the y axis is still linear (on a log
+                # axis seaborn takes the percentiles of log10(value), and a 0 becomes -inf); log comes after.
+                n_before = len(ax.containers)
+                with _quiet_bxp():
+                    sns.boxplot(data=sub, y=stat, **common, whis=(5, 95), showfliers=False, fill=False,
+                                width=_GROUP_WIDTH, gap=0.2, linewidth=1.0, medianprops=dict(linewidth=1.8),
+                                legend=False, ax=ax)
+                sns.stripplot(data=dots, y=stat, **common, jitter=0.24, size=2.2, alpha=0.5, linewidth=0,
+                              zorder=3, legend=(i == 0 and j == 0), ax=ax)
+                boxes = ax.containers[n_before:]
+                for container in boxes:
+                    for median in container.medians:
+                        d, si = _slot(float(np.mean(median.get_xdata())), len(stacks))
+                        median.set_gid(f"median {stacks[si]} depth {depths[d]}")
+                if floor is not None:
+                    _lift_onto_band([ln for c in boxes for ln in (*c.boxes, *c.medians, *c.whiskers, *c.caps)],
+                                    floor)
+                    _log_axis_with_zero(ax, floor, top=float(values.max()) * 3)
+                    ax.text(0.99, 0.01, f"{n_zero} channel(s) with {stat} = 0, drawn on the 0 band", ha="right",
+                            va="bottom", fontsize=7, transform=ax.transAxes)
+                elif log:
+                    ax.set_yscale("log")
+                if stat == "mean" and (values < 0).any():
+                    ax.axhline(0, color="0.6", lw=0.8, zorder=0)
+                ax.set_ylabel(f"{stat_names.get(stat, stat)} ({'log' if log else 'linear'} scale)")
+                ax.set_xlabel("depth (level)")
+                ax.set_title(f"{kind_names.get(kind, kind)}: {stat_names.get(stat, stat)}", fontsize=10)
+                ax.grid(axis="y", which="major", color="0.9", lw=0.6)
+    _figure_legend(fig, axes[0, 0], markerscale=2.5)
     fig.suptitle(
         "Per-channel activation statistics by depth over the valid (in-image) positions of all images; "
-        "one dot per channel, boxes = quartiles over channels with the median, whiskers = 5th-95th percentile"
+        "one dot per channel, boxes = quartiles over channels with the median, whiskers to the most extreme "
+        "channel within the 5th-95th percentiles"
         + (" (" + ", ".join(f"{s}" for s in stacks if s != "conv_alone")
            + " on padded batches; conv_alone = plain conv on each image alone)" if "conv_alone" in stacks else ""),
         fontsize=10, wrap=True)
@@ -306,12 +352,14 @@ def plot_channel_stats(stats: pd.DataFrame, *, stacks: Optional[Sequence[str]] =
 def plot_padding_sensitivity(padding: pd.DataFrame, *, stacks: Optional[Sequence[str]] = None,
                              only_padded: bool = True, floor: Optional[float] = None) -> Figure:
     """Relative error ``||batch - reference|| / ||reference||`` over each image's valid positions, per depth
-    (level output) and stack; one dot per image, a bar at the median of the errors (computed on the errors:
-    the median of ``[0, 0, 0.0086, 0.028]`` is 0.0043). One panel per reference: the same stack on the image
-    alone (``alone``) and the plain conv stack on the image alone (``conv_alone``). Log y axis; the dotted
-    line is float32 epsilon; exact zeros (bit-identical), and a median of 0, are drawn on a shaded band whose
-    tick reads "0" (at ``floor``; default: see :func:`zero_floor`). With ``only_padded`` only images that the
-    batch pads beyond their own canvas are drawn."""
+    (level output) and stack; one dot per image, a bar at the median of the errors (seaborn's pointplot with
+    ``estimator="median"`` on the errors themselves: the median of ``[0, 0, 0.0086, 0.028]`` is 0.0043). One
+    panel per reference: the same stack on the image alone (``alone``) and the plain conv stack on the image
+    alone (``conv_alone``). Log y axis; the dotted line is float32 epsilon; exact zeros (bit-identical), and a
+    median of 0, are drawn on a shaded band whose tick reads "0" (at ``floor``; default: see
+    :func:`zero_floor`). With ``only_padded`` only images that the batch pads beyond their own canvas are drawn."""
+    import seaborn as sns
+
     if padding.empty:
         raise ValueError("plot_padding_sensitivity: empty frame")
     stacks = _stacks_in(padding, stacks)
@@ -319,37 +367,42 @@ def plot_padding_sensitivity(padding: pd.DataFrame, *, stacks: Optional[Sequence
     only_padded = bool(only_padded and "padded" in data and data["padded"].any())
     if only_padded:
         data = data[data["padded"]]
+    data = data[data["rel_error"].notna()]
     refs = [r for r in ("alone", "conv_alone") if r in set(data["reference"])] or list(pd.unique(data["reference"]))
     depths = sorted(data["depth"].unique())
     errors = data["rel_error"].to_numpy(dtype=float)
     floor = zero_floor(errors, floor)
     top = max(1.0, float(np.nanmax(errors)) * 3)
-    offsets = _offsets(len(stacks))
-    width = _GROUP_WIDTH / len(stacks)
-    rng = np.random.default_rng(_JITTER_SEED)
+    # the dots: exact zeros floored onto the 0 band (their drawn position only; the medians use rel_error)
+    data = data.assign(drawn=np.maximum(errors, floor))
+    palette = _palette(stacks)
+    common = dict(x="depth", hue="stack", order=depths, hue_order=stacks, palette=palette)
     fig = plt.figure(figsize=(5.2 * len(refs) + 0.6, 5.4), layout="constrained")
     axes = fig.subplots(1, len(refs), squeeze=False, sharey=True)[0]
+    # median bar as wide as 80% of a stack's slot: 4.6 in of panel shared by the depths, then by the stacks
+    bar_pt = float(np.clip(0.8 * _GROUP_WIDTH * 4.6 * 72 / len(depths) / len(stacks), 6, 24))
     titles = {"alone": "vs the same stack on the image alone\n(padding sensitivity)",
               "conv_alone": "vs plain conv on the image alone\n(distance from the unmasked network)"}
     for ax, ref in zip(axes, refs):
         sub = data[data["reference"] == ref]
+        with _fixed_jitter():
+            sns.stripplot(data=sub, y="drawn", **common, dodge=True, jitter=0.24, size=4, alpha=0.75,
+                          linewidth=0, zorder=3, legend=(ref == refs[0]), ax=ax)
+        # The median on the unfloored errors, aggregated while the y axis is still linear (on a log axis
+        # seaborn takes the median of log10(error): -inf for a 0, a geometric mean for an even count).
+        # pointplot's dodge spreads the hues over `dodge`; this puts each bar on its stack's strip.
+        n_before = len(ax.lines)
+        sns.pointplot(data=sub, y="rel_error", **common, dodge=_GROUP_WIDTH * (len(stacks) - 1) / len(stacks),
+                      estimator="median", errorbar=None, markers="_", markersize=bar_pt, markeredgewidth=2.6,
+                      linestyles="none", zorder=4, legend=False, ax=ax)
+        bars = ax.lines[n_before:]  # one line per stack, in hue order, one point per depth (NaN: no data)
+        for line, s in zip(bars, stacks):
+            line.set_gid(f"median {s}")
+        _lift_onto_band(bars, floor)  # a median of 0 is drawn on the 0 band
         _log_axis_with_zero(ax, floor, top)
         ax.text(-0.45, floor * 3.5, "0 = bit-identical", fontsize=7, color="0.35", va="bottom")
         ax.axhline(FLOAT32_EPS, color="0.3", ls=":", lw=1.0, zorder=1)
         ax.text(-0.45, FLOAT32_EPS * 1.3, "float32 eps", fontsize=7, color="0.3", ha="left", va="bottom")
-        for di, d in enumerate(depths):
-            for si, s in enumerate(stacks):
-                v = sub.loc[(sub["depth"] == d) & (sub["stack"] == s), "rel_error"].to_numpy(dtype=float)
-                v = v[~np.isnan(v)]
-                if not v.size:
-                    continue
-                x, color = di + offsets[si], STACK_COLORS.get(s, "k")
-                _strip(ax, x, np.maximum(v, floor), color, rng, half_width=0.3 * width, size=16, alpha=0.75)
-                median = float(np.median(v))  # on the data; drawn on the 0 band if it is 0
-                ax.hlines(max(median, floor), x - 0.4 * width, x + 0.4 * width, colors=[color], lw=2.6,
-                          zorder=4, gid=f"median {s} depth {d}")
-        ax.set_xticks(range(len(depths)), [str(d) for d in depths])
-        ax.set_xlim(-0.5, len(depths) - 0.5)
         if ref == "alone":
             ax.text(0.99, 0.12, _wrap(
                 "conv: the padding holds the bias and image content that earlier convolutions smeared "
@@ -363,9 +416,10 @@ def plot_padding_sensitivity(padding: pd.DataFrame, *, stacks: Optional[Sequence
                 ha="right", va="bottom", fontsize=7, color="0.25", transform=ax.transAxes)
         ax.set_title(titles.get(ref, ref), fontsize=10)
         ax.set_xlabel("depth (level output)")
+        ax.set_ylabel("")
         ax.grid(axis="y", which="major", color="0.9", lw=0.6)
     axes[0].set_ylabel("relative error  ||batch - ref|| / ||ref||  (log scale)")
-    _legend(fig, stacks)
+    _figure_legend(fig, axes[0], markerscale=1.5)
     n_img = data["image"].nunique()
     fig.suptitle(
         f"Padding sensitivity: each image's activations in its padded batch against the image alone "

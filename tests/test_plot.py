@@ -48,17 +48,29 @@ def test_channel_stats_on_a_real_run(tiny):
 
 
 def _drawn_medians(ax):
-    """{gid: y} of the median marks the figure functions tag with gid 'median <stack> depth <d>'."""
+    """{'median <stack> depth <d>': y} of the median marks the figure functions tag: a line with gid
+    'median <stack> depth <d>' (a box's median, one y), or a line with gid 'median <stack>' (a pointplot, one
+    point per depth: the depth is the tick label at the nearest category position; NaN points are no data)."""
+    labels = {round(t.get_position()[0]): t.get_text() for t in ax.get_xticklabels()}
     out = {}
     for artist in list(ax.lines) + list(ax.collections):
         gid = artist.get_gid()
-        if gid and gid.startswith("median "):
-            if hasattr(artist, "get_segments"):
-                ys = {float(y) for seg in artist.get_segments() for _, y in seg}
-            else:
-                ys = {float(y) for y in artist.get_ydata()}
+        if not (gid and gid.startswith("median ")):
+            continue
+        if hasattr(artist, "get_segments"):
+            points = [(x, y) for seg in artist.get_segments() for x, y in seg]
+        else:
+            points = list(zip(artist.get_xdata(), artist.get_ydata()))
+        points = [(float(x), float(y)) for x, y in points if not np.isnan(y)]
+        if " depth " in gid:
+            ys = {y for _, y in points}
             assert len(ys) == 1, (gid, ys)
             out[gid] = ys.pop()
+        else:
+            for x, y in points:
+                key = f"{gid} depth {labels[round(x)]}"
+                assert key not in out, key
+                out[key] = y
     return out
 
 
@@ -110,6 +122,34 @@ def test_channel_stats_boxes_are_the_data_statistics():
             assert drawn[f"median {stack} depth {depth}"] == pytest.approx(value, rel=1e-12)
         if stat == "var":
             assert drawn["median conv depth 1"] == pytest.approx(0.0043)
+
+
+def test_channel_stats_zero_median_and_whiskers_on_the_zero_band():
+    """A box whose median (and lower whisker) is 0 is drawn on the 0 band, not off the log axis; the medians of
+    the other boxes are still the data's."""
+    frame = _stats_frame(kinds=("conv",))
+    sel = (frame["stack"] == "mconv") & (frame["depth"] == 2)
+    values = np.zeros(sel.sum())
+    values[-2:] = [0.01, 0.02]
+    frame.loc[sel, "var"] = values
+    fig = plot.plot_channel_stats(frame)
+    (ax,) = [ax for ax in fig.axes if "variance" in ax.get_title()]
+    zero = _zero_tick(ax)
+    drawn = _drawn_medians(ax)
+    assert drawn["median mconv depth 2"] == zero
+    assert drawn["median conv depth 2"] == pytest.approx(
+        frame.loc[(frame["stack"] == "conv") & (frame["depth"] == 2), "var"].median(), rel=1e-12)
+    lows = [min(ln.get_ydata()) for ln in ax.lines if len(ln.get_ydata())]
+    assert min(lows) >= zero  # nothing of a box is drawn under the band (off a log axis)
+
+
+def test_stack_colours_are_seaborns_colorblind_palette():
+    import seaborn as sns
+
+    cb = sns.color_palette("colorblind")
+    assert plot.STACK_COLORS["conv"] == pytest.approx(cb[3], abs=2e-3)
+    assert plot.STACK_COLORS["pconv"] == pytest.approx(cb[0], abs=2e-3)
+    assert plot.STACK_COLORS["mconv"] == pytest.approx(cb[2], abs=2e-3)
 
 
 def test_channel_stats_subset_of_stacks_and_errors():
