@@ -24,6 +24,7 @@ figures: setup
 
 bench: setup
 	$(PY) benchmarks/layers.py
+	$(PY) benchmarks/models.py
 	$(PY) benchmarks/recorder.py
 	$(PY) benchmarks/scale.py
 

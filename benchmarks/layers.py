@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import statistics
 import time
 
 import torch
 from torch import nn
 
 import masked_torch.nn as mnn
+from _interleaved import interleaved, print_rows
 
 CONFIGS = [(8, 64, 64, 64), (16, 32, 96, 96)]
 
@@ -63,7 +63,6 @@ def run(config, repeats, backward):
     x = torch.randn(n, c, h, w, requires_grad=backward)
     m1, mc = masks(n, c, h, w)
     names = list(fns)
-    times = {name: [] for name in names}
 
     def once(name):
         if backward:
@@ -78,19 +77,7 @@ def run(config, repeats, backward):
                 fns[name](x, m1, mc)
         return time.perf_counter() - start
 
-    for name in names:  # warm-up
-        once(name), once(name)
-    for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            times[name].append(once(name))
-    base = times["nn.Conv2d"]
-    rows = []
-    for name in names:
-        ratios = [t / b for t, b in zip(times[name], base)]
-        q = statistics.quantiles(ratios, n=4)
-        rows.append((name, statistics.median(ratios), q[0], q[2], statistics.median(times[name]) * 1e3))
-    return rows
+    return interleaved(names, once, repeats, base="nn.Conv2d")
 
 
 def keep_freed_memory() -> bool:
@@ -123,8 +110,7 @@ def main(argv=None):
             n, c, h, w = config
             label = "forward+backward" if backward else "forward, no grad"
             print(f"\n{label}: N={n} C={c} {h}x{w}, 3x3 pad 1")
-            for name, med, lo, hi, ms in run(config, args.repeats, backward):
-                print(f"  {name:42s} {med:5.2f}x  [{lo:4.2f}-{hi:4.2f}]  ({ms:7.2f} ms median)")
+            print_rows(run(config, args.repeats, backward))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import statistics
 import sys
 import time
 
@@ -26,6 +25,7 @@ import torch
 
 import masked_torch.nn as mnn
 from masked_torch.utils import pad_batch
+from _interleaved import interleaved, print_rows
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 from zoo import INPUTS, MODELS, build  # noqa: E402
@@ -59,22 +59,13 @@ def run(name: str, batch: int, side: int, repeats: int):
         "masked, mask=None": lambda: variants["masked"](x),
         "plain, one by one": lambda: [plain(i[None]) for i in imgs],
     }
-    names = list(fns)
-    times = {n: [] for n in names}
+    def once(name: str) -> float:
+        start = time.perf_counter()
+        fns[name]()
+        return time.perf_counter() - start
+
     with torch.no_grad():
-        for n in names:  # warm-up
-            fns[n](), fns[n]()
-        for r in range(repeats):
-            for n in names[r % len(names):] + names[: r % len(names)]:
-                start = time.perf_counter()
-                fns[n]()
-                times[n].append(time.perf_counter() - start)
-    base = times["plain, padded"]
-    rows = []
-    for n in names:
-        ratios = [t / b for t, b in zip(times[n], base)]
-        q = statistics.quantiles(ratios, n=4)
-        rows.append((n, statistics.median(ratios), q[0], q[2], statistics.median(times[n]) * 1e3))
+        rows = interleaved(list(fns), once, repeats, base="plain, padded")
     padding = 1 - float(m.mean())
     return rows, tuple(x.shape), padding
 
@@ -94,8 +85,7 @@ def main(argv=None):
     for name in args.models:
         rows, shape, padding = run(name, args.batch, args.side, args.repeats)
         print(f"\n{name}: padded batch {shape}, {padding:.0%} of it padding")
-        for n, med, lo, hi, ms in rows:
-            print(f"  {n:20s} {med:5.2f}x  [{lo:4.2f}-{hi:4.2f}]  ({ms:7.2f} ms median)")
+        print_rows(rows, 20)
 
 
 if __name__ == "__main__":
