@@ -719,6 +719,18 @@ def masked_avg_pool(
     return torch.where(out_mask != 0, y, torch.zeros((), dtype=y.dtype, device=y.device)), out_mask
 
 
+def _count(valid: Tensor, shape: Sequence[int], dims: tuple[int, ...], dtype: torch.dtype, keepdim: bool) -> Tensor:
+    """How many valid entries each reduction over ``dims`` of a tensor of ``shape`` sees (``valid`` broadcasts:
+    a dim where it has size 1 counts every entry)."""
+    count = valid.sum(dim=dims, keepdim=keepdim, dtype=dtype)
+    return count * math.prod(shape[d] for d in dims if valid.shape[d] == 1)
+
+
+def _no_batch(dims: tuple[int, ...], name: str) -> None:
+    if 0 in dims:
+        raise ValueError(f"{name}: a reduction over the batch dim mixes the samples of a padded batch")
+
+
 def _dims(dim, rank: int) -> tuple[int, ...]:
     if dim is None:
         return tuple(range(rank))
@@ -750,6 +762,7 @@ def masked_reduce(
             return input.mean(dim=dims, keepdim=keepdim), None
         return getattr(input, mode)(dim=dims, keepdim=keepdim), None
     check_broadcast_mask(input, mask, name)
+    _no_batch(dims, name)
     masked_dims = tuple(d for d in dims if mask.shape[d] != 1)
     out_mask = mask.amax(dim=dims, keepdim=keepdim) if dims else mask
     if not masked_dims:
@@ -764,8 +777,7 @@ def masked_reduce(
         y = x.sum(dim=dims, keepdim=keepdim)
         if mode == "mean":
             with _no_autocast(input):
-                count = valid.sum(dim=dims, keepdim=keepdim, dtype=_mask_dtype(input))
-                count = count * math.prod(input.shape[d] for d in dims if mask.shape[d] == 1)
+                count = _count(valid, input.shape, dims, _mask_dtype(input), keepdim)
             y = y / count.clamp_min(1).to(y.dtype)
     elif mode in ("amax", "amin"):
         fill = float("-inf") if mode == "amax" else float("inf")
@@ -785,6 +797,7 @@ def masked_var(input: Tensor, mask: Optional[Tensor], dim=None, correction: floa
     if mask is None:
         return fn(input, dim=dims, correction=correction, keepdim=keepdim), None
     check_broadcast_mask(input, mask, name)
+    _no_batch(dims, name)
     out_mask = mask.amax(dim=dims, keepdim=keepdim)
     if all(mask.shape[d] == 1 for d in dims):
         y = fn(input, dim=dims, correction=correction, keepdim=keepdim)
@@ -793,8 +806,7 @@ def masked_var(input: Tensor, mask: Optional[Tensor], dim=None, correction: floa
         dtype = torch.promote_types(input.dtype, torch.float32)
         zero = torch.zeros((), dtype=dtype, device=input.device)
         x = torch.where(valid, input.to(dtype), zero)
-        count = valid.sum(dim=dims, keepdim=True, dtype=dtype)
-        count = count * math.prod(input.shape[d] for d in dims if mask.shape[d] == 1)
+        count = _count(valid, input.shape, dims, dtype, True)
         mean = x.sum(dim=dims, keepdim=True) / count.clamp_min(1)
         centred = torch.where(valid, x - mean, zero)
         y = (centred * centred).sum(dim=dims, keepdim=True) / (count - correction).clamp_min(1e-30)
@@ -814,6 +826,7 @@ def masked_max_dim(input: Tensor, mask: Optional[Tensor], dim: int, keepdim: boo
         return fn(input, dim, keepdim), None
     check_broadcast_mask(input, mask, name)
     dim = dim % input.dim()
+    _no_batch((dim,), name)
     if mask.shape[dim] == 1:
         out_mask = mask if keepdim else mask.squeeze(dim)
         return fn(input, dim, keepdim), result((out_mask, out_mask))
@@ -839,8 +852,7 @@ def _normalize(x: Tensor, valid: Tensor, dims: tuple[int, ...], eps: float) -> T
     (``valid`` broadcasts against ``x``); 0 where not valid. Computed in float32 at least."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     xs = torch.where(valid, x.to(dtype), torch.zeros((), dtype=dtype, device=x.device))
-    count = valid.sum(dim=dims, keepdim=True, dtype=dtype)
-    count = count * math.prod(x.shape[d] for d in dims if valid.shape[d] == 1)
+    count = _count(valid, x.shape, dims, dtype, True)
     mean = xs.sum(dim=dims, keepdim=True) / count.clamp_min(1)
     centred = torch.where(valid, xs - mean, torch.zeros((), dtype=dtype, device=x.device))
     var = (centred * centred).sum(dim=dims, keepdim=True) / count.clamp_min(1)
@@ -1105,7 +1117,7 @@ def reshape_mask(mask: Optional[Tensor], in_shape: Sequence[int], out_shape: Seq
     return mask.expand(expand).reshape(target)
 
 
-def _is_canvas_slice(item, size: int) -> bool:
+def _is_canvas_slice(item) -> bool:
     if isinstance(item, slice):
         return any(v is not None and v < 0 for v in (item.start, item.stop))
     return isinstance(item, int) and item < 0
@@ -1127,12 +1139,15 @@ def index_mask(mask, value: Tensor, index, *, name: str = "getitem"):
         if item is None:
             out.append(None)
             continue
+        if d == 0 and not isinstance(item, slice):
+            raise ValueError(f"{name}: index {item!r} on the batch dim drops it (a masked tensor keeps its batch "
+                             f"dim; slice it, e.g. x[:1])")
         if mask.shape[d] == 1 and value.shape[d] != 1:
             if isinstance(item, Tensor):
                 raise ValueError(f"{name}: tensor indices are not supported on a masked tensor")
             out.append(0 if isinstance(item, int) else slice(None))
         else:
-            if d >= 1 and (isinstance(item, Tensor) or _is_canvas_slice(item, value.shape[d])):
+            if d >= 1 and (isinstance(item, Tensor) or _is_canvas_slice(item)):
                 raise ValueError(
                     f"{name}: index {item!r} on dim {d} counts from the end of the padded canvas, not of each "
                     f"image (tensor {tuple(value.shape)}, mask {tuple(mask.shape)})")
@@ -1149,6 +1164,9 @@ def split_masks(mask: Optional[Tensor], value: Tensor, split, dim: int = 0, *, c
     dim = dim % value.dim()
     if mask.shape[dim] == 1:
         return [mask] * n
+    if dim >= 2:
+        raise ValueError(f"split/chunk along dim {dim}, where the mask {tuple(mask.shape)} varies, cuts the padded "
+                         f"canvas, not each image")
     return list(mask.chunk(split, dim) if chunks else mask.split(split, dim))
 
 

@@ -229,6 +229,7 @@ class Block(nn.Module):
     (lambda x: x * x.shape[-1], "uses a spatial size of a masked tensor"),
     (lambda x: x + x.new_zeros(x.size(0), 1, x.size(2), 1), "uses a spatial size of a masked tensor"),
     (lambda x: F.interpolate(x, size=(x.shape[2] * 2, x.shape[3] * 2)), "only a size read as it is"),
+    (lambda x: x.mean((2, 3), keepdim=True).expand(-1, -1, x.shape[2], x.shape[3]), "uses a spatial size"),
     (lambda x: F.pad(x, (0, 1, 0, 1), mode="reflect"), "mode='reflect'"),
     (lambda x: F.pad(x, (0, -1, 0, 1)), "fixed non-negative"),
     (lambda x: F.max_pool2d(x, 2, return_indices=True)[0], "return_indices"),
@@ -499,3 +500,57 @@ class Outer(nn.Module):
 def test_untraceable_model_error_names_the_module_that_failed():
     with pytest.raises(TypeError, match=r"cannot trace Outer with torch\.fx in module 'body\.1' \(Inner\)"):
         mnn.convert(Outer(), "masked")
+
+
+@pytest.mark.parametrize("op,match", [
+    (lambda y: y - y.mean(0, keepdim=True), "over the batch dim"),
+    (lambda y: y.var(0, keepdim=True), "over the batch dim"),
+    (lambda y: y[0], "on the batch dim"),
+    (lambda y: y.chunk(2, dim=-1)[0], "cuts the padded canvas"),
+])
+def test_ops_that_mix_samples_or_cut_the_canvas_are_refused_when_they_run(op, match):
+    masked = mnn.convert(Head(op), "masked")
+    x, m = pad_batch([torch.randn(3, 9, 10), torch.randn(3, 5, 7)])
+    with pytest.raises(ValueError, match=match):
+        masked(x, m)
+
+
+@pytest.mark.parametrize("op", [
+    lambda y: torch.sigmoid(y).max(dim=1, keepdim=True)[0].expand(-1, 4, -1, -1),  # a dirty value's channel max
+    lambda y: (y.sigmoid_(), y)[1],  # in place: y itself is dirty now
+    lambda y: y * torch.ones_like(y).sum((2, 3), keepdim=True),  # ones_like carries the canvas's mask
+    lambda y: y * F.adaptive_avg_pool2d(y, (None, 1)),  # pools the width only
+])
+def test_subtle_ops_stay_per_image(op):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.after = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.after(op(self.conv(x)))
+
+    model = Net().double().eval()
+    imgs = [torch.randn(3, 9, 10, dtype=torch.float64), torch.randn(3, 5, 7, dtype=torch.float64)]
+    x, m = pad_batch(imgs, mask_dtype=torch.float64)
+    x = torch.where(m.bool().expand_as(x), x, torch.full_like(x, float("nan")))
+    with torch.no_grad():
+        out, out_mask = mnn.convert(model, "masked")(x, m)
+        assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x, guide):
+        return self.conv(x) + guide
+
+
+def test_a_second_required_input_is_keyword_only_and_unmasked():
+    masked = mnn.convert(TwoInputs(), "masked")
+    x, m = pad_batch([torch.randn(3, 9, 10), torch.randn(3, 5, 7)])
+    out, out_mask = masked(x, m, guide=torch.zeros(1, 3, 1, 1))
+    assert out.shape == x.shape and out_mask.shape == m.shape

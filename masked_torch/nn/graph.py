@@ -472,7 +472,7 @@ class _Rewriter:
                 default = node.args[0] if node.args else inspect.Parameter.empty
                 ph = self.g.placeholder(node.target, default_value=default)
                 if node is placeholders[0]:
-                    mask_ph = self.g.placeholder(mask_name, default_value=None)
+                    mask_ph = self.g.placeholder(mask_name)  # forward() gives it its default
                     t = self.call(enter, ph, mask_ph, not self.plain, self.name)
                     env[node] = _Val(self.get(0, t), self.get(1, t), True, True)
                 else:
@@ -487,15 +487,8 @@ class _Rewriter:
         return self.g
 
     def output(self, node: fx.Node, env: dict) -> None:
-        def value(n):
-            v = env[n]
-            return self.clean(v)
-
-        def mask(n):
-            return env[n].mask if env[n].masked else None
-
-        out = fx.map_arg(node.args[0], value)
-        masks = fx.map_arg(node.args[0], mask)
+        out = fx.map_arg(node.args[0], lambda n: self.clean(env[n]))
+        masks = fx.map_arg(node.args[0], lambda n: env[n].mask if env[n].masked else None)
         self.g.output((out, masks))
 
     def node(self, node: fx.Node, env: dict) -> _Val:
@@ -523,10 +516,13 @@ class _Rewriter:
             return self.namedtuple(node, env, args, kwargs)
         if node.op == "call_function" and node.target is getattr:
             return self.attribute(node, env, args, kwargs)
-        if (node.op == "call_method" and node.target in _FACTORY_METHODS) or (
-                node.op == "call_function" and node.target in _FACTORY_FUNCTIONS):
-            # reads only the dtype, device (and shape) of a masked tensor: a new, unmasked tensor
+        if node.op == "call_method" and node.target in _FACTORY_METHODS:
+            # x.new_empty(shape): reads only the dtype and device of a masked tensor: a new, unmasked tensor
             return _Val(self.copy_node(node, args, kwargs))
+        if node.op == "call_function" and node.target in _FACTORY_FUNCTIONS:
+            # torch.ones_like(x): the canvas's shape, so the canvas's mask (zeros_like is 0 everywhere: clean)
+            x = env[node.args[0]]
+            return _Val(self.copy_node(node, args, kwargs), x.mask, True, node.target is torch.zeros_like)
         if node.op == "call_module":
             return self.module(node, env, args, kwargs)
         return self.function(node, env, args, kwargs)
@@ -573,7 +569,7 @@ class _Rewriter:
             exact = node.target is operator.getitem and tainted[0][2]
             return _Val(self.copy_node(node, args, kwargs), canvas=(source, read, exact))
         first = env[node.all_input_nodes[0]] if node.all_input_nodes else None
-        reshape = (node.op == "call_method" and node.target in _RESHAPE_METHODS | {"expand"}) or (
+        reshape = (node.op == "call_method" and node.target in _RESHAPE_METHODS) or (
             node.op == "call_function" and node.target in _RESHAPE_FUNCTIONS)
         if reshape and first is not None and first.masked and node.args and node.args[0] is node.all_input_nodes[0]:
             return None
@@ -708,8 +704,19 @@ class _Rewriter:
         return out
 
     def unary(self, node, env, args, kwargs, keeps_zero: bool) -> _Val:
-        (x,) = self.masked_args(node, env)
-        return _Val(self.copy_node(node, args, kwargs), x.mask, True, x.clean and keeps_zero)
+        x = env[node.args[0]] if node.args and isinstance(node.args[0], fx.Node) else None
+        if x is None or not x.masked or len(self.masked_args(node, env)) != 1:
+            self.fail(node, "an elementwise op whose masked operand is not its first argument")
+        out = _Val(self.copy_node(node, args, kwargs), x.mask, True, x.clean and keeps_zero)
+        self.in_place(node, x, out)
+        return out
+
+    @staticmethod
+    def in_place(node, x: _Val, out: _Val) -> None:
+        """``x.sigmoid_()``, ``x += 1``, ``F.relu(x, inplace=True)``: ``x`` itself now holds the result."""
+        if (node.op == "call_method" and node.target.endswith("_")) or node.kwargs.get("inplace") or (
+                node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv)):
+            x.clean = x.clean and out.clean
 
     def binary(self, node, env, args, kwargs, op: str) -> _Val:
         operands = list(node.args[:2]) + [node.kwargs.get(k) for k in ("other",) if k in node.kwargs]
@@ -739,7 +746,10 @@ class _Rewriter:
         else:  # pow
             clean = (len(masked) == 1 and vals[0] is not None and vals[0].masked and vals[0].clean
                      and isinstance(operands[1], (int, float)) and operands[1] > 0)
-        return _Val(value, mask, True, clean)
+        out = _Val(value, mask, True, clean)
+        if vals[0] is not None and vals[0].masked:
+            self.in_place(node, vals[0], out)
+        return out
 
     def reduce(self, node, env, args, kwargs, mode: str) -> _Val:
         bound = _SIGS["reduce"].bind(*args, **kwargs).arguments
@@ -800,7 +810,7 @@ class _Rewriter:
         if correction is None:
             correction = 1 if b.get("unbiased", True) in (True, None) else 0
         x = env[node.args[0]]
-        t = self.call(MF.masked_var, x.value, x.mask, b["dim"], correction, b.get("keepdim", False), std,
+        t = self.call(MF.masked_var, self.clean(x), x.mask, b["dim"], correction, b.get("keepdim", False), std,
                       name=self.label(node))
         return self.result(node, t, args, kwargs)
 
@@ -813,7 +823,7 @@ class _Rewriter:
         if b.get("dim") is None:
             self.fail(node, "a max over every dim, batch included, mixes the samples", ValueError)
         x = env[node.args[0]]
-        t = self.call(MF.masked_max_dim, x.value, x.mask, b["dim"], b.get("keepdim", False), mode,
+        t = self.call(MF.masked_max_dim, self.clean(x), x.mask, b["dim"], b.get("keepdim", False), mode,
                       name=self.label(node))
         return self.result(node, t, args, kwargs)
 
@@ -857,14 +867,14 @@ class _Rewriter:
         b = self.bind(node, "adaptive", args, kwargs)
         size = b["output_size"]
         sizes = size if isinstance(size, (tuple, list)) else (size,) * nd
-        if isinstance(size, fx.Node) or any(s not in (1, None) for s in sizes):
+        if isinstance(size, fx.Node) or any(s not in (1, None) for s in sizes) or all(s is None for s in sizes):
             self.fail(node, f"output_size={size!r} pools the padded canvas, not each image; only global pooling "
                             f"(output_size=1) has a per-image rule", ValueError)
         if b.get("return_indices"):
             self.fail(node, "return_indices=True is not supported", ValueError)
         x = env[node.args[0]]
-        t = self.call(MF.masked_reduce, self.clean(x), x.mask, tuple(range(2, 2 + nd)), True, mode, zeroed=True,
-                      name=self.label(node))
+        dims = tuple(2 + i for i, s in enumerate(sizes) if s == 1)  # None keeps that dim as it is
+        t = self.call(MF.masked_reduce, self.clean(x), x.mask, dims, True, mode, zeroed=True, name=self.label(node))
         return self.result(node, t, args, kwargs)
 
     def fn_adaptive_avg(self, node, env, args, kwargs, nd):
@@ -995,10 +1005,8 @@ def _swap_layers(root: nn.Module, graphs: list[fx.Graph], kind: str, options: di
             done.add(node.target)
             module = root.get_submodule(node.target)
             new = convert_module(module, kind, options, node.target)
-            if kind != "plain":
-                for m in (new,):
-                    if hasattr(m, "input_zeroed"):
-                        m.input_zeroed = True
+            if kind != "plain" and hasattr(new, "input_zeroed"):
+                new.input_zeroed = True
             parent, _, child = node.target.rpartition(".")
             setattr(root.get_submodule(parent) if parent else root, child, new)
 

@@ -81,14 +81,16 @@ class _MaskedAdaptivePoolNd(_Zeroed, MaskedModule):
     def __init__(self, output_size) -> None:
         super().__init__(output_size)
         sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * self._nd
-        if len(sizes) != self._nd or any(s not in (1, None) for s in sizes):
+        if len(sizes) != self._nd or any(s not in (1, None) for s in sizes) or all(s is None for s in sizes):
             raise ValueError(f"{type(self).__name__}: output_size={output_size!r} pools the padded canvas, not "
                              f"each image; only global pooling (output_size=1) has a per-image rule")
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         MF.check_input(input, mask, self._nd, type(self).__name__)
-        return MF.masked_reduce(input, mask, tuple(range(2, input.dim())), True, self._mode,
-                                zeroed=self.input_zeroed, name=type(self).__name__)
+        sizes = self.output_size if isinstance(self.output_size, (tuple, list)) else (self.output_size,) * self._nd
+        dims = tuple(2 + i for i, s in enumerate(sizes) if s == 1)  # None keeps that dim as it is
+        return MF.masked_reduce(input, mask, dims, True, self._mode, zeroed=self.input_zeroed,
+                                name=type(self).__name__)
 
 
 def _classes(base: type, plain: dict, extra: dict) -> list[type]:
