@@ -106,6 +106,7 @@ subcommand:
 examples:
   {PROG} --out results               # the README figures (make figures)
   {PROG} --out /tmp/run --data synthetic --depth 2 --num-images 4
+  {PROG} --out /tmp/seed --preset seed     # the seed README's experiment
   {PROG} --out /tmp/mine --data ~/pictures --max-side 384
   {PROG} sweep --out /tmp/sweep --vary depth=2,3,4 --set data=synthetic
 
@@ -145,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="images per padded batch")
 
     net = p.add_argument_group("stacks")
+    net.add_argument("--preset", choices=("seed",), default=None,
+                     help="seed: the seed README's experiment exactly (one 256x256 N(0,1) image with the seed's "
+                          "3-channel mask with holes, depth 8, no bias, no activation, torch.manual_seed(1337)); "
+                          "it fixes the image and stack options, --out, --stacks, --dpi, --device, --threads apply")
     net.add_argument("--depth", type=_positive("--depth"), default=4, metavar="N",
                      help="number of unshuffle + conv levels")
     net.add_argument("--stacks", type=_stacks, default=",".join(STACKS), metavar="NAMES",
@@ -249,6 +254,7 @@ def main(argv=None) -> int:
     from analysis.data import DataError
     from analysis.distributed import init_from_env, shutdown
     from analysis.run import Settings, run_experiment, write_outputs
+    from analysis.seed import run_seed, seed_settings
 
     try:
         device = torch.device(args.device)
@@ -271,9 +277,14 @@ def main(argv=None) -> int:
         max_side=args.max_side, normalize=args.normalize, figure_image=args.figure_image, threads=args.threads,
         device=args.device,
     )
+    if args.preset == "seed":
+        settings = seed_settings(stacks=args.stacks, threads=args.threads, device=args.device)
     prog = parser.prog
     try:
-        results = run_experiment(settings, progress=not args.quiet and rank == 0)
+        if args.preset == "seed":
+            results = run_seed(settings)
+        else:
+            results = run_experiment(settings, progress=not args.quiet and rank == 0)
         # rank 0 writes the parquet files and the figures; the other ranks write nothing
         written = write_outputs(results, args.out, dpi=args.dpi) if rank == 0 else []
         shutdown()

@@ -93,6 +93,7 @@ class Results:
     rgb: Optional[np.ndarray] = None  # (H, W, 3) display version of the figure-1 image's canvas
     images: list[dict] = field(default_factory=list)  # name, h, w of every image
     seconds: float = 0.0
+    preset: Optional[str] = None  # "seed": analysis.seed's run (no padding frame, no conv_alone)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -342,13 +343,17 @@ def read_settings(path) -> dict:
 def run_metadata(results: Results) -> dict:
     import masked_torch
 
-    return {
+    meta = {
         "settings": results.settings.to_dict(),
         "images": results.images,
         "reference_stack": REFERENCE,
         "versions": {"torch": torch.__version__, "masked_torch": masked_torch.__version__,
                      "pandas": pd.__version__, "numpy": np.__version__},
     }
+    if results.preset is not None:  # only then: the default run's metadata stays as it was
+        meta["preset"] = results.preset
+        meta["reference_stack"] = None
+    return meta
 
 
 def write_outputs(results: Results, out, *, dpi: int = 120) -> list[Path]:
@@ -372,15 +377,15 @@ def write_outputs(results: Results, out, *, dpi: int = 120) -> list[Path]:
 
     figs = {}
     try:
-        figs = {
-            "maps": plot.plot_activation_maps(results.maps, rgb=results.rgb),
-            "stats": plot.plot_channel_stats(results.stats),
-            "padding": plot.plot_padding_sensitivity(results.padding),
-        }
+        figs["maps"] = plot.plot_activation_maps(results.maps, rgb=results.rgb)
+        figs["stats"] = plot.plot_channel_stats(results.stats)
+        if not results.padding.empty:  # a preset without batches (--preset seed) has no padding frame
+            figs["padding"] = plot.plot_padding_sensitivity(results.padding)
         for key, fig in figs.items():
             fig.savefig(stage(out / "figures" / FIGURES[key]), dpi=dpi, format="png")
         _write_parquet(results.stats, stage(out / STATS_FILE), meta)
-        _write_parquet(results.padding, stage(out / PADDING_FILE), meta)
+        if not results.padding.empty:
+            _write_parquet(results.padding, stage(out / PADDING_FILE), meta)
     except BaseException:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
