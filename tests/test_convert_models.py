@@ -554,3 +554,12 @@ def test_a_second_required_input_is_keyword_only_and_unmasked():
     x, m = pad_batch([torch.randn(3, 9, 10), torch.randn(3, 5, 7)])
     out, out_mask = masked(x, m, guide=torch.zeros(1, 3, 1, 1))
     assert out.shape == x.shape and out_mask.shape == m.shape
+
+
+def test_convert_leaves_the_global_random_stream_alone():
+    model = build("resnet_basic")
+    state = torch.random.get_rng_state()
+    for kind in ("masked", "partial", "plain"):
+        mnn.convert(model, kind)
+    mnn.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), "masked")
+    assert torch.equal(state, torch.random.get_rng_state())

@@ -144,8 +144,13 @@ def convert_module(module: nn.Module, kind: str, options: dict, path: str = "") 
         args, kwargs = _constructor_args(module)
         if t in _CONVS["masked"]:
             kwargs.update(anchor="end", **(options if kind == "partial" else {}))
-        factory = _factory(module) if (module._parameters or module._buffers) else {}
-        new = cls(*args, **kwargs, **factory)
+        if module._parameters or module._buffers:
+            # built on the meta device (no initialisation drawn from the global random stream), then given real
+            # storage that the carried-over weights fill
+            factory = _factory(module)
+            new = cls(*args, **kwargs, **{**factory, "device": "meta"}).to_empty(device=factory["device"])
+        else:
+            new = cls(*args, **kwargs)
     except ValueError as exc:
         raise ValueError(f"convert: layer {where}({t.__name__}) has no exact masked form: {exc}") from None
     return _carry_over(module, new)
