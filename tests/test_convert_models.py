@@ -557,9 +557,9 @@ def test_a_second_required_input_is_keyword_only_and_unmasked():
 
 
 def test_convert_leaves_the_global_random_stream_alone():
-    model = build("resnet_basic")
+    model, sequential = build("resnet_basic"), nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     state = torch.random.get_rng_state()
     for kind in ("masked", "partial", "plain"):
         mnn.convert(model, kind)
-    mnn.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), "masked")
+        mnn.convert(sequential, kind)
     assert torch.equal(state, torch.random.get_rng_state())
