@@ -144,10 +144,10 @@ def convert_module(module: nn.Module, kind: str, options: dict, path: str = "") 
         args, kwargs = _constructor_args(module)
         if t in _CONVS["masked"]:
             kwargs.update(anchor="end", **(options if kind == "partial" else {}))
-        if module._parameters or module._buffers:
+        factory = _factory(module)  # empty for layers without tensors (pools; GroupNorm(affine=False))
+        if factory:
             # built on the meta device (no initialisation drawn from the global random stream), then given real
             # storage that the carried-over weights fill
-            factory = _factory(module)
             new = cls(*args, **kwargs, **{**factory, "device": "meta"}).to_empty(device=factory["device"])
         else:
             new = cls(*args, **kwargs)
