@@ -178,6 +178,18 @@ def _maps_rows(stack: str, store: dict, k: int, name: str, size, canvas) -> list
 
 
 # ------------------------------------------------------------------------------------------------ the run
+def stats_frame(frames: list, settings: "Settings") -> "pd.DataFrame":
+    """The recorders' frames (a ``stack`` column each) as one tidy frame: layer depth and kind, and the settings
+    as columns."""
+    stats = pd.concat(frames, ignore_index=True)
+    stats.insert(2, "depth", stats["layer"].map(layer_depth).astype("int64"))
+    stats.insert(3, "kind", stats["layer"].map(layer_kind))
+    for key in ("data", "activation", "bias", "init", "seed", "normalize"):
+        stats[key] = getattr(settings, key)
+    stats["net_depth"] = settings.depth
+    return stats
+
+
 def run_experiment(settings: Settings, *, progress: bool = True, images: Optional[list[Image]] = None) -> Results:
     """Run the experiment described by ``settings`` (see the module docstring)."""
     start = time.perf_counter()
@@ -287,12 +299,7 @@ def run_experiment(settings: Settings, *, progress: bool = True, images: Optiona
         f = rec.to_frame()
         f.insert(0, "stack", s)
         frames.append(f)
-    stats = pd.concat(frames, ignore_index=True)
-    stats.insert(2, "depth", stats["layer"].map(layer_depth).astype("int64"))
-    stats.insert(3, "kind", stats["layer"].map(layer_kind))
-    for key in ("data", "activation", "bias", "init", "seed", "normalize"):
-        stats[key] = getattr(settings, key)
-    stats["net_depth"] = settings.depth
+    stats = stats_frame(frames, settings)
     padding = pd.DataFrame(padding_rows)
     maps = pd.DataFrame(maps_rows)
     return Results(settings=settings, stats=stats, padding=padding, maps=maps, rgb=rgb,

@@ -34,7 +34,6 @@ from torch import nn
 from masked_torch.nn import convert
 
 from .choices import STACKS
-from .stacks import layer_depth, layer_kind
 
 SEED = 1337
 SIZE = 256
@@ -123,7 +122,7 @@ def run_seed(settings=None, *, progress: bool = False):
 
 def _run_seed(settings):
     from .record import ActivationRecorder
-    from .run import Results, _display_rgb, _maps_rows, capture_outputs, level_outputs
+    from .run import Results, _display_rgb, _maps_rows, capture_outputs, level_outputs, stats_frame
 
     start = time.perf_counter()
     settings = settings or seed_settings()
@@ -143,12 +142,7 @@ def _run_seed(settings):
             f.insert(0, "stack", s)
             frames.append(f)
             maps_rows += _maps_rows(s, store, 0, "seed_noise", (SIZE, SIZE), (SIZE, SIZE))
-    stats = pd.concat(frames, ignore_index=True)
-    stats.insert(2, "depth", stats["layer"].map(layer_depth).astype("int64"))
-    stats.insert(3, "kind", stats["layer"].map(layer_kind))
-    for key in ("data", "activation", "bias", "init", "seed", "normalize"):
-        stats[key] = getattr(settings, key)
-    stats["net_depth"] = settings.depth
+    stats = stats_frame(frames, settings)
     rgb = _display_rgb(xm[0], (SIZE, SIZE))
     return Results(settings=settings, stats=stats, padding=pd.DataFrame(), maps=pd.DataFrame(maps_rows), rgb=rgb,
                    images=[dict(name="seed_noise", h=SIZE, w=SIZE)], seconds=time.perf_counter() - start,
