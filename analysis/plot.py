@@ -2,7 +2,7 @@
 ``Figure`` made with pyplot in whatever backend is active (the command line uses Agg; in Jupyter the figures
 show inline); nothing is shown or saved here, close the figures when done.
 
-* :func:`plot_activation_maps`     -- frame of maps (:attr:`analysis.run.Results.maps`): per stack one row of
+* :func:`plot_activation_maps`     -- frame of maps (:attr:`masked_torch.analysis.run.Results.maps`): per stack one row of
   channel-mean activation maps per depth, with the masks, one colour scale per depth shared by the stacks.
 * :func:`plot_channel_stats`       -- the stats frame (one row per stack, layer, channel): per-channel mean and
   variance by depth, every channel a point, a box per stack and depth.

@@ -2,7 +2,7 @@
 
 ::
 
-    from analysis.record import ActivationRecorder
+    from masked_torch.analysis.record import ActivationRecorder
 
     with ActivationRecorder(stack) as rec:
         for x, mask in batches:
@@ -676,7 +676,7 @@ class ActivationRecorder:
 
     def reduce(self, group=None) -> "ActivationRecorder":
         """Merge the statistics of every ``torch.distributed`` rank into this recorder (on every rank), via
-        :func:`analysis.distributed.reduce_moments`; without a process group nothing changes.
+        :func:`masked_torch.analysis.distributed.reduce_moments`; without a process group nothing changes.
 
         Every rank must have recorded the same layers (each of them must have fired on every rank)."""
         from .distributed import reduce_moments

@@ -5,7 +5,7 @@ record per-channel statistics, measure padding sensitivity, and write parquet fi
 
 * ``stats``   -- one row per (stack, layer, channel): per-channel ``count, mean, var, std, min, max,
   zero_frac`` over the valid positions of every image, accumulated over all padded batches by
-  :class:`analysis.record.ActivationRecorder`; plus ``depth`` and layer ``kind``. Besides the stacks asked
+  :class:`masked_torch.analysis.record.ActivationRecorder`; plus ``depth`` and layer ``kind``. Besides the stacks asked
   for, the pseudo-stack ``conv_alone`` is the plain conv stack run on each image *alone* (padded only to its
   own size rounded up to ``2**depth``): the reference "what a plain network does on the unpadded image".
 * ``padding`` -- one row per (stack, reference, layer, image): ``rel_error = ||batch - ref|| / ||ref||`` over
@@ -93,7 +93,7 @@ class Results:
     rgb: Optional[np.ndarray] = None  # (H, W, 3) display version of the figure-1 image's canvas
     images: list[dict] = field(default_factory=list)  # name, h, w of every image
     seconds: float = 0.0
-    preset: Optional[str] = None  # "seed": analysis.seed's run (no padding frame, no conv_alone)
+    preset: Optional[str] = None  # "seed": masked_torch.analysis.seed's run (no padding frame, no conv_alone)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

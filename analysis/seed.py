@@ -14,7 +14,7 @@
   update_mask=False)``, as in the suite), mconv (``MaskedConv2d``), all from one plain stack by
   :func:`masked_torch.nn.convert`, so with identical weights.
 
-Statistics are taken by :class:`analysis.record.ActivationRecorder` over the positions of each stack's *own*
+Statistics are taken by :class:`masked_torch.analysis.record.ActivationRecorder` over the positions of each stack's *own*
 output mask, as in the default run. Unlike the default run these are not the same positions in every stack:
 with a per-channel mask, mconv's output mask is per channel (an output channel is valid where its window saw a
 valid input in any channel), while conv and pconv carry a 1-channel mask; the ``count`` column says how many
@@ -101,7 +101,7 @@ def build_seed_stacks(plain: nn.Module, stacks=STACKS) -> "OrderedDict[str, nn.M
 
 
 def seed_settings(stacks=STACKS, threads=None, device: str = "cpu"):
-    """The :class:`analysis.run.Settings` that describe the preset (kept with its results)."""
+    """The :class:`masked_torch.analysis.run.Settings` that describe the preset (kept with its results)."""
     from .run import Settings
 
     return Settings(data="seed", depth=DEPTH, num_images=1, batch_size=1, seed=SEED, bias=False,
@@ -110,7 +110,7 @@ def seed_settings(stacks=STACKS, threads=None, device: str = "cpu"):
 
 
 def run_seed(settings=None, *, progress: bool = False):
-    """Run the preset; returns :class:`analysis.run.Results` with the stats frame (one row per stack, layer,
+    """Run the preset; returns :class:`masked_torch.analysis.run.Results` with the stats frame (one row per stack, layer,
     channel, as in the default run), the figure maps, and an empty padding frame. The caller's global torch RNG
     state is left as it was."""
     state = torch.random.get_rng_state()  # convert() draws fresh layers' init: leave the caller's stream alone

@@ -23,7 +23,7 @@ from masked_torch.nn import convert
 from .choices import ACTIVATION_NAMES, INITS, STACKS
 
 _ACTIVATION_LAYERS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "none": None}
-ACTIVATIONS = {name: _ACTIVATION_LAYERS[name] for name in ACTIVATION_NAMES}  # the names of analysis.choices
+ACTIVATIONS = {name: _ACTIVATION_LAYERS[name] for name in ACTIVATION_NAMES}  # the names of masked_torch.analysis.choices
 
 
 def channel_plan(depth: int, in_channels: int = 3, width: int = 16) -> list[tuple[int, int]]:

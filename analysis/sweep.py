@@ -1,6 +1,6 @@
 """Many configurations of the experiment in one tidy frame.
 
-A grid (a TOML file, or ``name=v1,v2`` strings) names values for any field of :class:`analysis.run.Settings`
+A grid (a TOML file, or ``name=v1,v2`` strings) names values for any field of :class:`masked_torch.analysis.run.Settings`
 (``depth``, ``bias``, ``activation``, ``init``, ``data``, ``seed``, ``normalize``, ``max_side``,
 ``batch_size``, ``num_images``, ...); the sweep runs every combination in worker processes and writes
 

@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.record import ActivationRecorder  # noqa: E402
-from analysis.stacks import STACKS, build_stacks  # noqa: E402
+from masked_torch.analysis.record import ActivationRecorder  # noqa: E402
+from masked_torch.analysis.stacks import STACKS, build_stacks  # noqa: E402
 
 
 def make_batch(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

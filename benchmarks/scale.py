@@ -27,9 +27,9 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.data import batches, load_images  # noqa: E402
-from analysis.record import ActivationRecorder  # noqa: E402
-from analysis.stacks import build_stacks  # noqa: E402
+from masked_torch.analysis.data import batches, load_images  # noqa: E402
+from masked_torch.analysis.record import ActivationRecorder  # noqa: E402
+from masked_torch.analysis.stacks import build_stacks  # noqa: E402
 
 
 def _free_port() -> int:
@@ -81,7 +81,7 @@ def record_time(world, threads, args) -> float:
 
 
 def sweep_time(jobs: int, images: int) -> float:
-    from analysis.sweep import expand_grid, run_sweep
+    from masked_torch.analysis.sweep import expand_grid, run_sweep
 
     configs = expand_grid({"depth": ["3", "4"], "bias": ["true", "false"]},
                           {"data": "synthetic", "num_images": str(images), "batch_size": "8"})

@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the script lives at the repository root
     sys.path.insert(0, str(ROOT))
 
-import visualize_activations_2d as cli  # noqa: E402
-from analysis import run as run_mod  # noqa: E402
-from analysis.run import METADATA_KEY, PADDING_FILE, STATS_FILE, read_settings, write_parquet_atomic  # noqa: E402
+from masked_torch.analysis import cli  # noqa: E402
+from masked_torch.analysis import run as run_mod  # noqa: E402
+from masked_torch.analysis.run import METADATA_KEY, PADDING_FILE, STATS_FILE, read_settings, write_parquet_atomic  # noqa: E402
 
 SCRIPT = ROOT / "visualize_activations_2d.py"
 _VENV_PY = ROOT / ".venv" / "bin" / "python"
@@ -227,7 +227,7 @@ def test_a_run_does_not_import_the_compiler(tmp_path):
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "import visualize_activations_2d as cli\n"
+        "from masked_torch.analysis import cli\n"
         f"rc = cli.main(['--out', {str(tmp_path)!r}, '--data', 'synthetic', '--depth', '1', '--num-images', '2',"
         " '--max-side', '16', '--quiet'])\n"
         "print('RC', rc, 'DYNAMO', 'torch._dynamo' in sys.modules, 'INDUCTOR', 'torch._inductor' in sys.modules)\n"
@@ -245,7 +245,7 @@ def test_recorder_hooks_stay_eager_when_the_compiler_loads_later():
         "from collections import OrderedDict\n"
         "import torch\n"
         "from torch import nn\n"
-        "from analysis.record import ActivationRecorder\n"
+        "from masked_torch.analysis.record import ActivationRecorder\n"
         "assert 'torch._dynamo' not in sys.modules\n"
         "model = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3, padding=1), relu=nn.ReLU()))\n"
         "with ActivationRecorder(model, compile=False) as rec:\n"
@@ -260,7 +260,7 @@ def test_recorder_hooks_stay_eager_when_the_compiler_loads_later():
 
 
 def test_cli_choices_match_the_stacks_module():
-    from analysis import choices, stacks
+    from masked_torch.analysis import choices, stacks
 
     assert tuple(stacks.ACTIVATIONS) == choices.ACTIVATION_NAMES
     assert stacks.STACKS == choices.STACKS and stacks.INITS == choices.INITS

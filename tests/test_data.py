@@ -1,10 +1,10 @@
-"""analysis.data: sources, conversion, resizing, normalisation, padding and masks, folder errors."""
+"""masked_torch.analysis.data: sources, conversion, resizing, normalisation, padding and masks, folder errors."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
 
-from analysis.data import (
+from masked_torch.analysis.data import (
     PHOTOS, DataError, Image, batches, folder_images, load_images, normalize_images, pad_alone, pad_batch,
     photo_images, resize_max_side, round_up, synthetic_images, to_rgb_float,
 )

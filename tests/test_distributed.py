@@ -7,8 +7,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from analysis.record import ActivationRecorder
-from analysis.stacks import build_stacks
+from masked_torch.analysis.record import ActivationRecorder
+from masked_torch.analysis.stacks import build_stacks
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""analysis.plot: every figure function returns a Figure on small frames (a tiny real run and hand-made ones)."""
+"""masked_torch.analysis.plot: every figure function returns a Figure on small frames (a tiny real run and hand-made ones)."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -9,8 +9,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from analysis import plot  # noqa: E402
-from analysis.run import Settings, run_experiment  # noqa: E402
+from masked_torch.analysis import plot  # noqa: E402
+from masked_torch.analysis.run import Settings, run_experiment  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``--preset seed`` (analysis.seed): the seed README's experiment. The preset's frame is checked against
+"""``--preset seed`` (masked_torch.analysis.seed): the seed README's experiment. The preset's frame is checked against
 statistics computed here, independently, from the layers: the mask built by hand position by position, the
 seeded convs built here in the seed's order, each level run by hand (F.pixel_unshuffle + F.conv2d for the
 values of conv; masked_torch.nn layers for pconv, mconv and for the masks), and float64 mean / population
@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import masked_torch.nn as mnn
-from analysis.run import PADDING_FILE, STATS_FILE, read_settings
-from analysis.seed import on_grid, run_seed, seed_channel_plan, seed_mask
+from masked_torch.analysis.run import PADDING_FILE, STATS_FILE, read_settings
+from masked_torch.analysis.seed import on_grid, run_seed, seed_channel_plan, seed_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 _VENV_PY = ROOT / ".venv" / "bin" / "python"
@@ -84,7 +84,7 @@ def _channel_stats(out: torch.Tensor, mask: torch.Tensor) -> pd.DataFrame:
 
 
 def _by_hand(depth: int) -> dict:
-    """{stack: [frame of level 1, ..., frame of level depth]} computed without analysis.seed or convert."""
+    """{stack: [frame of level 1, ..., frame of level depth]} computed without masked_torch.analysis.seed or convert."""
     torch.manual_seed(1337)
     convs = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False) for c_in, c_out in seed_channel_plan(8)]
     x = torch.randn(1, 3, 256, 256)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-import analysis.record as record_mod
+import masked_torch.analysis.record as record_mod
 import masked_torch.nn as mnn
-from analysis.record import (
+from masked_torch.analysis.record import (
     COLUMNS, ActivationRecorder, Moments, batch_moments, merge_moments, select_layers,
 )
-from analysis.stacks import build_stacks
+from masked_torch.analysis.stacks import build_stacks
 
 # --------------------------------------------------------------------------------------------- helpers
 

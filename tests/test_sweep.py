@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.sweep import SweepError, config_id, expand_grid, load_grid, parse_vary, run_sweep
+from masked_torch.analysis.sweep import SweepError, config_id, expand_grid, load_grid, parse_vary, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "visualize_activations_2d.py")
@@ -86,7 +86,7 @@ def test_bad_values_are_rejected_before_any_worker_starts(grid, match):
 
 
 def test_a_worker_that_dies_is_reported_and_the_others_kept(tmp_path, monkeypatch):
-    import analysis.sweep as sweep
+    import masked_torch.analysis.sweep as sweep
 
     configs = expand_grid({"depth": [1, 2]}, FIXED)
 

@@ -1,0 +1,310 @@
+"""What plain, partial and masked convolutions do to activations on padded batches of differently sized images.
+
+    python visualize_activations_2d.py --out results                     # the README figures (make figures)
+    python visualize_activations_2d.py --out /tmp/run --data synthetic --depth 2 --num-images 4
+    python visualize_activations_2d.py --out /tmp/mine --data ~/pictures --max-side 384
+    python visualize_activations_2d.py sweep --out /tmp/sweep --vary depth=2,3,4 --set data=synthetic
+
+Builds the three stacks of ``masked_torch.analysis.stacks`` (conv / pconv / mconv: ``depth`` levels of PixelUnshuffle(2) +
+3x3 conv + activation, identical weights), runs them on padded batches (``masked_torch.analysis.data``), records per-channel
+statistics over the valid positions (``masked_torch.analysis.record``) and compares every image in its batch with the same
+image run alone (``masked_torch.analysis.run``). Writes, under ``--out``:
+
+* ``activation_stats.parquet``    -- one row per (stack, layer, channel); settings as JSON in the schema
+  metadata (key ``masked_torch.settings``) and as columns;
+* ``padding_sensitivity.parquet`` -- one row per (stack, reference, layer, image): relative error batch vs alone;
+* ``figures/activation_maps.png``, ``figures/channel_stats.png``, ``figures/padding_sensitivity.png``.
+
+Bad flags or unusable images: exit status 2 and one line on stderr. Files are replaced atomically, so an
+interrupted run (exit status 130) keeps the previous results.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage block) and exits with status 2."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each default said once, as it would be typed: ``(default: X)`` is appended to an option's help unless
+    the help already says what the default is (the word "default"), the option is off by default (a plain
+    flag), or it has no default (``None``, an empty list)."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=30, width=min(100, _terminal_width()))
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if ("default" in text.lower() or not action.option_strings or d is None or d is False
+                or d is argparse.SUPPRESS or d == []):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((100, 24)).columns - 2
+
+
+def _positive(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}")
+        return value
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _stacks(text: str) -> tuple[str, ...]:
+    from masked_torch.analysis.choices import STACKS
+
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in names if s not in STACKS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"--stacks takes a comma-separated subset of {','.join(STACKS)}, got {text!r}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"--stacks lists a stack twice: {text!r}")
+    return names
+
+
+PROG = "visualize_activations_2d.py"
+
+_USAGE = f"""%(prog)s [options]
+       {PROG} sweep [sweep options]
+       torchrun --nproc-per-node N {PROG} [options]"""
+
+_EPILOG = f"""\
+subcommand:
+  sweep                       run a grid of settings (--vary NAME=V1,V2, a TOML --grid) in worker
+                              processes into one tidy parquet; its options: sweep --help
+
+examples:
+  {PROG} --out results               # the README figures (make figures)
+  {PROG} --out /tmp/run --data synthetic --depth 2 --num-images 4
+  {PROG} --out /tmp/seed --preset seed     # the seed README's experiment
+  {PROG} --out /tmp/mine --data ~/pictures --max-side 384
+  {PROG} sweep --out /tmp/sweep --vary depth=2,3,4 --set data=synthetic
+
+Writes activation_stats.parquet, padding_sensitivity.parquet and figures/*.png under --out.
+Exit status 2 with one line on stderr for a bad flag or unusable images; 130 when interrupted
+(the previous results are kept)."""
+
+_SWEEP_DESCRIPTION = f"""\
+Run many configurations (a grid of settings) in worker processes into one tidy parquet.
+A setting is an option of a single run ({PROG} --help),
+without the dashes and with _ for -: data, depth, num_images, batch_size, seed, bias, activation,
+init, max_side, normalize, device, threads, and stacks (names joined by +: stacks=conv+mconv)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # no torch here: --help and bad flags answer at once (the names come from the torch-free masked_torch.analysis.choices)
+    from masked_torch.analysis.choices import ACTIVATION_NAMES, INITS, NORMALIZE, STACKS
+
+    p = _Parser(
+        prog=PROG,
+        usage=_USAGE,
+        description="Activation statistics of conv / pconv / mconv stacks on padded batches of images.",
+        epilog=_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    data = p.add_argument_group("images")
+    data.add_argument("--data", default="photos", metavar="WHAT",
+                      help="'synthetic' (N(0,1) noise of random sizes), 'photos' (bundled scikit-image/matplotlib "
+                           "photos) or a folder (or file) of your own images")
+    data.add_argument("--num-images", type=_positive("--num-images"), default=None, metavar="N",
+                      help="images to use (default: every photo / every image in the folder; 8 synthetic)")
+    data.add_argument("--max-side", type=_positive("--max-side"), default=256, metavar="PIXELS",
+                      help="shrink images so that their longer side is at most this (synthetic: largest side)")
+    data.add_argument("--normalize", choices=NORMALIZE, default="image",
+                      help="standardise each image on its own, all images with one per-channel mean/std, or not")
+    data.add_argument("--batch-size", type=_positive("--batch-size"), default=4, metavar="N",
+                      help="images per padded batch")
+
+    net = p.add_argument_group("stacks")
+    net.add_argument("--preset", choices=("seed",), default=None,
+                     help="seed: the seed README's experiment exactly (one 256x256 N(0,1) image with the seed's "
+                          "3-channel mask with holes, depth 8, no bias, no activation, torch.manual_seed(1337)); "
+                          "it fixes the image and stack options, --out, --stacks, --dpi, --device, --threads apply")
+    net.add_argument("--depth", type=_positive("--depth"), default=4, metavar="N",
+                     help="number of unshuffle + conv levels")
+    net.add_argument("--stacks", type=_stacks, default=",".join(STACKS), metavar="NAMES",
+                     help=f"comma-separated stacks to run, a subset of {','.join(STACKS)}")
+    bias = net.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True)
+    bias.help = "convolutions with bias or without (default: --bias)"  # set after: 3.11 appends its own
+    net.add_argument("--activation", choices=ACTIVATION_NAMES, default="relu", help="activation after each conv")
+    net.add_argument("--init", choices=INITS, default="default",
+                     help="weight init: default = nn.Conv2d's own (the default), kaiming = He normal, "
+                          "xavier = Glorot normal")
+    net.add_argument("--seed", type=_seed, default=0, help="seed of the weights and of the synthetic images")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default="results", metavar="DIR", help="output folder (created if missing)")
+    out.add_argument("--figure-image", default=None, metavar="NAME",
+                     help="image (name) for the activation-map figure (default: the most padded image of the "
+                          "first batch)")
+    out.add_argument("--dpi", type=_positive("--dpi"), default=120, help="resolution of the PNG figures")
+    out.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    run = p.add_argument_group("compute")
+    run.add_argument("--device", default="cpu",
+                     help="torch device for layers, recorder and data: cpu, cuda or cuda:N (where CUDA is "
+                          "present; under torchrun give cuda, each process takes its LOCAL_RANK's GPU)")
+    run.add_argument("--threads", type=_positive("--threads"), default=None, metavar="N",
+                     help="torch CPU threads (default 1: the tensors are small, and more threads than free "
+                          "cores slow a run down badly on a busy machine)")
+    return p
+
+
+def build_sweep_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=f"{PROG} sweep",
+        description=_SWEEP_DESCRIPTION,
+        epilog=f"example:\n  {PROG} sweep --out /tmp/sweep --vary depth=2,3,4 --vary bias=true,false \\\n"
+               "      --set data=synthetic --set num_images=16 --jobs 2",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--grid", default=None, metavar="FILE",
+                   help="TOML file with [grid] (lists of values) and [fixed] tables")
+    p.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2",
+                   help="a setting and its values (repeatable; adds to --grid), e.g. --vary depth=2,3,4")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="fixed",
+                   help="a setting for every configuration (repeatable), e.g. --set data=synthetic")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (required); configurations already there are skipped")
+    p.add_argument("--jobs", type=_positive("--jobs"), default=1, metavar="N", help="worker processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return p
+
+
+def sweep_main(argv) -> int:
+    parser = build_sweep_parser()
+    args = parser.parse_args(argv)
+    from masked_torch.analysis.sweep import SweepError, expand_grid, load_grid, parse_vary, run_sweep
+
+    prog = parser.prog
+    try:
+        grid, fixed = load_grid(args.grid) if args.grid else ({}, {})
+        grid.update(parse_vary(args.vary))
+        for item in args.fixed:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise SweepError(f"--set takes NAME=VALUE, got {item!r}")
+            fixed[name.strip()] = value.strip()
+        if not grid:
+            raise SweepError("nothing to sweep: give --grid FILE and/or --vary NAME=V1,V2")
+        configs = expand_grid(grid, fixed)
+        result = run_sweep(configs, args.out, jobs=args.jobs, progress=not args.quiet)
+    except SweepError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finished configurations in {args.out}/runs are kept", file=sys.stderr)
+        return 130
+    for failure in result.failed:
+        settings = ", ".join(f"{k}={v}" for k, v in failure["settings"].items() if v is not None)
+        print(f"{prog}: configuration {failure['config']} failed: {failure['error']} [{settings}]",
+              file=sys.stderr)
+    if not args.quiet:
+        print(f"{len(configs)} configurations: {len(result.ran)} ran, {len(result.skipped)} already done, "
+              f"{len(result.failed)} failed, {result.seconds:.1f} s with --jobs {args.jobs}")
+        print(f"  {args.out}/sweep_stats.parquet: {len(result.stats)} rows")
+    return 1 if result.failed else 0
+
+
+def main(argv=None) -> int:
+    start = time.perf_counter()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sweep"]:
+        return sweep_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.data not in ("synthetic", "photos") and not os.path.exists(os.path.expanduser(args.data)):
+        parser.error(f"--data: {args.data!r} is not 'synthetic', 'photos' or an existing folder or image file")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+
+    import torch
+
+    from masked_torch.analysis.data import DataError
+    from masked_torch.analysis.distributed import init_from_env, shutdown
+    from masked_torch.analysis.run import Settings, run_experiment, write_outputs
+    from masked_torch.analysis.seed import run_seed, seed_settings
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: {args.device!r} is not a torch device (cpu, cuda, cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    # under torchrun: join the process group (gloo on CPU, nccl on CUDA); batch i goes to rank i % world
+    if device.type == "cuda" and device.index is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error("--device: under torchrun give 'cuda' without an index; each process takes the GPU of its "
+                     "LOCAL_RANK")
+    rank, world = init_from_env(args.device)
+    if device.type == "cuda" and world > 1:
+        args.device = f"cuda:{torch.cuda.current_device()}"
+
+    settings = Settings(
+        data=os.path.expanduser(args.data) if args.data not in ("synthetic", "photos") else args.data,
+        depth=args.depth, num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
+        bias=args.bias, activation=args.activation, init=args.init, stacks=args.stacks,
+        max_side=args.max_side, normalize=args.normalize, figure_image=args.figure_image, threads=args.threads,
+        device=args.device,
+    )
+    if args.preset == "seed":
+        settings = seed_settings(stacks=args.stacks, threads=args.threads, device=args.device)
+    prog = parser.prog
+    try:
+        if args.preset == "seed":
+            results = run_seed(settings)
+        else:
+            results = run_experiment(settings, progress=not args.quiet and rank == 0)
+        # rank 0 writes the parquet files and the figures; the other ranks write nothing
+        written = write_outputs(results, args.out, dpi=args.dpi) if rank == 0 else []
+        shutdown()
+    except DataError as exc:
+        print(f"{prog}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{prog}: error: cannot write to {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; files already in {args.out} were left as they were", file=sys.stderr)
+        return 130
+    if not args.quiet and rank == 0:
+        total = time.perf_counter() - start
+        procs = f", {world} processes" if world > 1 else ""
+        print(f"{len(results.images)} images, depth {settings.depth}, stacks {','.join(settings.stacks)}{procs}: "
+              f"experiment {results.seconds:.1f} s, total {total:.1f} s")
+        for path in written:
+            print(f"  wrote {path} ({os.path.getsize(path) / 1024:.0f} KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
