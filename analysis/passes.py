@@ -1,0 +1,246 @@
+"""The experiment's passes: each consumes the forward outputs of every batch and returns one tidy frame.
+
+The driver (:func:`masked_torch.analysis.run.run_experiment`) runs each stack once on a padded batch and once
+on each of its images *alone* (a crop of the batch canvas to the image's own size rounded up to the canvas
+multiple), capturing every recorded layer's ``(output, mask)``. The passes only read those outputs:
+
+* :class:`StatsPass`   -- per-channel statistics of every layer over the valid positions of every image
+  (:class:`~masked_torch.analysis.recorder.ActivationRecorder`), one row per (stack, layer, channel); the
+  pseudo-stack ``conv_alone`` is the plain model on each image alone.
+* :class:`PaddingPass` -- per (stack, reference, layer, image): ``rel_error = ||batch - ref|| / ||ref||``
+  over the image's region at that layer, with ``ref`` the same stack alone or the plain model alone.
+* :class:`ImageStatsPass` -- per (stack, layer, image): mean and variance over the image's valid positions
+  (all channels) in its batch and alone, against the padded share of its batch canvas (``pad_fraction``).
+* :class:`MapsPass`    -- the channel-mean map and output mask of a few layers for one image (figure 1).
+
+An image's *region* at a layer: the positions whose receptive block touches the image, i.e. the first
+``ceil(h * H_layer / H_canvas)`` rows and ``ceil(w * W_layer / W_canvas)`` columns; a layer without spatial
+dimensions (a classifier's logits) is compared as a whole.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .recorder import ActivationRecorder
+
+__all__ = ["REFERENCE", "capture_outputs", "region", "StatsPass", "PaddingPass", "ImageStatsPass", "MapsPass",
+           "map_layers", "display_rgb"]
+
+REFERENCE = "conv_alone"
+
+
+@contextmanager
+def capture_outputs(model: torch.nn.Module, names: Sequence[str]) -> Iterator[dict]:
+    """Forward hooks keeping ``{name: (output, mask)}`` of the named modules during the block (``mask`` is
+    ``None`` for a module that returns a plain tensor)."""
+    store: dict = {}
+    modules = dict(model.named_modules())
+    handles = []
+
+    def hook_for(name):
+        def hook(mod, args, output):
+            out, mask = output if isinstance(output, tuple) else (output, None)
+            store[name] = (out.detach(), None if mask is None else mask.detach())
+        return hook
+
+    try:
+        for name in names:
+            handles.append(modules[name].register_forward_hook(hook_for(name)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def region(out: torch.Tensor, size: tuple[int, int], canvas: tuple[int, int]) -> tuple[slice, ...]:
+    """Index of an image's region in one sample's layer output ``out`` (``(C, *S)`` or ``(F,)``)."""
+    if out.dim() < 3:
+        return (slice(None),)
+    spatial = out.shape[-2:]
+    return (slice(None),) * (out.dim() - 2) + tuple(
+        slice(0, math.ceil(s * n / c)) for s, n, c in zip(size, spatial, canvas))
+
+
+def _errors(a: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """``(||a - ref|| / ||ref||, max |a - ref|)``; norms accumulated in float64."""
+    diff = a - ref
+    denom = float(torch.linalg.vector_norm(ref, dtype=torch.float64))
+    num = float(torch.linalg.vector_norm(diff, dtype=torch.float64))
+    max_abs = float(diff.abs().max()) if diff.numel() else 0.0
+    if denom == 0:
+        return (0.0 if num == 0 else float("inf")), max_abs
+    return num / denom, max_abs
+
+
+class StatsPass:
+    """Per-channel statistics of every recorded layer (one recorder per stack, one for ``conv_alone``)."""
+
+    def __init__(self, models: dict, stacks: Sequence[str], layers: Sequence[str]) -> None:
+        self.stacks = list(stacks)
+        self.recorders = {s: ActivationRecorder(models[s], list(layers)) for s in self.stacks}
+        self.reference = ActivationRecorder(models["conv"], list(layers))
+
+    def recorder(self, stack: str) -> ActivationRecorder:
+        return self.reference if stack == REFERENCE else self.recorders[stack]
+
+    def reduce(self) -> None:
+        for rec in [*self.recorders.values(), self.reference]:
+            rec.reduce()
+
+    def frame(self) -> pd.DataFrame:
+        frames = []
+        for s in self.stacks + [REFERENCE]:
+            f = self.recorder(s).to_frame()
+            f.insert(0, "stack", s)
+            frames.append(f)
+        return pd.concat(frames, ignore_index=True)
+
+
+class PaddingPass:
+    """Batch vs alone: the relative error of each image's region, per stack, reference and layer."""
+
+    def __init__(self, stacks: Sequence[str], layers: Sequence[str]) -> None:
+        self.stacks, self.layers = list(stacks), list(layers)
+        self.rows: list[dict] = []
+
+    def add(self, batch, k: int, alone, batch_out: dict, alone_out: dict) -> None:
+        size, name = batch.sizes[k], batch.names[k]
+        canvas, alone_canvas = tuple(batch.x.shape[-2:]), tuple(alone.x.shape[-2:])
+        padded = canvas != alone_canvas
+        for layer in self.layers:
+            for s in self.stacks:
+                out = batch_out[s][layer][0][k]
+                got = out[region(out, size, canvas)]
+                for ref_name, ref_key in (("alone", s), (REFERENCE, REFERENCE)):
+                    ref_out = alone_out[ref_key][layer][0][0]
+                    ref = ref_out[region(ref_out, size, alone_canvas)]
+                    if ref.shape != got.shape:  # an op whose output size is not proportional to the canvas
+                        raise RuntimeError(f"layer {layer!r}: the region of image {name!r} is {tuple(got.shape)} "
+                                           f"in the batch but {tuple(ref.shape)} alone")
+                    rel_error, max_abs_error = _errors(got, ref)
+                    self.rows.append(dict(
+                        stack=s, reference=ref_name, layer=layer, image=name, rel_error=rel_error,
+                        max_abs_error=max_abs_error, padded=padded, h=size[0], w=size[1],
+                        batch_h=canvas[0], batch_w=canvas[1], alone_h=alone_canvas[0], alone_w=alone_canvas[1],
+                        pad_fraction=1.0 - size[0] * size[1] / (canvas[0] * canvas[1]),
+                    ))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+
+def _valid_moments(out: torch.Tensor, mask: Optional[torch.Tensor], index) -> tuple[float, float, int]:
+    """Mean and variance (float64) of one sample's output over its region and, where the layer gives a
+    mask, the positions that mask marks valid (all channels together)."""
+    x = out[index].double()
+    if mask is not None and mask.dim() == out.dim():
+        m = (mask[index] != 0).expand_as(x)
+        x = x[m]
+    n = x.numel()
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    mean = float(x.mean())
+    return mean, float(((x - mean) ** 2).mean()), n
+
+
+class ImageStatsPass:
+    """Per image: a layer's mean and variance in the batch and alone, against the padded share of its canvas."""
+
+    def __init__(self, stacks: Sequence[str], layers: Sequence[str]) -> None:
+        self.stacks, self.layers = list(stacks), list(layers)
+        self.rows: list[dict] = []
+
+    def add(self, batch, k: int, alone, batch_out: dict, alone_out: dict) -> None:
+        size, name = batch.sizes[k], batch.names[k]
+        canvas, alone_canvas = tuple(batch.x.shape[-2:]), tuple(alone.x.shape[-2:])
+        pad_fraction = 1.0 - size[0] * size[1] / (canvas[0] * canvas[1])
+        for s in self.stacks:
+            for layer in self.layers:
+                out, mask = batch_out[s][layer]
+                mean, var, n = _valid_moments(out[k], None if mask is None else mask[k],
+                                              region(out[k], size, canvas))
+                aout, amask = alone_out[s][layer]
+                mean_a, var_a, _ = _valid_moments(aout[0], None if amask is None else amask[0],
+                                                  region(aout[0], size, alone_canvas))
+                self.rows.append(dict(
+                    stack=s, layer=layer, image=name, pad_fraction=pad_fraction, h=size[0], w=size[1],
+                    batch_h=canvas[0], batch_w=canvas[1], count=n, mean=mean, var=var, mean_alone=mean_a,
+                    var_alone=var_a, rel_var=(var / var_a if var_a > 0 else (1.0 if var == 0 else float("inf"))),
+                ))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+
+def map_layers(table: pd.DataFrame, model: str, limit: int = 8) -> list[str]:
+    """The layers figure 1 shows: for the stack every conv and activation (one column per level); for other
+    models the last layer at each resolution level along the forward order (the U-Net's way down and up),
+    at most ``limit``, evenly thinned."""
+    table = table.sort_values("order")
+    if model == "stack":
+        return list(table.loc[table["kind"].isin(("conv", "act")), "layer"])
+    spatial = table[table["depth"].notna()]
+    runs = spatial["depth"].ne(spatial["depth"].shift(-1))
+    picked = list(spatial.loc[runs, "layer"])
+    if len(picked) > limit:
+        picked = [picked[round(i * (len(picked) - 1) / (limit - 1))] for i in range(limit)]
+    return picked
+
+
+def display_rgb(x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """The normalised input canvas ``(3, H, W)`` as an RGB picture: the 1st..99th percentile of the image's
+    own pixels mapped to [0, 1]; the zero padding shows as whatever 0 (the image mean) maps to."""
+    h, w = size
+    x = x.detach().float().cpu()
+    inside = x[:, :h, :w].numpy()
+    lo, hi = np.percentile(inside, [1, 99])
+    rgb = (x.numpy() - lo) / max(hi - lo, 1e-6)
+    return np.clip(rgb, 0, 1).transpose(1, 2, 0)
+
+
+class MapsPass:
+    """The channel-mean activation map and output mask of ``layers`` for one image (the figure-1 image)."""
+
+    def __init__(self, stacks: Sequence[str], layers: Sequence[str], wanted: Optional[str] = None) -> None:
+        self.stacks, self.layers, self.wanted = list(stacks), list(layers), wanted
+        self.rows: list[dict] = []
+        self.rgb: Optional[np.ndarray] = None
+
+    @property
+    def done(self) -> bool:
+        return bool(self.rows)
+
+    def pick(self, batch) -> Optional[int]:
+        """The wanted image if it is in ``batch``, else (no image named) the most padded one."""
+        if self.wanted is not None:
+            return batch.names.index(self.wanted) if self.wanted in batch.names else None
+        canvas = batch.x.shape[-2] * batch.x.shape[-1]
+        return int(np.argmin([h * w / canvas for h, w in batch.sizes]))
+
+    def add(self, batch, batch_out: dict) -> None:
+        if self.done:
+            return
+        k = self.pick(batch)
+        if k is None:
+            return
+        name, size, canvas = batch.names[k], batch.sizes[k], tuple(batch.x.shape[-2:])
+        for s in self.stacks:
+            for layer in self.layers:
+                out, mask = batch_out[s][layer]
+                if out.dim() != 4:
+                    continue
+                m = out[k].float().mean(dim=0).cpu().numpy()
+                mk = np.ones_like(m) if mask is None else mask[k].float().mean(dim=0).cpu().numpy()
+                self.rows.append(dict(image=name, stack=s, layer=layer, map=m, mask=mk, h=size[0], w=size[1],
+                                      canvas_h=canvas[0], canvas_w=canvas[1],
+                                      scale=canvas[0] / m.shape[0]))
+        self.rgb = display_rgb(batch.x[k], size)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
