@@ -1,0 +1,86 @@
+"""A missing package of the ``analysis`` extra is one line naming it and the install command, not a traceback;
+importing the command line stays light (no torch, no pandas)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from masked_torch.analysis._extras import MissingExtraError, require
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = ROOT / "analysis" / "cli.py"
+INSTALL = "pip install 'masked_torch[analysis]'"
+
+
+def _python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def test_nothing_missing_is_silent():
+    assert require("pandas", "seaborn", "matplotlib.pyplot", "skimage", "pyarrow", "tqdm") is None
+
+
+def test_missing_modules_are_named_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "seaborn", None)  # import of seaborn halted
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    with pytest.raises(MissingExtraError) as info:
+        require("pandas", "seaborn", "skimage", "skimage.data")
+    err = info.value
+    assert isinstance(err, ImportError)
+    # the distributions' names (scikit-image, not skimage), each once, in the order asked
+    assert str(err) == ("masked_torch.analysis needs the 'analysis' extra (missing: seaborn, scikit-image): "
+                        f"{INSTALL}")
+    assert err.missing == ("seaborn", "scikit-image")
+    assert "\n" not in str(err)
+
+
+def test_feature_is_named_when_given(monkeypatch):
+    monkeypatch.setitem(sys.modules, "seaborn", None)
+    with pytest.raises(MissingExtraError, match=r"^masked_torch\.analysis needs the 'analysis' extra for figures "
+                                                r"\(missing: seaborn\): pip install 'masked_torch\[analysis\]'$"):
+        require("seaborn", feature="figures")
+
+
+def test_in_a_fresh_process_with_packages_blocked():
+    """As a user without pandas and seaborn meets it: a fresh interpreter in which both cannot be imported."""
+    code = ("import sys; sys.modules['pandas'] = None; sys.modules['seaborn'] = None\n"
+            "from masked_torch.analysis._extras import MissingExtraError, require\n"
+            "try:\n    require('pandas', 'seaborn', 'matplotlib')\n"
+            "except MissingExtraError as e:\n    print(e)\n    sys.exit(3)\n")
+    proc = _python(code)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout == ("masked_torch.analysis needs the 'analysis' extra (missing: pandas, seaborn): "
+                           f"{INSTALL}\n")
+
+
+def test_importing_the_command_line_imports_neither_torch_nor_pandas():
+    code = ("import sys, masked_torch.analysis, masked_torch.analysis._extras, masked_torch.analysis.cli\n"
+            "heavy = sorted(m for m in ('torch', 'pandas', 'numpy', 'matplotlib', 'seaborn') if m in sys.modules)\n"
+            "print(','.join(heavy))\n")
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "", f"imported at import time: {proc.stdout.strip()}"
+
+
+_WIRED = "MissingExtraError" in CLI.read_text(encoding="utf-8")
+
+
+@pytest.mark.xfail(not _WIRED, reason="analysis/cli.py does not catch MissingExtraError yet (require(...) in main, "
+                                      "one line on stderr, exit 2)", run=False, strict=False)
+def test_command_line_says_one_line_and_exits_2_without_seaborn(tmp_path):
+    code = ("import sys; sys.modules['seaborn'] = None\n"
+            "from masked_torch.analysis.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    out = tmp_path / "out"
+    proc = _python(code, "--out", str(out), "--data", "synthetic", "--depth", "1", "--num-images", "2",
+                   "--max-side", "32", "--quiet")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert "masked_torch.analysis needs the 'analysis' extra (missing: seaborn)" in lines[0]
+    assert lines[0].endswith(INSTALL)
+    assert "Traceback" not in proc.stderr
+    assert not (out / "activation_stats.parquet").exists()
