@@ -7,6 +7,9 @@ weights, built as a plain ``nn.Sequential`` and converted three ways with :func:
   validity of the unshuffled mask: ``multichannel=True``).
 * ``mconv`` -- :class:`~masked_torch.nn.MaskedConv2d`.
 
+:func:`build_variants` makes the three stacks of any plain model the same way
+(:mod:`masked_torch.analysis.models` holds the registry of plain models: this stack, a ResNet-18, a U-Net).
+
 Children are named ``unshuffle{i}``, ``conv{i}``, ``act{i}`` (level ``i`` from 1), identically in every stack,
 so a layer name means the same layer in each.
 """
@@ -74,18 +77,38 @@ def build_plain(
         torch.random.set_rng_state(gen_state)
 
 
-def build_stacks(depth: int = 4, *, stacks=STACKS, **kwargs) -> "OrderedDict[str, nn.Module]":
-    """``{"conv": ..., "pconv": ..., "mconv": ...}`` with identical weights (see :func:`build_plain`)."""
-    plain = build_plain(depth, **kwargs)
+def build_variants(plain: nn.Module, stacks=STACKS) -> "OrderedDict[str, nn.Module]":
+    """The stacks of any plain model, in eval mode, all with ``plain``'s weights (``plain`` is left as it is):
+
+    * ``conv``  -- ``convert(plain, "plain")``: every layer as it is on the padded batch, the mask rides along;
+    * ``pconv`` -- ``convert(plain, "partial", update_mask=False, multichannel=True)``: every convolution a
+      :class:`~masked_torch.nn.PartialConv2d` in its padding use (the output mask stays the image's:
+      ``update_mask=False``) counting valid inputs per channel (``multichannel=True``: the unshuffled mask of the
+      seed stack has a channel per sub-position; for a 1-channel mask, as in a ResNet or a U-Net, it is the same
+      as ``multichannel=False``); other layers (norms, pools, transposed convs) as in ``mconv``;
+    * ``mconv`` -- ``convert(plain, "masked")``: :class:`~masked_torch.nn.MaskedConv2d` and every other layer's
+      masked counterpart.
+
+    Layer names are the plain model's in every stack."""
     kinds = {
         "conv": lambda: convert(plain, "plain"),
         "pconv": lambda: convert(plain, "partial", update_mask=False, multichannel=True),
         "mconv": lambda: convert(plain, "masked"),
     }
-    unknown = set(stacks) - set(kinds)
+    stacks = tuple(stacks)
+    unknown = [s for s in stacks if s not in kinds]
     if unknown:
-        raise ValueError(f"unknown stacks {sorted(unknown)}; choose from {STACKS}")
+        raise ValueError(f"unknown stacks {unknown}; choose from {STACKS}")
     return OrderedDict((name, kinds[name]().eval()) for name in stacks)
+
+
+def build_stacks(depth: int = 4, *, stacks=STACKS, **kwargs) -> "OrderedDict[str, nn.Module]":
+    """``{"conv": ..., "pconv": ..., "mconv": ...}`` of the seed-style stack (:func:`build_plain`), identical
+    weights (:func:`build_variants`)."""
+    unknown = [s for s in stacks if s not in STACKS]
+    if unknown:  # before building anything, as before
+        raise ValueError(f"unknown stacks {sorted(unknown)}; choose from {STACKS}")
+    return build_variants(build_plain(depth, **kwargs), stacks)
 
 
 _LEVEL = re.compile(r"(\d+)$")
