@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test figures bench clean
+.PHONY: setup test figures bench lab clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ bench: setup
 	$(PY) benchmarks/models.py
 	$(PY) benchmarks/recorder.py
 	$(PY) benchmarks/scale.py
+
+# JupyterLab (pinned in requirements.txt) on the notebooks; more flags: make lab LAB_ARGS="--no-browser --port 8890".
+# Jupyter refuses to run as root unless told: as root (a container), --allow-root is added.
+lab: setup
+	$(PY) -m jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
