@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from masked_torch.nn import ELEMENTWISE, Masked, MaskedModule, Unmasked
 
-from .choices import INITS, STACKS
+from .choices import INITS
 from .data import DataError
 from .stacks import ACTIVATIONS, build_plain, build_variants
 

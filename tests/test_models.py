@@ -79,7 +79,8 @@ def test_resnet18_has_torchvisions_layout():
     for stage in range(1, 5):
         for block in range(2):
             p = f"layer{stage}.{block}."
-            keys += [p + "conv1.weight"] + [p + f"bn1.{k}" for k in bn] + [p + "conv2.weight"] + [p + f"bn2.{k}" for k in bn]
+            for i in (1, 2):
+                keys += [p + f"conv{i}.weight"] + [p + f"bn{i}.{k}" for k in bn]
             if stage > 1 and block == 0:
                 keys += [p + "downsample.0.weight"] + [p + f"downsample.1.{k}" for k in bn]
     keys += ["fc.weight", "fc.bias"]
