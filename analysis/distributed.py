@@ -3,7 +3,7 @@
 Each rank records its share of the batches; :func:`reduce_moments` all-gathers every rank's per-channel
 moments (count, mean, M2, min, max, zeros: one ``(6, C)`` float64 tensor per layer, all layers packed in one
 collective) and merges them in rank order with the parallel formula of Chan et al.
-(:func:`masked_torch.analysis.record.merge_moments`). The result equals one process that saw every batch: counts,
+(:func:`masked_torch.analysis.moments.merge_moments`). The result equals one process that saw every batch: counts,
 minima, maxima and zeros exactly, mean and variance to rounding.
 
 Under ``torchrun`` the environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...) says how to join the
@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from .record import Moments, merge_moments
+from .moments import Moments, merge_moments
 
 __all__ = ["init_from_env", "rank_and_world", "is_main", "reduce_moments", "gather_objects", "shutdown"]
 

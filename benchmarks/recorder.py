@@ -1,10 +1,11 @@
 """ActivationRecorder overhead: forward time with the recorder on vs off, interleaved in one run.
 
 Target (issue): <= 1.15x for a depth-4 mconv stack, N=8, 192x192 images with per-image masks, forward
-under ``torch.no_grad()``, 2 threads. The machine is noisy, so each variant (compiled kernel, eager
-fallback) is timed in pairs with the recorder off and on back to back (alternating which goes first), and
-the table quotes the median over pairs of the per-pair ratios (median times for scale only; quartiles of
-the ratios to show the noise).
+under ``torch.no_grad()``, 2 threads. Variants: the eager statistics kernel (the default) and the opt-in
+compiled one (``compile=True``). The machine is noisy, so each round times, for every variant in turn, a
+pair with the recorder off and on back to back (alternating which goes first), and the table quotes the
+median over pairs of the per-pair ratios (median times for scale only; quartiles of the ratios to show the
+noise).
 
     python benchmarks/recorder.py [--repeats 60] [--stack mconv] [--batch 8] [--size 192]
 """
@@ -20,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from masked_torch.analysis.record import ActivationRecorder  # noqa: E402
+from masked_torch.analysis.recorder import ActivationRecorder  # noqa: E402
 from masked_torch.analysis.stacks import STACKS, build_stacks  # noqa: E402
 
 
@@ -45,16 +46,21 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=60, help="timed off/on pairs per variant")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds after compilation")
-    parser.add_argument("--no-eager", action="store_true", help="skip the eager-fallback variant")
+    parser.add_argument("--no-eager", action="store_true", help="skip the eager variant")
+    parser.add_argument("--no-compiled", action="store_true", help="skip the compiled variant (no compiler)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     model = build_stacks(args.depth, stacks=(args.stack,))[args.stack]
     x, mask = make_batch(args.batch, args.size)
 
-    variants = {"compiled": ActivationRecorder(model, compile=True)}
+    variants = {}
+    if not args.no_compiled:
+        variants["compiled"] = ActivationRecorder(model, compile=True)
     if not args.no_eager:
         variants["eager"] = ActivationRecorder(model, compile=False)
+    if not variants:
+        parser.error("nothing to time: --no-eager and --no-compiled")
 
     def run(rec) -> float:
         if rec is None:
@@ -67,20 +73,21 @@ def main(argv=None) -> int:
             model(x, mask)
             return time.perf_counter() - t
 
-    t = time.perf_counter()
-    run(variants["compiled"])  # lazy torch.compile of the statistics kernel (first batch: two shapes of call)
-    run(variants["compiled"])
-    compile_s = time.perf_counter() - t
+    compile_s = None
+    if "compiled" in variants:
+        t = time.perf_counter()
+        run(variants["compiled"])  # lazy torch.compile of the statistics kernel (first batch: two calls)
+        run(variants["compiled"])
+        compile_s = time.perf_counter() - t
     for _ in range(args.warmup):
         run(None)
         for rec in variants.values():
             run(rec)
 
-    # one phase per variant: off and on alternate (off-on, on-off, ...), ratio = on / off of each pair
-    off_times, on_times, ratios = [], {}, {}
-    for name, rec in variants.items():
-        on_times[name], ratios[name] = [], []
-        for r in range(args.repeats):
+    # rounds of one off/on pair per variant: off and on alternate (off-on, on-off, ...), ratio = on / off
+    off_times, on_times, ratios = [], {name: [] for name in variants}, {name: [] for name in variants}
+    for r in range(args.repeats):
+        for name, rec in variants.items():
             if r % 2:
                 on, off = run(rec), run(None)
             else:
@@ -88,12 +95,14 @@ def main(argv=None) -> int:
             off_times.append(off)
             on_times[name].append(on)
             ratios[name].append(on / off)
+    for rec in variants.values():
         rec.to_frame()  # the recorded statistics are complete (raises otherwise)
 
     print(f"ActivationRecorder overhead: {args.stack} depth {args.depth}, N={args.batch}, "
-          f"{args.size}x{args.size}, {args.threads} threads, {args.repeats} off/on pairs per variant, "
+          f"{args.size}x{args.size}, {args.threads} threads, {args.repeats} rounds of off/on pairs, "
           f"torch {torch.__version__}")
-    print(f"first compiled calls (compile + 2 forwards): {compile_s:.1f} s")
+    if compile_s is not None:
+        print(f"first compiled calls (compile + 2 forwards): {compile_s:.1f} s")
     print(f"{'variant':<10} {'median ms':>10} {'median ratio':>13} {'q25 ratio':>10} {'q75 ratio':>10} "
           f"{'min/min':>8}")
     fastest_off = min(off_times)

@@ -28,7 +28,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from masked_torch.analysis.data import batches, load_images  # noqa: E402
-from masked_torch.analysis.record import ActivationRecorder  # noqa: E402
+from masked_torch.analysis.recorder import ActivationRecorder  # noqa: E402
 from masked_torch.analysis.stacks import build_stacks  # noqa: E402
 
 

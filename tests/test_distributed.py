@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from masked_torch.analysis.record import ActivationRecorder
+from masked_torch.analysis.recorder import ActivationRecorder
 from masked_torch.analysis.stacks import build_stacks
 
 

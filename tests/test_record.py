@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-import masked_torch.analysis.record as record_mod
+import masked_torch.analysis.kernels as kernels_mod
 import masked_torch.nn as mnn
-from masked_torch.analysis.record import (
-    COLUMNS, ActivationRecorder, Moments, batch_moments, merge_moments, select_layers,
-)
+from masked_torch.analysis.kernels import batch_moments
+from masked_torch.analysis.moments import Moments, add_shifted_sums, empty_state, merge_moments
+from masked_torch.analysis.recorder import COLUMNS, ActivationRecorder
+from masked_torch.analysis.selection import select_layers
 from masked_torch.analysis.stacks import build_stacks
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -377,6 +378,8 @@ def test_batch_moments_and_env(monkeypatch):
     x = torch.randn(4, 3, 10)
     m = batch_moments(x)
     np.testing.assert_allclose(m.var.numpy(), x.double().var(dim=(0, 2), unbiased=False).numpy(), rtol=1e-6)
+    monkeypatch.delenv("MASKED_TORCH_RECORD_COMPILE", raising=False)
+    assert ActivationRecorder(nn.ReLU()).compile is False  # the compiled kernel is opt-in
     monkeypatch.setenv("MASKED_TORCH_RECORD_COMPILE", "0")
     assert ActivationRecorder(nn.ReLU()).compile is False
     monkeypatch.setenv("MASKED_TORCH_RECORD_COMPILE", "1")
@@ -389,8 +392,8 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
         def fn(*a, **k):
             raise RuntimeError("no compiler here")
         return fn
-    monkeypatch.setattr(record_mod, "_compiled_steps", {})
-    monkeypatch.setattr(record_mod, "_compile_failed", False)
+    monkeypatch.setattr(kernels_mod, "_compiled_fns", {})
+    monkeypatch.setattr(kernels_mod, "_compile_failed", False)
     monkeypatch.setattr(torch, "compile", broken)
     model = build_stacks(2, seed=4)["mconv"]
     batches = [padded_batch(2, 16, 16, i) for i in range(3)]
@@ -413,7 +416,7 @@ def test_compiled_kernel_equals_eager_and_reference(stack):
             ActivationRecorder(model, compile=True) as comp, torch.no_grad():
         for b in batches:
             model(*b)
-    assert not record_mod._compile_failed
+    assert not kernels_mod._compile_failed
     with ActivationRecorder(model, compile=False) as eager, torch.no_grad():
         for b in batches:
             model(*b)
@@ -447,3 +450,110 @@ def test_recording_with_grad_enabled_leaves_autograd_alone():
             model(x)
     assert model.conv.weight.grad is not None
     check_against(rec.to_frame(), cap.got, rtol=2e-6)
+
+
+# ------------------------------------------------------------------ the kernels and the merge, one by one
+
+
+def test_add_shifted_sums_equals_merging_the_two_sets():
+    """A state plus a batch given as sums around a shift: the same as the float64 moments of the union."""
+    g = np.random.default_rng(1)
+    a = 5e4 + g.standard_normal((3, 400))  # 3 channels, a large mean
+    b = 5e4 + 2.0 * g.standard_normal((3, 250)) + 0.5
+    state = np.stack([np.full(3, a.shape[1]), a.mean(1), ((a - a.mean(1, keepdims=True)) ** 2).sum(1),
+                      a.min(1), a.max(1), (a == 0).sum(1)]).astype(np.float64)
+    shift = a.mean(1) + 1e-3  # near, not at, the running mean
+    sums = np.stack([np.full(3, b.shape[1]), (b - shift[:, None]).sum(1), ((b - shift[:, None]) ** 2).sum(1),
+                     b.min(1), b.max(1), (b != 0).sum(1)]).astype(np.float64)
+    before = state.copy()
+    got = add_shifted_sums(state, shift, sums)
+    assert np.array_equal(state, before)  # pure
+    both = np.concatenate([a, b], axis=1)
+    np.testing.assert_array_equal(got[0], both.shape[1])
+    np.testing.assert_allclose(got[1], both.mean(1), rtol=1e-14)
+    np.testing.assert_allclose(got[2] / both.shape[1], both.var(1), rtol=1e-9)
+    np.testing.assert_array_equal(got[3], both.min(1))
+    np.testing.assert_array_equal(got[4], both.max(1))
+    np.testing.assert_array_equal(got[5], 0)
+    # a channel without positions on either side stays empty; an empty state takes the batch as it is
+    empty = add_shifted_sums(empty_state(3), np.zeros(3), np.stack([np.zeros(3), np.zeros(3), np.zeros(3),
+                                                                     np.full(3, np.inf), np.full(3, -np.inf),
+                                                                     np.zeros(3)]))
+    assert np.array_equal(empty, empty_state(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16, torch.int32])
+def test_output_dtypes_against_reference(dtype):
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(3, 4, 50, generator=g) * 3 + 7)
+    x[0, 1, :10] = 0
+    x = x.round().to(dtype) if dtype == torch.int32 else x.to(dtype)
+    mask = (torch.rand(3, 1, 50, generator=g) > 0.4)
+    m = batch_moments(x, mask)
+    want = reference([(x.double().numpy(), mask.double().numpy())])
+    np.testing.assert_array_equal(m.count.numpy(), want["count"])
+    np.testing.assert_array_equal(m.min.numpy(), want["min"])
+    np.testing.assert_array_equal(m.max.numpy(), want["max"])
+    np.testing.assert_array_equal(m.zero_frac.numpy(), want["zero_frac"])
+    rtol = 1e-12 if dtype == torch.float64 else 1e-6
+    np.testing.assert_allclose(m.mean.numpy(), want["mean"], rtol=rtol)
+    np.testing.assert_allclose(m.var.numpy(), want["var"], rtol=rtol)
+
+
+def test_empty_batches_count_nothing():
+    model = mnn.MaskedSequential(OrderedDict(act=mnn.Masked(nn.ReLU())))
+    x, mask = torch.randn(2, 3, 5, 5), torch.ones(2, 1, 5, 5)
+    with Capture(model, ["act"]) as cap, ActivationRecorder(model) as rec:
+        model(x[:0], mask[:0])  # no samples
+        model(x, mask)
+    check_against(rec.to_frame(), {"act": cap.got["act"][1:]})
+    m = batch_moments(torch.zeros(0, 3, 4))
+    assert m.count.tolist() == [0, 0, 0] and m.var.isnan().all()
+
+
+def test_compiled_kernel_is_opt_in_and_accepts_false(monkeypatch):
+    monkeypatch.delenv("MASKED_TORCH_RECORD_COMPILE", raising=False)
+    monkeypatch.setattr(kernels_mod, "_compiled_fns", {})
+    model = build_stacks(1, seed=0)["mconv"]
+    with ActivationRecorder(model) as rec, ActivationRecorder(model, compile=None) as rec_none:
+        model(*padded_batch(2, 8, 8, 0))
+    assert rec.compile is False and rec_none.compile is False
+    assert kernels_mod._compiled_fns == {}  # nothing compiled unless asked for
+    pd.testing.assert_frame_equal(rec.to_frame(), rec_none.to_frame())
+
+
+_IMPORT_PROBE = """
+import importlib, json, sys
+loaded = {}
+for name in sys.argv[1:]:
+    importlib.import_module("masked_torch.analysis." + name)
+    loaded[name] = sorted(m.rsplit(".", 1)[1] for m in sys.modules if m.startswith("masked_torch.analysis."))
+print(json.dumps({"loaded": loaded, "dynamo": "torch._dynamo" in sys.modules}))
+"""
+
+
+def test_statistics_modules_import_one_way_in_any_order():
+    """Each module alone in a fresh interpreter pulls in only what it builds on (no cycle: distributed and
+    moments never load the recorder), every import order works, and none loads the compiler."""
+    import json
+    import subprocess
+    import sys
+
+    modules = ["moments", "kernels", "selection", "distributed", "recorder", "record"]
+    orders = [[first] + [m for m in reversed(modules) if m != first] for first in modules]
+    procs = [subprocess.Popen([sys.executable, "-c", _IMPORT_PROBE, *order], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for order in orders]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    alone = {order[0]: set(r["loaded"][order[0]]) for order, r in zip(orders, results)}
+    assert alone["moments"] == {"moments"}
+    assert alone["kernels"] == {"kernels", "moments"}
+    assert alone["selection"] == {"selection"}
+    assert alone["distributed"] == {"distributed", "moments"}
+    assert alone["recorder"] == {"recorder", "kernels", "moments", "selection", "distributed"}
+    assert alone["record"] == alone["recorder"] | {"record"}
+    assert all(set(r["loaded"][o[-1]]) == alone["recorder"] | {"record"} for o, r in zip(orders, results))
+    assert not any(r["dynamo"] for r in results)
