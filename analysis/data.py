@@ -107,7 +107,8 @@ class Batch:
     """A padded batch: ``x`` ``(N, 3, H, W)`` float32, ``mask`` ``(N, 1, H, W)`` float32 (1 = inside the image).
 
     ``names`` / ``sizes`` (``(h, w)`` of each image) / ``index`` (the image's index in its source) are per
-    image; ``skipped`` lists the images of this batch that could not be decoded (they are not in ``x``).
+    image; ``skipped`` lists the images of this batch that could not be decoded (they are not in ``x``);
+    ``batch_index`` is the batch's place in the run (batch ``i`` of the run is on rank ``i % world``).
     """
 
     x: torch.Tensor
@@ -116,6 +117,7 @@ class Batch:
     sizes: list[tuple[int, int]]
     index: list[int] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    batch_index: Optional[int] = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -787,4 +789,6 @@ def batches(images: Sequence[Image], batch_size: int, depth: int) -> Iterator[Ba
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(images), batch_size):
         chunk = list(images[start:start + batch_size])
-        yield pad_batch(chunk, depth, index=range(start, start + len(chunk)))
+        batch = pad_batch(chunk, depth, index=range(start, start + len(chunk)))
+        batch.batch_index = start // batch_size
+        yield batch

@@ -194,7 +194,8 @@ class BatchLoader:
                             prefetch_factor=self.prefetch_factor if workers else None,
                             multiprocessing_context=self.start_method if workers else None,
                             worker_init_fn=_init_worker if workers else None)
-        for batch in loader:
+        for j, batch in zip(self.mine, loader):  # every planned batch arrives, in order (empty ones too)
+            batch.batch_index = j
             for record in batch.skipped:
                 self._skip(record)
             if len(batch):

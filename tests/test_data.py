@@ -142,7 +142,7 @@ def test_pad_alone_and_batches():
     assert alone.mask.sum() == h * w
     got = list(batches(ims, 2, depth=3))
     assert [len(b) for b in got] == [2, 2, 1]
-    assert [i for b in got for i in b.index] == [0, 1, 2, 3, 4]
+    assert [i for b in got for i in b.index] == [0, 1, 2, 3, 4] and [b.batch_index for b in got] == [0, 1, 2]
     # in its batch, an image has the same values at the same place as alone
     b = got[0]
     assert torch.equal(b.x[1, :, :h, :w], alone.x[0, :, :h, :w])

@@ -109,8 +109,9 @@ def test_rank_world_split_covers_every_batch_once():
             loader = make_loader(src, batch_size=2, multiple=4, bucket=bucket, rank=rank, world=4)
             got = list(loader)
             assert len(loader) == len(got) == len(range(rank, 6, 4))
-            for j, b in zip(range(rank, 6, 4), got):  # batch j of the run goes to rank j % world
-                parts[j] = (tuple(b.index), b.x)
+            assert [b.batch_index for b in got] == list(range(rank, 6, 4))  # batch j goes to rank j % world
+            for b in got:
+                parts[b.batch_index] = (tuple(b.index), b.x)
         assert sorted(parts) == list(range(6))
         for j, (index, x) in enumerate(whole):
             assert parts[j][0] == index and torch.equal(parts[j][1], x)
@@ -132,7 +133,7 @@ def test_unreadable_files_are_skipped_warned_once_and_counted(tmp_path):
     for name, reason in zip(["text.png", "trunc.jpg", "zero.png"], ["cannot identify", "truncated", "0 bytes"]):
         assert any(name in m and reason in m.lower() for m in messages)
     assert [name for name, _ in loader.skipped] == ["zz_bad/text.png", "zz_bad/trunc.jpg", "zz_bad/zero.png"]
-    assert [i for b in got for i in b.index] == list(range(5))
+    assert [i for b in got for i in b.index] == list(range(5)) and [b.batch_index for b in got] == [0, 1, 2]
     assert got[-1].skipped and got[-1].skipped[0].name == "zz_bad/trunc.jpg"  # in its batch, not in x
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a second pass warns no more, and counts the same
@@ -143,6 +144,10 @@ def test_unreadable_files_are_skipped_warned_once_and_counted(tmp_path):
     alone = open_source(str(tmp_path / "zz_bad"), max_side=None)
     one = make_loader(alone, batch_size=1, multiple=4, on_skip=seen.append)
     assert len(one) == 1 and list(one) == []
+    mixed = make_loader(open_source(str(tmp_path), max_side=None), batch_size=1, multiple=4,
+                        on_skip=lambda r: None)
+    assert [b.batch_index for b in mixed] == [0, 1, 2, 3, 4]  # batch 5 (the truncated JPEG alone) dropped
+    assert len(mixed) == 6
     assert sorted(r.name for r in seen) == ["text.png", "trunc.jpg", "zero.png"]
 
 
