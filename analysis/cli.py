@@ -1,22 +1,19 @@
-"""What plain, partial and masked convolutions do to activations on padded batches of differently sized images.
+"""The suite's command line: what plain, partial and masked convolutions do to the activations of a network on
+padded batches of differently sized images.
 
-    python visualize_activations_2d.py --out results                     # the README figures (make figures)
-    python visualize_activations_2d.py --out /tmp/run --data synthetic --depth 2 --num-images 4
-    python visualize_activations_2d.py --out /tmp/mine --data ~/pictures --max-side 384
-    python visualize_activations_2d.py sweep --out /tmp/sweep --vary depth=2,3,4 --set data=synthetic
+    masked-torch-activations --out results                  # the README figures (make figures)
+    python -m masked_torch.analysis --out /tmp/run --data synthetic --depth 2 --num-images 4
+    masked-torch-activations --out /tmp/r18 --model resnet18 --data ~/pictures --workers 4 --bucket
+    masked-torch-activations sweep --out /tmp/sweep --vary depth=2,3,4 --set data=synthetic
 
-Builds the three stacks of ``masked_torch.analysis.stacks`` (conv / pconv / mconv: ``depth`` levels of PixelUnshuffle(2) +
-3x3 conv + activation, identical weights), runs them on padded batches (``masked_torch.analysis.data``), records per-channel
-statistics over the valid positions (``masked_torch.analysis.record``) and compares every image in its batch with the same
-image run alone (``masked_torch.analysis.run``). Writes, under ``--out``:
+(``python visualize_activations_2d.py`` in a clone is the same command.) Builds the conv / pconv / mconv
+variants of one plain model (:mod:`~masked_torch.analysis.models`, identical weights), streams the images
+(:mod:`~masked_torch.analysis.loader`), records per-channel statistics over the valid positions and compares
+every image in its batch with the same image run alone (:mod:`~masked_torch.analysis.run`). Writes, under
+``--out``, the parquet files and figures of :func:`~masked_torch.analysis.run.write_outputs`.
 
-* ``activation_stats.parquet``    -- one row per (stack, layer, channel); settings as JSON in the schema
-  metadata (key ``masked_torch.settings``) and as columns;
-* ``padding_sensitivity.parquet`` -- one row per (stack, reference, layer, image): relative error batch vs alone;
-* ``figures/activation_maps.png``, ``figures/channel_stats.png``, ``figures/padding_sensitivity.png``.
-
-Bad flags or unusable images: exit status 2 and one line on stderr. Files are replaced atomically, so an
-interrupted run (exit status 130) keeps the previous results.
+Bad flags, a missing extra or unusable images: exit status 2 and one line on stderr. Files are replaced
+atomically, so an interrupted run (exit status 130) keeps the previous results.
 """
 from __future__ import annotations
 
@@ -68,6 +65,18 @@ def _positive(name: str):
     return parse
 
 
+def _count(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {text!r}")
+        return value
+    return parse
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -91,7 +100,15 @@ def _stacks(text: str) -> tuple[str, ...]:
     return names
 
 
-PROG = "visualize_activations_2d.py"
+def _program_name() -> str:
+    """How the user called the command (for usage lines): the console script, ``python -m`` or the script."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name == "__main__.py":
+        return "python -m masked_torch.analysis"
+    return name if name in ("masked-torch-activations", "visualize_activations_2d.py") else "visualize_activations_2d.py"
+
+
+PROG = _program_name()
 
 _USAGE = f"""%(prog)s [options]
        {PROG} sweep [sweep options]
@@ -116,13 +133,14 @@ Exit status 2 with one line on stderr for a bad flag or unusable images; 130 whe
 _SWEEP_DESCRIPTION = f"""\
 Run many configurations (a grid of settings) in worker processes into one tidy parquet.
 A setting is an option of a single run ({PROG} --help),
-without the dashes and with _ for -: data, depth, num_images, batch_size, seed, bias, activation,
-init, max_side, normalize, device, threads, and stacks (names joined by +: stacks=conv+mconv)."""
+without the dashes and with _ for -: model, weights, data, depth, num_images, batch_size,
+bucket, mask, seed, bias, activation, init, max_side, normalize, workers, strict, device,
+threads, and stacks (names joined by +: stacks=conv+mconv)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     # no torch here: --help and bad flags answer at once (the names come from the torch-free masked_torch.analysis.choices)
-    from masked_torch.analysis.choices import ACTIVATION_NAMES, INITS, NORMALIZE, STACKS
+    from masked_torch.analysis.choices import ACTIVATION_NAMES, INITS, MASKS, MODEL_NAMES, NORMALIZE, STACKS
 
     p = _Parser(
         prog=PROG,
@@ -134,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_argument_group("images")
     data.add_argument("--data", default="photos", metavar="WHAT",
                       help="'synthetic' (N(0,1) noise of random sizes), 'photos' (bundled scikit-image/matplotlib "
-                           "photos) or a folder (or file) of your own images")
+                           "photos) or a folder (read recursively, e.g. class sub-folders) or file of your own "
+                           "images")
     data.add_argument("--num-images", type=_positive("--num-images"), default=None, metavar="N",
                       help="images to use (default: every photo / every image in the folder; 8 synthetic)")
     data.add_argument("--max-side", type=_positive("--max-side"), default=256, metavar="PIXELS",
@@ -143,14 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
                       help="standardise each image on its own, all images with one per-channel mean/std, or not")
     data.add_argument("--batch-size", type=_positive("--batch-size"), default=4, metavar="N",
                       help="images per padded batch")
+    data.add_argument("--bucket", action="store_true",
+                      help="batch images of similar size together (less padding) instead of in file order")
+    data.add_argument("--mask", choices=MASKS, default="padding",
+                      help="padding: every image valid everywhere, only the batch padding masked; holes: also "
+                           "seeded free-form holes inside each image (inpainting)")
+    data.add_argument("--workers", type=_count("--workers"), default=0, metavar="N",
+                      help="DataLoader worker processes that decode images (0: decode in the main process)")
+    data.add_argument("--strict", action="store_true",
+                      help="an unreadable image file is an error (exit 2) instead of a warning and a skip")
 
-    net = p.add_argument_group("stacks")
+    net = p.add_argument_group("network")
+    net.add_argument("--model", choices=MODEL_NAMES, default="stack",
+                     help="the plain network: stack (the seed's unshuffle + conv levels), resnet18 (a ResNet-18 "
+                          "classifier) or unet (a U-Net); its conv / pconv / mconv variants share its weights")
+    net.add_argument("--weights", default=None, metavar="PATH",
+                     help="a checkpoint (state_dict) for the plain model, loaded strict (default: seeded init)")
     net.add_argument("--preset", choices=("seed",), default=None,
                      help="seed: the seed README's experiment exactly (one 256x256 N(0,1) image with the seed's "
                           "3-channel mask with holes, depth 8, no bias, no activation, torch.manual_seed(1337)); "
                           "it fixes the image and stack options, --out, --stacks, --dpi, --device, --threads apply")
     net.add_argument("--depth", type=_positive("--depth"), default=4, metavar="N",
-                     help="number of unshuffle + conv levels")
+                     help="levels of the stack or the U-Net (the ResNet has its fixed 5)")
     net.add_argument("--stacks", type=_stacks, default=",".join(STACKS), metavar="NAMES",
                      help=f"comma-separated stacks to run, a subset of {','.join(STACKS)}")
     bias = net.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True)
@@ -235,6 +268,29 @@ def sweep_main(argv) -> int:
     return 1 if result.failed else 0
 
 
+def _one_line_warnings(prog: str) -> None:
+    """A skipped image file is one line on stderr (``prog: warning: skipped image PATH: reason``), not the
+    two lines (source file and line) of Python's default warning format."""
+    import warnings
+
+    from masked_torch.analysis.data import SkippedImageWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SkippedImageWarning):
+            print(f"{prog}: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
+def _error(prog: str, message: str) -> int:
+    print(f"{prog}: error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
     start = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -242,8 +298,30 @@ def main(argv=None) -> int:
         return sweep_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    prog = parser.prog
     if args.data not in ("synthetic", "photos") and not os.path.exists(os.path.expanduser(args.data)):
         parser.error(f"--data: {args.data!r} is not 'synthetic', 'photos' or an existing folder or image file")
+    if args.weights is not None and not os.path.isfile(os.path.expanduser(args.weights)):
+        parser.error(f"--weights: no such file {args.weights!r}")
+    from masked_torch.analysis.settings import Settings, SettingsError
+
+    try:
+        settings = Settings(
+            model=args.model, weights=None if args.weights is None else os.path.expanduser(args.weights),
+            data=os.path.expanduser(args.data) if args.data not in ("synthetic", "photos") else args.data,
+            depth=args.depth, num_images=args.num_images, batch_size=args.batch_size, bucket=args.bucket,
+            mask=args.mask, seed=args.seed, bias=args.bias, activation=args.activation, init=args.init,
+            stacks=args.stacks, max_side=args.max_side, normalize=args.normalize, figure_image=args.figure_image,
+            workers=args.workers, strict=args.strict, threads=args.threads, device=args.device,
+        )
+    except SettingsError as exc:
+        parser.error(str(exc))
+    from masked_torch.analysis._extras import MissingExtraError, require
+
+    try:
+        require("pandas", "pyarrow", "matplotlib", "seaborn", "tqdm", "skimage")
+    except MissingExtraError as exc:
+        return _error(prog, str(exc))
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -252,7 +330,7 @@ def main(argv=None) -> int:
 
     from masked_torch.analysis.data import DataError
     from masked_torch.analysis.distributed import init_from_env, shutdown
-    from masked_torch.analysis.run import Settings, run_experiment, write_outputs
+    from masked_torch.analysis.run import run_experiment, write_outputs
     from masked_torch.analysis.seed import run_seed, seed_settings
 
     try:
@@ -266,19 +344,11 @@ def main(argv=None) -> int:
         parser.error("--device: under torchrun give 'cuda' without an index; each process takes the GPU of its "
                      "LOCAL_RANK")
     rank, world = init_from_env(args.device)
+    _one_line_warnings(prog)
     if device.type == "cuda" and world > 1:
-        args.device = f"cuda:{torch.cuda.current_device()}"
-
-    settings = Settings(
-        data=os.path.expanduser(args.data) if args.data not in ("synthetic", "photos") else args.data,
-        depth=args.depth, num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
-        bias=args.bias, activation=args.activation, init=args.init, stacks=args.stacks,
-        max_side=args.max_side, normalize=args.normalize, figure_image=args.figure_image, threads=args.threads,
-        device=args.device,
-    )
+        settings = settings.replace(device=f"cuda:{torch.cuda.current_device()}")
     if args.preset == "seed":
-        settings = seed_settings(stacks=args.stacks, threads=args.threads, device=args.device)
-    prog = parser.prog
+        settings = seed_settings(stacks=args.stacks, threads=args.threads, device=settings.device)
     try:
         if args.preset == "seed":
             results = run_seed(settings)
@@ -287,20 +357,22 @@ def main(argv=None) -> int:
         # rank 0 writes the parquet files and the figures; the other ranks write nothing
         written = write_outputs(results, args.out, dpi=args.dpi) if rank == 0 else []
         shutdown()
-    except DataError as exc:
-        print(f"{prog}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
+    except (DataError, SettingsError) as exc:
+        return _error(prog, str(exc))
     except OSError as exc:
-        print(f"{prog}: error: cannot write to {args.out}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return _error(prog, f"cannot write to {args.out}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; files already in {args.out} were left as they were", file=sys.stderr)
         return 130
     if not args.quiet and rank == 0:
         total = time.perf_counter() - start
         procs = f", {world} processes" if world > 1 else ""
-        print(f"{len(results.images)} images, depth {settings.depth}, stacks {','.join(settings.stacks)}{procs}: "
-              f"experiment {results.seconds:.1f} s, total {total:.1f} s")
+        skipped = f", {len(results.skipped)} unreadable file(s) skipped" if results.skipped else ""
+        padding = ("" if results.padding_fraction is None
+                   else f", {100 * results.padding_fraction:.1f}% of the batch canvases is padding"
+                        f"{' (bucketed)' if settings.bucket else ''}")
+        print(f"{results.num_images} images{skipped}{padding}; model {settings.model}, stacks "
+              f"{','.join(settings.stacks)}{procs}: experiment {results.seconds:.1f} s, total {total:.1f} s")
         for path in written:
             print(f"  wrote {path} ({os.path.getsize(path) / 1024:.0f} KB)")
     return 0

@@ -125,7 +125,8 @@ class PaddingPass:
                                            f"in the batch but {tuple(ref.shape)} alone")
                     rel_error, max_abs_error = _errors(got, ref)
                     self.rows.append(dict(
-                        stack=s, reference=ref_name, layer=layer, image=name, rel_error=rel_error,
+                        stack=s, reference=ref_name, layer=layer, image=name, batch=batch.batch_index,
+                        rel_error=rel_error,
                         max_abs_error=max_abs_error, padded=padded, h=size[0], w=size[1],
                         batch_h=canvas[0], batch_w=canvas[1], alone_h=alone_canvas[0], alone_w=alone_canvas[1],
                         pad_fraction=1.0 - size[0] * size[1] / (canvas[0] * canvas[1]),
@@ -169,7 +170,7 @@ class ImageStatsPass:
                 mean_a, var_a, _ = _valid_moments(aout[0], None if amask is None else amask[0],
                                                   region(aout[0], size, alone_canvas))
                 self.rows.append(dict(
-                    stack=s, layer=layer, image=name, pad_fraction=pad_fraction, h=size[0], w=size[1],
+                    stack=s, layer=layer, image=name, batch=batch.batch_index, pad_fraction=pad_fraction, h=size[0], w=size[1],
                     batch_h=canvas[0], batch_w=canvas[1], count=n, mean=mean, var=var, mean_alone=mean_a,
                     var_alone=var_a, rel_var=(var / var_a if var_a > 0 else (1.0 if var == 0 else float("inf"))),
                 ))
@@ -180,17 +181,14 @@ class ImageStatsPass:
 
 def map_layers(table: pd.DataFrame, model: str, limit: int = 8) -> list[str]:
     """The layers figure 1 shows: for the stack every conv and activation (one column per level); for other
-    models the last layer at each resolution level along the forward order (the U-Net's way down and up),
-    at most ``limit``, evenly thinned."""
-    table = table.sort_values("order")
+    models each resolution level's output along the forward order (the U-Net's way down and up), at most
+    ``limit`` (:func:`masked_torch.analysis.plot.level_outputs`)."""
     if model == "stack":
+        table = table.sort_values("order")
         return list(table.loc[table["kind"].isin(("conv", "act")), "layer"])
-    spatial = table[table["depth"].notna()]
-    runs = spatial["depth"].ne(spatial["depth"].shift(-1))
-    picked = list(spatial.loc[runs, "layer"])
-    if len(picked) > limit:
-        picked = [picked[round(i * (len(picked) - 1) / (limit - 1))] for i in range(limit)]
-    return picked
+    from .plot import level_outputs
+
+    return level_outputs(table, max_layers=limit)
 
 
 def display_rgb(x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

@@ -14,7 +14,7 @@
   update_mask=False)``, as in the suite), mconv (``MaskedConv2d``), all from one plain stack by
   :func:`masked_torch.nn.convert`, so with identical weights.
 
-Statistics are taken by :class:`masked_torch.analysis.record.ActivationRecorder` over the positions of each stack's *own*
+Statistics are taken by :class:`~masked_torch.analysis.recorder.ActivationRecorder` over the positions of each stack's *own*
 output mask, as in the default run. Unlike the default run these are not the same positions in every stack:
 with a per-channel mask, mconv's output mask is per channel (an output channel is valid where its window saw a
 valid input in any channel), while conv and pconv carry a 1-channel mask; the ``count`` column says how many
@@ -30,8 +30,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-
-from masked_torch.nn import convert
 
 from .choices import STACKS
 
@@ -91,18 +89,9 @@ def build_seed_plain(depth: int = DEPTH, *, seed: int = SEED, size: int = SIZE) 
         torch.random.set_rng_state(state)
 
 
-def build_seed_stacks(plain: nn.Module, stacks=STACKS) -> "OrderedDict[str, nn.Module]":
-    kinds = {
-        "conv": lambda: convert(plain, "plain"),
-        "pconv": lambda: convert(plain, "partial", update_mask=False, multichannel=True),
-        "mconv": lambda: convert(plain, "masked"),
-    }
-    return OrderedDict((name, kinds[name]().eval()) for name in stacks)
-
-
 def seed_settings(stacks=STACKS, threads=None, device: str = "cpu"):
-    """The :class:`masked_torch.analysis.run.Settings` that describe the preset (kept with its results)."""
-    from .run import Settings
+    """The :class:`~masked_torch.analysis.settings.Settings` that describe the preset (kept with its results)."""
+    from .settings import Settings
 
     return Settings(data="seed", depth=DEPTH, num_images=1, batch_size=1, seed=SEED, bias=False,
                     activation="none", init="default", stacks=tuple(stacks), max_side=SIZE, normalize="none",
@@ -110,9 +99,9 @@ def seed_settings(stacks=STACKS, threads=None, device: str = "cpu"):
 
 
 def run_seed(settings=None, *, progress: bool = False):
-    """Run the preset; returns :class:`masked_torch.analysis.run.Results` with the stats frame (one row per stack, layer,
-    channel, as in the default run), the figure maps, and an empty padding frame. The caller's global torch RNG
-    state is left as it was."""
+    """Run the preset; returns :class:`~masked_torch.analysis.run.Results` with the stats frame (one row per
+    stack, layer, channel, as in the default run), the figure maps, and an empty padding frame. The caller's
+    global torch RNG state is left as it was."""
     state = torch.random.get_rng_state()  # convert() draws fresh layers' init: leave the caller's stream alone
     try:
         return _run_seed(settings)
@@ -121,8 +110,10 @@ def run_seed(settings=None, *, progress: bool = False):
 
 
 def _run_seed(settings):
-    from .record import ActivationRecorder
-    from .run import Results, _display_rgb, _maps_rows, capture_outputs, level_outputs, stats_frame
+    from .models import build_variants, layer_table
+    from .passes import MapsPass, capture_outputs, display_rgb
+    from .recorder import ActivationRecorder
+    from .run import Results, recorded_layers, stats_frame
 
     start = time.perf_counter()
     settings = settings or seed_settings()
@@ -130,20 +121,34 @@ def _run_seed(settings):
     device = torch.device(settings.device)
     plain, x = build_seed_plain(settings.depth, seed=settings.seed, size=SIZE)
     mask = seed_mask(SIZE)
-    models = {s: m.to(device) for s, m in build_seed_stacks(plain, settings.stacks).items()}
+    models = {s: m.to(device) for s, m in build_variants(plain, settings.stacks).items()}
     xm, mask = (x * mask).to(device), mask.to(device)
-    frames, maps_rows = [], []
+    names = recorded_layers(next(iter(models.values())))
+    table = layer_table(plain, x)
+    table = table[table["layer"].isin(names)]
+    frames, outputs = [], {}
     with torch.no_grad():
         for s, model in models.items():
-            rec = ActivationRecorder(model, compile=False)
-            with capture_outputs(model, level_outputs(model)) as store, rec:
+            rec = ActivationRecorder(model, names)
+            with capture_outputs(model, names) as store, rec:
                 model(xm, mask)
+            outputs[s] = store
             f = rec.to_frame()
             f.insert(0, "stack", s)
             frames.append(f)
-            maps_rows += _maps_rows(s, store, 0, "seed_noise", (SIZE, SIZE), (SIZE, SIZE))
-    stats = stats_frame(frames, settings)
-    rgb = _display_rgb(xm[0], (SIZE, SIZE))
-    return Results(settings=settings, stats=stats, padding=pd.DataFrame(), maps=pd.DataFrame(maps_rows), rgb=rgb,
-                   images=[dict(name="seed_noise", h=SIZE, w=SIZE)], seconds=time.perf_counter() - start,
-                   preset="seed")
+    maps = MapsPass(list(models), names, "seed_noise")
+    maps.add(_OneImage(xm, mask), outputs)
+    stats = stats_frame(pd.concat(frames, ignore_index=True), settings, table)
+    maps_frame = maps.frame()
+    for col in ("order", "depth", "kind", "block"):
+        maps_frame[col] = maps_frame["layer"].map(table.set_index("layer")[col])
+    return Results(settings=settings, stats=stats, padding=pd.DataFrame(), maps=maps_frame,
+                   rgb=display_rgb(xm[0], (SIZE, SIZE)), images=[dict(name="seed_noise", h=SIZE, w=SIZE)],
+                   num_images=1, seconds=time.perf_counter() - start, preset="seed")
+
+
+class _OneImage:
+    """The preset's single image as a one-image batch for :class:`~masked_torch.analysis.passes.MapsPass`."""
+
+    def __init__(self, x, mask):
+        self.x, self.mask, self.names, self.sizes = x, mask, ["seed_noise"], [(SIZE, SIZE)]

@@ -31,14 +31,16 @@ import os
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 
-from .run import Settings, run_experiment, write_parquet_atomic
+from .files import write_parquet_atomic
+from .run import run_experiment
+from .settings import Settings, SettingsError
 
 __all__ = ["SweepError", "SweepResult", "load_grid", "parse_vary", "expand_grid", "config_id", "run_sweep"]
 
@@ -48,36 +50,6 @@ PADDING_FILE = "sweep_padding.parquet"
 
 class SweepError(ValueError):
     """A grid that cannot be run (unknown setting, bad value, unreadable file)."""
-
-
-_FIELDS = {f.name: f for f in fields(Settings)}
-_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
-
-
-def _coerce(name: str, value):
-    """A grid value as the type of the Settings field ``name``."""
-    if name not in _FIELDS:
-        raise SweepError(f"unknown setting {name!r} in the grid; settings are: {', '.join(sorted(_FIELDS))}")
-    default = _FIELDS[name].default
-    if name == "stacks":
-        items = value.split("+") if isinstance(value, str) else list(value)
-        return tuple(items)
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
-            return _BOOL_WORDS[value.lower()]
-        raise SweepError(f"setting {name!r} takes true/false, got {value!r}")
-    if isinstance(default, int) or name in ("num_images", "max_side", "threads"):
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            return None
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise SweepError(f"setting {name!r} takes an integer, got {value!r}")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise SweepError(f"setting {name!r} takes an integer, got {value!r}") from None
-    return None if isinstance(value, str) and value.lower() == "none" and default is None else value
 
 
 def load_grid(path) -> tuple[dict, dict]:
@@ -110,41 +82,22 @@ def parse_vary(items: Iterable[str]) -> dict:
 
 
 def expand_grid(grid: dict, fixed: Optional[dict] = None) -> list[Settings]:
-    """Every combination of ``grid`` (in the order given), each with ``fixed`` on top of the defaults."""
-    fixed = {k: _coerce(k, v) for k, v in (fixed or {}).items()}
+    """Every combination of ``grid`` (in the order given), each with ``fixed`` on top of the defaults; values
+    may be text (``--vary``/``--set``) or typed (TOML). Each configuration is checked once, as it is made."""
+    fixed = dict(fixed or {})
     names = list(grid)
-    values = [[_coerce(n, v) for v in grid[n]] for n in names]
-    for n, vs in zip(names, values):
-        if not vs:
+    for n in names:
+        if not grid[n]:
             raise SweepError(f"setting {n!r} has no values in the grid")
     both = set(names) & set(fixed)
     if both:
         raise SweepError(f"settings {sorted(both)} are both in the grid and fixed")
-    out = []
-    for combo in itertools.product(*values):
-        try:
-            settings = Settings(**fixed, **dict(zip(names, combo)))
-        except TypeError as exc:
-            raise SweepError(str(exc)) from None
-        _check_choices(settings)
-        out.append(settings)
-    return out
-
-
-def _check_choices(settings: Settings) -> None:
-    """Values with a fixed set of choices, checked before any worker starts."""
-    from .choices import ACTIVATION_NAMES, INITS, NORMALIZE, STACKS
-
-    for name, allowed in (("activation", ACTIVATION_NAMES), ("init", INITS), ("normalize", NORMALIZE)):
-        if getattr(settings, name) not in allowed:
-            raise SweepError(f"setting {name!r} must be one of {sorted(allowed)}, got {getattr(settings, name)!r}")
-    bad = [s for s in settings.stacks if s not in STACKS]
-    if bad or not settings.stacks:
-        raise SweepError(f"setting 'stacks' takes names from {list(STACKS)} joined by '+', got {settings.stacks!r}")
-    for name in ("depth", "batch_size", "num_images", "max_side", "threads"):
-        value = getattr(settings, name)
-        if value is not None and value < 1:
-            raise SweepError(f"setting {name!r} must be a positive integer, got {value!r}")
+    try:
+        base = Settings.from_text(fixed)
+        return [Settings.from_text(dict(zip(names, combo)), base)
+                for combo in itertools.product(*(grid[n] for n in names))]
+    except SettingsError as exc:
+        raise SweepError(str(exc)) from None
 
 
 def config_id(settings: Settings) -> str:
@@ -157,7 +110,7 @@ def _setting_columns(frame: pd.DataFrame, settings: Settings, cid: str) -> pd.Da
     """One column per setting; the network's ``depth`` setting is ``net_depth`` (``depth`` is the layer's)."""
     frame = frame.copy()
     for key, value in settings.to_dict().items():
-        if key in ("threads", "figure_image"):
+        if key in ("threads", "figure_image", "workers"):
             continue
         value = "+".join(value) if isinstance(value, list) else value
         frame["net_depth" if key == "depth" else key] = value
@@ -186,7 +139,7 @@ def _run_one(settings: Settings, runs: str, threads: int) -> dict:
     error_file = runs / f"{cid}.error.json"
     start = time.perf_counter()
     try:
-        settings = Settings(**{**settings.to_dict(), "stacks": tuple(settings.stacks), "threads": threads})
+        settings = settings.replace(threads=threads)
         results = run_experiment(settings, progress=False)
         meta = {"settings": settings.to_dict(), "config": cid}
         write_parquet_atomic(_setting_columns(results.padding, settings, cid), runs / f"{cid}.padding.parquet", meta)

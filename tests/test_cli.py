@@ -124,14 +124,35 @@ def test_bad_flags_in_process(argv, needle, capsys, tmp_path):
     assert len(err) == 1 and needle in err[0]
 
 
-def test_unreadable_image_folder_exits_2_naming_the_file(tmp_path):
+def _folder_with_a_broken_file(tmp_path):
     folder = tmp_path / "imgs"
-    folder.mkdir()
+    (folder / "cats").mkdir(parents=True)
     from PIL import Image
 
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(folder / "ok.png")
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg at all")
-    proc = _run("--out", str(tmp_path / "out"), "--data", str(folder), "--depth", "2", timeout=120)
+    Image.fromarray(np.full((24, 17), 200, np.uint8)).save(folder / "cats" / "grey.png")
+    (folder / "cats" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg at all")
+    return folder
+
+
+@pytest.mark.parametrize("normalize", ["image", "dataset"])
+def test_an_unreadable_image_is_skipped_with_one_warning_line_and_counted(tmp_path, normalize):
+    folder = _folder_with_a_broken_file(tmp_path)
+    proc = _run("--out", str(tmp_path / "out"), "--data", str(folder), "--depth", "2", "--normalize", normalize,
+                timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warned = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "cats/broken.jpg" in warned[0] and "Traceback" not in proc.stderr
+    assert "2 images, 1 unreadable file(s) skipped" in proc.stdout
+    meta = read_settings(tmp_path / "out" / STATS_FILE)
+    assert [s["name"] for s in meta["skipped"]] == ["cats/broken.jpg"]
+    assert sorted(im["name"] for im in meta["images"]) == ["cats/grey.png", "ok.png"]  # read recursively
+    assert 0 < meta["padding_fraction"] < 1
+
+
+def test_strict_makes_an_unreadable_image_exit_2_naming_the_file(tmp_path):
+    folder = _folder_with_a_broken_file(tmp_path)
+    proc = _run("--out", str(tmp_path / "out"), "--data", str(folder), "--depth", "2", "--strict", timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "broken.jpg" in lines[0] and "Traceback" not in proc.stderr
@@ -319,14 +340,14 @@ def test_interrupt_between_files_leaves_only_complete_files(tmp_path, monkeypatc
                                  progress=False)
     run_mod.write_outputs(res, tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    real = run_mod._write_parquet
+    real = run_mod.write_parquet
 
     def stop_at_padding(frame, path, metadata=None):
         if PADDING_FILE in Path(path).name:
             raise KeyboardInterrupt
         return real(frame, path, metadata)
 
-    monkeypatch.setattr(run_mod, "_write_parquet", stop_at_padding)
+    monkeypatch.setattr(run_mod, "write_parquet", stop_at_padding)
     with pytest.raises(KeyboardInterrupt):
         run_mod.write_outputs(res, tmp_path)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

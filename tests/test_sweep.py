@@ -30,7 +30,7 @@ def test_grid_file_and_vary(tmp_path):
 @pytest.mark.parametrize("grid, match", [
     ({"colour": ["red"]}, "unknown setting 'colour'"),
     ({"depth": ["deep"]}, "integer"),
-    ({"bias": ["maybe"]}, "true/false"),
+    ({"bias": ["maybe"]}, "true or false"),
     ({"depth": []}, "no values"),
 ])
 def test_bad_grids(grid, match):
