@@ -19,14 +19,21 @@ $(STAMP): requirements.txt pyproject.toml
 test: setup
 	$(PY) -m pytest
 
+# The default run (results/), then the other runs the README shows: the seed's experiment, a ResNet-18 and a
+# U-Net on the same photos, and the stack with free-form holes in every image.
 figures: setup
 	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results
+	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results/seed --preset seed --quiet
+	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results/resnet18 --model resnet18 --quiet
+	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results/unet --model unet --quiet
+	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results/holes --mask holes --quiet
 
 bench: setup
 	$(PY) benchmarks/layers.py
 	$(PY) benchmarks/models.py
 	$(PY) benchmarks/recorder.py
 	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/streaming.py
 
 # JupyterLab (pinned in requirements.txt) on the notebooks; more flags: make lab LAB_ARGS="--no-browser --port 8890".
 # Jupyter refuses to run as root unless told: as root (a container), --allow-root is added.

@@ -172,6 +172,8 @@ def _eager_per_sample(x: Tensor, mask: Optional[Tensor], shift: Tensor, workspac
     torch.sum(torch.ne(xz, 0, out=d), dim=2, out=out[4])
     if mask is not None:
         torch.sum(valid, dim=2, out=out[5, :, :mask.shape[1]])
+    if mask is None or mask.shape[1] < c:
+        out[5, :, 0 if mask is None else mask.shape[1]:] = 0  # unused rows: defined, not uninitialised memory
     return out
 
 
