@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test figures bench lab clean
+.PHONY: setup test figures notebooks bench lab clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ figures: setup
 	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results/resnet18 --model resnet18 --quiet
 	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results/unet --model unet --quiet
 	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results/holes --mask holes --quiet
+
+# Re-run both notebooks and save them with their (small) outputs, e.g. after make figures.
+notebooks: setup
+	$(PY) notebooks/refresh.py
 
 bench: setup
 	$(PY) benchmarks/layers.py

@@ -38,10 +38,7 @@ from .choices import INITS
 from .data import DataError
 from .stacks import ACTIVATIONS, build_plain, build_variants
 
-try:  # record.py is being split; the layer selection moves to its own file
-    from .selection import select_layers
-except ImportError:  # pragma: no cover - before the split
-    from .record import select_layers
+from .selection import select_layers
 
 __all__ = ["MODEL_NAMES", "build_model", "build_variants", "canvas_multiple", "load_weights", "layer_table",
            "LAYER_TABLE_COLUMNS", "module_kind", "default_block", "ResNet", "BasicBlock", "UNet", "resnet18", "unet"]

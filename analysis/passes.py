@@ -179,7 +179,7 @@ class ImageStatsPass:
         return pd.DataFrame(self.rows)
 
 
-def map_layers(table: pd.DataFrame, model: str, limit: int = 8) -> list[str]:
+def map_layers(table: pd.DataFrame, model: str, limit: int = 6) -> list[str]:
     """The layers figure 1 shows: for the stack every conv and activation (one column per level); for other
     models each resolution level's output along the forward order (the U-Net's way down and up), at most
     ``limit`` (:func:`masked_torch.analysis.plot.level_outputs`)."""

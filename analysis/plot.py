@@ -43,7 +43,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Normalize, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatterSciNotation, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, LogFormatterSciNotation, NullLocator
 
 __all__ = ["plot_activation_maps", "plot_channel_stats", "plot_channel_stats_by_layer", "plot_padding_sensitivity",
            "plot_stats_vs_padding", "STACK_ORDER", "STACK_COLORS", "STACK_LABELS", "FLOAT32_EPS", "level_layers",
@@ -434,8 +434,10 @@ def plot_activation_maps(maps: pd.DataFrame, rgb: Optional[np.ndarray] = None, *
             m = col.loc[col["stack"] == s, "map"].iloc[0]
             im = ax.imshow(m, cmap=cmap, norm=norm, interpolation="nearest")
             boundary(ax, d)
-        fig.colorbar(im, ax=list(axes[1:, j]), location="bottom", shrink=0.9, aspect=18, pad=0.01,
-                     label=f"channel mean, depth {d}" if chain else "channel mean", extend="both")
+        bar = fig.colorbar(im, ax=list(axes[1:, j]), location="bottom", shrink=0.9, aspect=18, pad=0.01,
+                           label=f"channel mean, depth {d}" if chain else "channel mean", extend="both")
+        bar.ax.xaxis.set_major_locator(MaxNLocator(3))  # few ticks: tick labels of narrow columns never collide
+        bar.ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
     for i, s in enumerate(stacks, start=1):
         ax = axes[i, 0]
         ax.axis("off")

@@ -266,7 +266,7 @@ def test_recorder_hooks_stay_eager_when_the_compiler_loads_later():
         "from collections import OrderedDict\n"
         "import torch\n"
         "from torch import nn\n"
-        "from masked_torch.analysis.record import ActivationRecorder\n"
+        "from masked_torch.analysis.recorder import ActivationRecorder\n"
         "assert 'torch._dynamo' not in sys.modules\n"
         "model = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3, padding=1), relu=nn.ReLU()))\n"
         "with ActivationRecorder(model, compile=False) as rec:\n"

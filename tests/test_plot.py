@@ -33,7 +33,7 @@ def model_frames(name, *, n_images=4, max_side=40, batch_size=2, seed=0, **build
 
     from masked_torch.analysis.data import load_images
     from masked_torch.analysis.models import build_model, build_variants, canvas_multiple, layer_table
-    from masked_torch.analysis.record import ActivationRecorder
+    from masked_torch.analysis.recorder import ActivationRecorder
     from masked_torch.utils import pad_batch
 
     images = load_images("synthetic", num_images=n_images, max_side=max_side, seed=seed, normalize="image")
