@@ -100,10 +100,10 @@ def plan_batches(sizes: Sequence[tuple[int, int]], batch_size: int, *, bucket: b
                  seed: int = 0, skip: Sequence[int] = ()) -> list[list[int]]:
     """The batches of a run, as lists of image indices, from the images' ``(h, w)`` alone.
 
-    Without ``bucket``: consecutive images in index order. With ``bucket``: the images sorted by height (then
-    width, then index) are cut into ``round(sqrt(number of batches))`` strips of whole batches, each strip is
-    sorted by width (then height, then index) and cut into batches, and the batches are shuffled with
-    ``seed``. Only the last batch (before the shuffle) may be smaller. Indices in ``skip`` are left out."""
+    Without ``bucket``: consecutive images in index order. With ``bucket``: the images sorted by one side
+    (height, or width; then the other side, then index) are cut into 1 or ``round(sqrt(number of batches))``
+    strips of whole batches, each strip is sorted by the other side and cut into batches; of these four plans
+    and the file order, the one with the least padding is taken, and its batches are shuffled with ``seed``. Only the last batch (before the shuffle) may be smaller. Indices in ``skip`` are left out."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     left_out = set(skip)
@@ -113,13 +113,23 @@ def plan_batches(sizes: Sequence[tuple[int, int]], batch_size: int, *, bucket: b
     n_batches = math.ceil(len(order) / batch_size)
     if n_batches == 0:
         return []
-    strips = max(1, round(math.sqrt(n_batches)))
-    strip_len = batch_size * math.ceil(n_batches / strips)
-    by_height = sorted(order, key=lambda i: (sizes[i][0], sizes[i][1], i))
-    arranged = []
-    for s in range(0, len(by_height), strip_len):
-        arranged += sorted(by_height[s:s + strip_len], key=lambda i: (sizes[i][1], sizes[i][0], i))
-    plan = [arranged[s:s + batch_size] for s in range(0, len(arranged), batch_size)]
+    def cut(arranged: list[int]) -> list[list[int]]:
+        return [arranged[s:s + batch_size] for s in range(0, len(arranged), batch_size)]
+
+    def strips_of(first: int, then: int, strips: int) -> list[list[int]]:
+        """Sorted by one side into ``strips`` strips of whole batches, each strip sorted by the other side."""
+        strip_len = batch_size * math.ceil(n_batches / strips)
+        by_first = sorted(order, key=lambda i: (sizes[i][first], sizes[i][then], i))
+        arranged = []
+        for s in range(0, len(by_first), strip_len):
+            arranged += sorted(by_first[s:s + strip_len], key=lambda i: (sizes[i][then], sizes[i][first], i))
+        return cut(arranged)
+
+    # candidates: strips (by height then width, and the transpose) for 1 (one side sorted) up to
+    # sqrt(batches) strips; the plan with the least padding wins (ties: the first), all from sizes alone
+    candidates = [strips_of(first, 1 - first, k) for k in sorted({1, max(1, round(math.sqrt(n_batches)))})
+                  for first in (0, 1)] + [cut(order)]  # file order too: bucketing never pads more
+    plan = min(candidates, key=lambda p: padding_fraction(p, sizes, 1))
     shuffle = np.random.default_rng(seed).permutation(len(plan))
     return [plan[j] for j in shuffle]
 

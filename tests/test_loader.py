@@ -213,3 +213,19 @@ def test_crop_alone_equals_padding_the_image_alone(tmp_path):
             assert torch.equal(old.x, x) and torch.equal(old.mask, mask)
         with pytest.raises(ValueError, match="larger than the batch canvas"):
             crop_alone(b, 0, 64)
+
+
+def test_bucketing_never_pads_more_than_file_order():
+    """On random size mixes (tall, wide and square images), the bucketed plan pads at most as much as the
+    plan in file order, and every image is planned exactly once."""
+    from masked_torch.analysis.loader import padding_fraction, plan_batches
+
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        n = int(rng.integers(5, 60))
+        sizes = [(int(rng.integers(16, 300)), int(rng.integers(16, 300))) for _ in range(n)]
+        for batch_size in (2, 4, 8):
+            plain = plan_batches(sizes, batch_size)
+            bucketed = plan_batches(sizes, batch_size, bucket=True, seed=trial)
+            assert sorted(i for b in bucketed for i in b) == list(range(n))
+            assert padding_fraction(bucketed, sizes, 1) <= padding_fraction(plain, sizes, 1) + 1e-12
