@@ -245,10 +245,8 @@ def test_layer_table_of_the_stack_depth_is_the_level_number():
 
 def test_layer_table_of_resnet18_goes_down_five_levels_and_the_fc_has_no_depth():
     model = _small("resnet18")
-    try:
-        from masked_torch.analysis.selection import default_selection
-    except ImportError:
-        from masked_torch.analysis.selection import default_selection
+    from masked_torch.analysis.selection import default_selection
+
     with_fc = lambda name, module: isinstance(module, nn.Linear) or default_selection(name, module)  # noqa: E731
     table = M.layer_table(model, torch.zeros(1, 3, 64, 64), include=with_fc)
     assert len(table) == 57 + 1  # stem 3, 8 blocks x 6, 3 downsample x 2, fc
