@@ -53,38 +53,23 @@ def _terminal_width() -> int:
     return shutil.get_terminal_size((100, 24)).columns - 2
 
 
+def _integer(name: str, minimum: int):
+    """An argparse type: an integer of at least ``minimum`` (1: positive, 0: non-negative)."""
+    what = "a positive integer" if minimum == 1 else "a non-negative integer"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}")
+        return value
+    return parse
+
+
 def _positive(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}")
-        return value
-    return parse
-
-
-def _count(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {text!r}")
-        return value
-    return parse
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text!r}")
-    return value
+    return _integer(name, 1)
 
 
 def _stacks(text: str) -> tuple[str, ...]:
@@ -167,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--mask", choices=MASKS, default="padding",
                       help="padding: every image valid everywhere, only the batch padding masked; holes: also "
                            "seeded free-form holes inside each image (inpainting)")
-    data.add_argument("--workers", type=_count("--workers"), default=0, metavar="N",
+    data.add_argument("--workers", type=_integer("--workers", 0), default=0, metavar="N",
                       help="DataLoader worker processes that decode images (0: decode in the main process)")
     data.add_argument("--strict", action="store_true",
                       help="an unreadable image file is an error (exit 2) instead of a warning and a skip")
@@ -192,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--init", choices=INITS, default="default",
                      help="weight init: default = nn.Conv2d's own (the default), kaiming = He normal, "
                           "xavier = Glorot normal")
-    net.add_argument("--seed", type=_seed, default=0, help="seed of the weights and of the synthetic images")
+    net.add_argument("--seed", type=_integer("seed", 0), default=0, help="seed of the weights and of the synthetic images")
 
     out = p.add_argument_group("output")
     out.add_argument("--out", default="results", metavar="DIR", help="output folder (created if missing)")

@@ -102,17 +102,31 @@ class StatsPass:
         return pd.concat(frames, ignore_index=True)
 
 
-class PaddingPass:
-    """Batch vs alone: the relative error of each image's region, per stack, reference and layer."""
+class _PerImagePass:
+    """A pass with one group of rows per image of a batch, compared with the image alone."""
 
     def __init__(self, stacks: Sequence[str], layers: Sequence[str]) -> None:
         self.stacks, self.layers = list(stacks), list(layers)
         self.rows: list[dict] = []
 
+    @staticmethod
+    def image(batch, k: int, alone) -> tuple[dict, tuple, tuple]:
+        """The columns every row of image ``k`` carries, its batch canvas and its canvas alone."""
+        (h, w), canvas, alone_canvas = batch.sizes[k], tuple(batch.x.shape[-2:]), tuple(alone.x.shape[-2:])
+        cols = dict(image=batch.names[k], batch=batch.batch_index, h=h, w=w, batch_h=canvas[0], batch_w=canvas[1],
+                    pad_fraction=1.0 - h * w / (canvas[0] * canvas[1]))
+        return cols, canvas, alone_canvas
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+
+class PaddingPass(_PerImagePass):
+    """Batch vs alone: the relative error of each image's region, per stack, reference and layer."""
+
     def add(self, batch, k: int, alone, batch_out: dict, alone_out: dict) -> None:
-        size, name = batch.sizes[k], batch.names[k]
-        canvas, alone_canvas = tuple(batch.x.shape[-2:]), tuple(alone.x.shape[-2:])
-        padded = canvas != alone_canvas
+        cols, canvas, alone_canvas = self.image(batch, k, alone)
+        size = batch.sizes[k]
         for layer in self.layers:
             for s in self.stacks:
                 out = batch_out[s][layer][0][k]
@@ -121,19 +135,12 @@ class PaddingPass:
                     ref_out = alone_out[ref_key][layer][0][0]
                     ref = ref_out[region(ref_out, size, alone_canvas)]
                     if ref.shape != got.shape:  # an op whose output size is not proportional to the canvas
-                        raise RuntimeError(f"layer {layer!r}: the region of image {name!r} is {tuple(got.shape)} "
-                                           f"in the batch but {tuple(ref.shape)} alone")
+                        raise RuntimeError(f"layer {layer!r}: the region of image {cols['image']!r} is "
+                                           f"{tuple(got.shape)} in the batch but {tuple(ref.shape)} alone")
                     rel_error, max_abs_error = _errors(got, ref)
-                    self.rows.append(dict(
-                        stack=s, reference=ref_name, layer=layer, image=name, batch=batch.batch_index,
-                        rel_error=rel_error,
-                        max_abs_error=max_abs_error, padded=padded, h=size[0], w=size[1],
-                        batch_h=canvas[0], batch_w=canvas[1], alone_h=alone_canvas[0], alone_w=alone_canvas[1],
-                        pad_fraction=1.0 - size[0] * size[1] / (canvas[0] * canvas[1]),
-                    ))
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
+                    self.rows.append(dict(stack=s, reference=ref_name, layer=layer, **cols, rel_error=rel_error,
+                                          max_abs_error=max_abs_error, padded=canvas != alone_canvas,
+                                          alone_h=alone_canvas[0], alone_w=alone_canvas[1]))
 
 
 def _valid_moments(out: torch.Tensor, mask: Optional[torch.Tensor], index) -> tuple[float, float, int]:
@@ -150,17 +157,12 @@ def _valid_moments(out: torch.Tensor, mask: Optional[torch.Tensor], index) -> tu
     return mean, float(((x - mean) ** 2).mean()), n
 
 
-class ImageStatsPass:
+class ImageStatsPass(_PerImagePass):
     """Per image: a layer's mean and variance in the batch and alone, against the padded share of its canvas."""
 
-    def __init__(self, stacks: Sequence[str], layers: Sequence[str]) -> None:
-        self.stacks, self.layers = list(stacks), list(layers)
-        self.rows: list[dict] = []
-
     def add(self, batch, k: int, alone, batch_out: dict, alone_out: dict) -> None:
-        size, name = batch.sizes[k], batch.names[k]
-        canvas, alone_canvas = tuple(batch.x.shape[-2:]), tuple(alone.x.shape[-2:])
-        pad_fraction = 1.0 - size[0] * size[1] / (canvas[0] * canvas[1])
+        cols, canvas, alone_canvas = self.image(batch, k, alone)
+        size = batch.sizes[k]
         for s in self.stacks:
             for layer in self.layers:
                 out, mask = batch_out[s][layer]
@@ -170,13 +172,8 @@ class ImageStatsPass:
                 mean_a, var_a, _ = _valid_moments(aout[0], None if amask is None else amask[0],
                                                   region(aout[0], size, alone_canvas))
                 self.rows.append(dict(
-                    stack=s, layer=layer, image=name, batch=batch.batch_index, pad_fraction=pad_fraction, h=size[0], w=size[1],
-                    batch_h=canvas[0], batch_w=canvas[1], count=n, mean=mean, var=var, mean_alone=mean_a,
-                    var_alone=var_a, rel_var=(var / var_a if var_a > 0 else (1.0 if var == 0 else float("inf"))),
-                ))
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
+                    stack=s, layer=layer, **cols, count=n, mean=mean, var=var, mean_alone=mean_a, var_alone=var_a,
+                    rel_var=(var / var_a if var_a > 0 else (1.0 if var == 0 else float("inf")))))
 
 
 def map_layers(table: pd.DataFrame, model: str, limit: int = 6) -> list[str]:
