@@ -97,7 +97,7 @@ PROG = _program_name()
 
 _USAGE = f"""%(prog)s [options]
        {PROG} sweep [sweep options]
-       torchrun --nproc-per-node N {PROG} [options]"""
+       torchrun --nproc-per-node N {PROG.replace("python -m", "-m")} [options]"""
 
 _EPILOG = f"""\
 subcommand:
@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
         usage=_USAGE,
-        description="Activation statistics of conv / pconv / mconv stacks on padded batches of images.",
+        description="Activation statistics of the conv / pconv / mconv variants of a network\n"
+                    "on padded batches of differently sized images.",
         epilog=_EPILOG,
         formatter_class=_HelpFormatter,
     )
