@@ -272,6 +272,10 @@ def _one_line_warnings(prog: str) -> None:
     warnings.showwarning = show
 
 
+_PRESET_FIXES = ("data", "num_images", "max_side", "normalize", "batch_size", "bucket", "mask", "workers", "strict",
+                 "model", "weights", "depth", "bias", "activation", "init", "seed", "figure_image")
+
+
 def _error(prog: str, message: str) -> int:
     print(f"{prog}: error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr)
     return 2
@@ -289,6 +293,11 @@ def main(argv=None) -> int:
         parser.error(f"--data: {args.data!r} is not 'synthetic', 'photos' or an existing folder or image file")
     if args.weights is not None and not os.path.isfile(os.path.expanduser(args.weights)):
         parser.error(f"--weights: no such file {args.weights!r}")
+    if args.preset is not None:  # the preset fixes these: a flag that would be ignored is refused instead
+        fixed = [a.option_strings[0] for a in parser._actions if a.dest in _PRESET_FIXES
+                 and getattr(args, a.dest) != a.default]
+        if fixed:
+            parser.error(f"--preset {args.preset} fixes the images and the network; drop {', '.join(fixed)}")
     from masked_torch.analysis.settings import Settings, SettingsError
 
     try:

@@ -156,3 +156,12 @@ def test_cli_preset_seed(tmp_path):
     assert (tmp_path / "figures" / "channel_stats.png").exists()
     assert (tmp_path / "figures" / "activation_maps.png").exists()
     assert not (tmp_path / PADDING_FILE).exists()  # one image, no batch: no padding frame
+
+
+def test_preset_refuses_flags_it_would_ignore(tmp_path):
+    from masked_torch.analysis import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--preset", "seed", "--model", "unet", "--mask", "holes", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert not any(tmp_path.iterdir())
