@@ -40,7 +40,8 @@ from .stacks import ACTIVATIONS, build_plain, build_variants
 
 from .selection import select_layers
 
-__all__ = ["MODEL_NAMES", "build_model", "build_variants", "canvas_multiple", "load_weights", "layer_table",
+__all__ = ["MODEL_NAMES", "build_model", "build_variants", "canvas_multiple", "reference_multiple", "load_weights",
+           "layer_table",
            "LAYER_TABLE_COLUMNS", "module_kind", "default_block", "ResNet", "BasicBlock", "UNet", "resnet18", "unet"]
 
 #: The models :func:`build_model` offers (the first is the default).
@@ -237,6 +238,14 @@ def canvas_multiple(name: str, depth: int = 4) -> int:
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     return 2**depth
+
+
+def reference_multiple(name: str, depth: int = 4) -> int:
+    """What the plain model's canvas must be a multiple of to run at all: 1 for the ResNet-18 (it runs on an
+    image of any size, so its reference run is on the image exactly, no padding), :func:`canvas_multiple`
+    for the stack and the U-Net (unshuffle and the skips need it: their reference carries that rounding
+    padding)."""
+    return 1 if name == "resnet18" else canvas_multiple(name, depth)
 
 
 def build_model(name: str = "stack", *, depth: int = 4, bias: bool = True, activation: str = "relu",

@@ -111,10 +111,14 @@ class _PerImagePass:
 
     @staticmethod
     def image(batch, k: int, alone) -> tuple[dict, tuple, tuple]:
-        """The columns every row of image ``k`` carries, its batch canvas and its canvas alone."""
+        """The columns every row of image ``k`` carries, its batch canvas and its canvas alone.
+        ``pad_fraction``: the share of its batch canvas that is padding; ``extra_pad_fraction``: the share that
+        the batch adds to the image's own canvas alone (0 where the batch pads it no further)."""
         (h, w), canvas, alone_canvas = batch.sizes[k], tuple(batch.x.shape[-2:]), tuple(alone.x.shape[-2:])
+        area = canvas[0] * canvas[1]
         cols = dict(image=batch.names[k], batch=batch.batch_index, h=h, w=w, batch_h=canvas[0], batch_w=canvas[1],
-                    pad_fraction=1.0 - h * w / (canvas[0] * canvas[1]))
+                    pad_fraction=1.0 - h * w / area,
+                    extra_pad_fraction=1.0 - alone_canvas[0] * alone_canvas[1] / area)
         return cols, canvas, alone_canvas
 
     def frame(self) -> pd.DataFrame:
@@ -124,23 +128,26 @@ class _PerImagePass:
 class PaddingPass(_PerImagePass):
     """Batch vs alone: the relative error of each image's region, per stack, reference and layer."""
 
-    def add(self, batch, k: int, alone, batch_out: dict, alone_out: dict) -> None:
+    def add(self, batch, k: int, alone, ref, batch_out: dict, alone_out: dict) -> None:
+        """``alone``: the image alone as the stacks ran it; ``ref``: as the reference (``conv_alone``) ran it."""
         cols, canvas, alone_canvas = self.image(batch, k, alone)
         size = batch.sizes[k]
+        canvases = {"alone": alone_canvas, REFERENCE: tuple(ref.x.shape[-2:])}
         for layer in self.layers:
             for s in self.stacks:
                 out = batch_out[s][layer][0][k]
                 got = out[region(out, size, canvas)]
                 for ref_name, ref_key in (("alone", s), (REFERENCE, REFERENCE)):
                     ref_out = alone_out[ref_key][layer][0][0]
-                    ref = ref_out[region(ref_out, size, alone_canvas)]
-                    if ref.shape != got.shape:  # an op whose output size is not proportional to the canvas
+                    ref_canvas = canvases[ref_name]
+                    expected = ref_out[region(ref_out, size, ref_canvas)]
+                    if expected.shape != got.shape:  # an op whose output size is not proportional to the canvas
                         raise RuntimeError(f"layer {layer!r}: the region of image {cols['image']!r} is "
-                                           f"{tuple(got.shape)} in the batch but {tuple(ref.shape)} alone")
-                    rel_error, max_abs_error = _errors(got, ref)
+                                           f"{tuple(got.shape)} in the batch but {tuple(expected.shape)} alone")
+                    rel_error, max_abs_error = _errors(got, expected)
                     self.rows.append(dict(stack=s, reference=ref_name, layer=layer, **cols, rel_error=rel_error,
                                           max_abs_error=max_abs_error, padded=canvas != alone_canvas,
-                                          alone_h=alone_canvas[0], alone_w=alone_canvas[1]))
+                                          alone_h=ref_canvas[0], alone_w=ref_canvas[1]))
 
 
 def _valid_moments(out: torch.Tensor, mask: Optional[torch.Tensor], index) -> tuple[float, float, int]:
@@ -157,10 +164,20 @@ def _valid_moments(out: torch.Tensor, mask: Optional[torch.Tensor], index) -> tu
     return mean, float(((x - mean) ** 2).mean()), n
 
 
-class ImageStatsPass(_PerImagePass):
-    """Per image: a layer's mean and variance in the batch and alone, against the padded share of its canvas."""
+def _ratio(var: float, var_alone: float) -> float:
+    """``var / var_alone``; 1 where both are 0, NaN where either is undefined (no valid position)."""
+    if math.isnan(var) or math.isnan(var_alone):
+        return float("nan")
+    if var_alone == 0:
+        return 1.0 if var == 0 else float("inf")
+    return var / var_alone
 
-    def add(self, batch, k: int, alone, batch_out: dict, alone_out: dict) -> None:
+
+class ImageStatsPass(_PerImagePass):
+    """Per image: a layer's mean and variance in the batch and alone (the same stack), against the padded
+    share of its canvas."""
+
+    def add(self, batch, k: int, alone, ref, batch_out: dict, alone_out: dict) -> None:
         cols, canvas, alone_canvas = self.image(batch, k, alone)
         size = batch.sizes[k]
         for s in self.stacks:
@@ -173,7 +190,7 @@ class ImageStatsPass(_PerImagePass):
                                                   region(aout[0], size, alone_canvas))
                 self.rows.append(dict(
                     stack=s, layer=layer, **cols, count=n, mean=mean, var=var, mean_alone=mean_a, var_alone=var_a,
-                    rel_var=(var / var_a if var_a > 0 else (1.0 if var == 0 else float("inf")))))
+                    rel_var=_ratio(var, var_a)))
 
 
 def map_layers(table: pd.DataFrame, model: str, limit: int = 6) -> list[str]:

@@ -36,7 +36,7 @@ from .files import (FIGURES, IMAGE_STATS_FILE, METADATA_KEY, PADDING_FILE, STATS
                     write_parquet, write_parquet_atomic)
 from .loader import crop_alone, make_loader
 from .masks import apply_holes
-from .models import build_model, build_variants, canvas_multiple, layer_table
+from .models import build_model, build_variants, canvas_multiple, layer_table, reference_multiple
 from .passes import (REFERENCE, ImageStatsPass, MapsPass, PaddingPass, StatsPass, capture_outputs, map_layers)
 from .selection import select_layers
 from .settings import Settings, SettingsError
@@ -117,6 +117,7 @@ def run_experiment(settings: Settings, *, progress: bool = True) -> Results:
     plain = build_model(settings.model, depth=settings.depth, bias=settings.bias, activation=settings.activation,
                         init=settings.init, seed=settings.seed, weights=settings.weights)
     multiple = canvas_multiple(settings.model, settings.depth)
+    ref_multiple = reference_multiple(settings.model, settings.depth)
     models = {s: m.to(device) for s, m in build_variants(plain, ("conv", *[s for s in settings.stacks
                                                                             if s != "conv"])).items()}
     stacks = list(settings.stacks)
@@ -126,6 +127,9 @@ def run_experiment(settings: Settings, *, progress: bool = True) -> Results:
 
     source = open_source(settings.data, num_images=settings.num_images, max_side=settings.max_side,
                          seed=settings.seed, normalize=settings.normalize, strict=settings.strict)
+    if settings.figure_image is not None and settings.figure_image in [
+            source.names[i] for i in source.unreadable]:
+        raise DataError(f"figure image {settings.figure_image!r} cannot be read")
     if settings.figure_image is not None and settings.figure_image not in source.names:
         raise DataError(f"figure image {settings.figure_image!r} is not among the images "
                         f"({', '.join(source.names[:10])}{', ...' if len(source) > 10 else ''})")
@@ -137,6 +141,7 @@ def run_experiment(settings: Settings, *, progress: bool = True) -> Results:
     per_image = ImageStatsPass(stacks, names)
     maps = MapsPass(stacks, map_layers(table, settings.model), settings.figure_image)
     images: list[dict] = []
+    canvas_px = image_px = 0  # over the batches that ran: the run's padding fraction
     bar = None
     if progress:  # imported only then: tqdm.auto warns in a notebook without ipywidgets
         from tqdm.auto import tqdm
@@ -149,17 +154,20 @@ def run_experiment(settings: Settings, *, progress: bool = True) -> Results:
                 mask = apply_holes(mask, batch.sizes, batch.index, seed=settings.seed)
                 x = x * mask
             batch = dataclasses.replace(batch, x=x, mask=mask)
+            canvas_px += x.shape[0] * x.shape[-2] * x.shape[-1]
+            image_px += sum(h * w for h, w in batch.sizes)
             batch_out = {s: _forward(models[s], x, mask, names, stats.recorder(s)) for s in stacks}
             maps.add(batch, batch_out)
             for k in range(len(batch.names)):
-                alone = crop_alone(batch, k, multiple)
-                alone_out = {REFERENCE: _forward(models["conv"], alone.x, alone.mask, names,
-                                                 stats.recorder(REFERENCE))}
+                alone = crop_alone(batch, k, multiple)  # what each stack sees of the image alone
+                # the unmodified model on the image alone: exactly the image where the model runs at any size
+                ref = alone if ref_multiple == multiple else crop_alone(batch, k, ref_multiple)
+                alone_out = {REFERENCE: _forward(models["conv"], ref.x, ref.mask, names, stats.recorder(REFERENCE))}
                 for s in stacks:
-                    alone_out[s] = (alone_out[REFERENCE] if s == "conv"
+                    alone_out[s] = (alone_out[REFERENCE] if s == "conv" and ref is alone
                                     else _forward(models[s], alone.x, alone.mask, names))
-                padding.add(batch, k, alone, batch_out, alone_out)
-                per_image.add(batch, k, alone, batch_out, alone_out)
+                padding.add(batch, k, alone, ref, batch_out, alone_out)
+                per_image.add(batch, k, alone, ref, batch_out, alone_out)
                 images.append(dict(name=batch.names[k], h=batch.sizes[k][0], w=batch.sizes[k][1],
                                    batch=batch.batch_index))
             if bar is not None:
@@ -168,7 +176,7 @@ def run_experiment(settings: Settings, *, progress: bool = True) -> Results:
     if bar is not None:
         bar.close()
 
-    parts = [(padding.rows, per_image.rows, maps.rows, maps.rgb, images, loader.skipped)]
+    parts = [(padding.rows, per_image.rows, maps.rows, maps.rgb, images, loader.skipped, canvas_px, image_px)]
     if world > 1:
         stats.reduce()
         parts = gather_objects(parts[0])
@@ -181,6 +189,9 @@ def run_experiment(settings: Settings, *, progress: bool = True) -> Results:
     maps_rows, rgb = next(((p[2], p[3]) for p in parts if p[2]), ([], None))
     images = sorted((im for p in parts for im in p[4]), key=lambda im: im["batch"])
     skipped = sorted({sk for p in parts for sk in p[5]})
+    canvas_px, image_px = sum(p[6] for p in parts), sum(p[7] for p in parts)
+    if not maps_rows:  # the figure image was in no batch that ran (it failed to decode)
+        raise DataError(f"figure image {settings.figure_image!r} could not be decoded; no activation maps")
     return Results(
         settings=settings,
         stats=stats_frame(stats.frame(), settings, table),
@@ -191,7 +202,7 @@ def run_experiment(settings: Settings, *, progress: bool = True) -> Results:
         images=images[:_MAX_LISTED_IMAGES],
         num_images=len(images),
         skipped=[dict(name=n, reason=r) for n, r in skipped],
-        padding_fraction=loader.padding_fraction(),
+        padding_fraction=1.0 - image_px / canvas_px if canvas_px else None,
         seconds=time.perf_counter() - start,
     )
 

@@ -48,6 +48,9 @@ STATS_FILE = "sweep_stats.parquet"
 PADDING_FILE = "sweep_padding.parquet"
 
 
+_NOT_IN_RESULTS = ("threads", "workers", "figure_image", "device")  # how a run is computed, not what
+
+
 class SweepError(ValueError):
     """A grid that cannot be run (unknown setting, bad value, unreadable file)."""
 
@@ -89,6 +92,10 @@ def expand_grid(grid: dict, fixed: Optional[dict] = None) -> list[Settings]:
     for n in names:
         if not grid[n]:
             raise SweepError(f"setting {n!r} has no values in the grid")
+    inert = [n for n in names if n in _NOT_IN_RESULTS and len(grid[n]) > 1]
+    if inert:
+        raise SweepError(f"settings {inert} do not change the results (the sweep writes no figures); "
+                         f"give them with --set, not --vary")
     both = set(names) & set(fixed)
     if both:
         raise SweepError(f"settings {sorted(both)} are both in the grid and fixed")
@@ -110,7 +117,7 @@ def _setting_columns(frame: pd.DataFrame, settings: Settings, cid: str) -> pd.Da
     """One column per setting; the network's ``depth`` setting is ``net_depth`` (``depth`` is the layer's)."""
     frame = frame.copy()
     for key, value in settings.to_dict().items():
-        if key in ("threads", "figure_image", "workers"):
+        if key in _NOT_IN_RESULTS:
             continue
         value = "+".join(value) if isinstance(value, list) else value
         frame["net_depth" if key == "depth" else key] = value

@@ -149,3 +149,40 @@ def test_cli_bad_model_and_mask_are_flag_errors():
         proc = _cli("--out", "/tmp/never", *args)
         assert proc.returncode == 2
         assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr
+
+
+def test_masked_resnet_in_a_padded_batch_is_the_plain_resnet_on_each_image_exactly(resnet_run):
+    """The ResNet runs at any size, so conv_alone is the plain model on each image at its exact size (no
+    rounding padding): mconv in the padded batch gives that, at every layer, to float32 rounding."""
+    pad = resnet_run.padding
+    ref = pad[(pad["reference"] == "conv_alone")]
+    assert ((ref["alone_h"] == ref["h"]) & (ref["alone_w"] == ref["w"])).all()
+    assert ref.loc[ref["stack"] == "mconv", "rel_error"].max() < 1e-5
+    assert ref.loc[ref["stack"] == "conv", "rel_error"].max() > 1e-3  # the plain model does see the padding
+    stats = resnet_run.stats.set_index(["stack", "layer", "channel"]).sort_index()
+    np.testing.assert_allclose(stats.loc["mconv", "var"], stats.loc["conv_alone", "var"], rtol=1e-4, atol=1e-7)
+
+
+def test_run_padding_fraction_is_over_the_batches_that_ran(resnet_run):
+    img = resnet_run.image_stats.drop_duplicates("image")
+    expected = 1 - (img["h"] * img["w"]).sum() / (img["batch_h"] * img["batch_w"]).sum()
+    assert resnet_run.padding_fraction == pytest.approx(expected)
+    assert ((img["extra_pad_fraction"] <= img["pad_fraction"]) & (img["extra_pad_fraction"] >= 0)).all()
+
+
+def test_variance_ratio_of_an_empty_region_is_nan_not_inf():
+    from masked_torch.analysis.passes import _ratio
+
+    assert math.isnan(_ratio(float("nan"), float("nan"))) and _ratio(0.0, 0.0) == 1.0
+    assert _ratio(2.0, 0.0) == float("inf") and _ratio(3.0, 1.5) == 2.0
+
+
+def test_an_unreadable_figure_image_is_a_one_line_error(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(folder / "ok.png")
+    (folder / "bad.png").write_bytes(b"not a png")
+    proc = _cli("--out", str(tmp_path / "out"), "--data", str(folder), "--depth", "1", "--figure-image", "bad.png")
+    assert proc.returncode == 2 and "bad.png" in proc.stderr and "Traceback" not in proc.stderr

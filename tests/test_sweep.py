@@ -118,3 +118,9 @@ def test_a_worker_that_dies_is_reported_and_the_others_kept(tmp_path, monkeypatc
     result = run_sweep(configs, tmp_path, jobs=2, progress=False)
     assert len(result.failed) == 1 and "worker process died" in result.failed[0]["error"]
     assert len(result.ran) == 1 and (tmp_path / "sweep_stats.parquet").exists()
+
+
+def test_a_setting_that_does_not_change_results_cannot_be_varied():
+    with pytest.raises(SweepError, match="do not change the results"):
+        expand_grid({"workers": ["0", "2"]})
+    assert expand_grid({"depth": ["2"]}, {"workers": "2"})[0].workers == 2  # fixed is fine
