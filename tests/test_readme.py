@@ -32,3 +32,16 @@ def test_readme_names_the_two_commands_and_embeds_existing_figures():
     assert "make test" in text and "make figures" in text
     for image in re.findall(r"\((results/[^)]+\.png)\)", text):
         assert (README.parent / image).exists(), image
+
+
+def test_readme_keeps_its_sections():
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    for wanted in ("## Two commands", "### Installing into your own environment", "## Any CNN on a padded batch",
+                   "## The layers", "## Performance", "## The activation-statistics suite",
+                   "### What the figures show", "### The seed's experiment", "### Any model: a ResNet-18 and a U-Net",
+                   "### Your own images, streamed", "### Masks with holes",
+                   "## Several processes, several machines, many configurations", "## Licence and citation"):
+        assert wanted in headings, wanted
+    for name in ("make test", "make figures", "pip install", "masked-torch-activations", "--model", "--bucket"):
+        assert name in text, name
