@@ -144,7 +144,8 @@ def exact_sums(x: Tensor, mask: Optional[Tensor], shift: Tensor, count_dtype: to
     return torch.stack([t.to(ACC) for t in (count, d.sum(dim=(0, 2)), (d * d).sum(dim=(0, 2)), lo, hi, nonzero)])
 
 
-def _eager_per_sample(x: Tensor, mask: Optional[Tensor], shift: Tensor, workspace: Workspace) -> Tensor:
+def _eager_per_sample(x: Tensor, mask: Optional[Tensor], shift: Tensor, workspace: Workspace,
+                      zeroed: bool = False) -> Tensor:
     """Per sample and channel ``(6, N, C)`` in ``x``'s dtype: sum of ``x - shift`` and of its square, min,
     max, number of non-zero values and of kept positions, from cheap vectorised passes (``shift``
     ``(1, C, 1)`` in ``x``'s dtype).
@@ -162,7 +163,10 @@ def _eager_per_sample(x: Tensor, mask: Optional[Tensor], shift: Tensor, workspac
     else:
         d, xz, valid = workspace.take([tuple(x.shape), tuple(x.shape), tuple(mask.shape)], x)
         torch.ne(mask, 0, out=valid)  # 1.0 where kept (NaN counts as kept, as in exact_sums)
-        torch.mul(x, valid, out=xz)  # x where kept, 0 elsewhere
+        if zeroed:  # a masked module's output: already exactly 0 where its mask is 0
+            xz = x
+        else:
+            torch.mul(x, valid, out=xz)  # x where kept, 0 elsewhere
         torch.addcmul(xz, valid, shift, value=-1, out=d)  # x - shift where kept, 0 elsewhere
     out = torch.empty((6, n, c), dtype=x.dtype, device=x.device)
     torch.sum(d, dim=2, out=out[0])
@@ -281,7 +285,7 @@ def empty_sums(channels: int) -> np.ndarray:
 
 
 def shifted_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray, workspace: Optional[Workspace] = None,
-                 *, compiled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 *, compiled: bool = False, zeroed: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel sums of ``x`` (N, C, L) over the positions where ``mask`` (N, 1 or C, L; any dtype;
     ``None``: all) is non-zero, around ``shift`` (C,): ``(sums, shift_used)``, float64 numpy arrays.
 
@@ -289,7 +293,8 @@ def shifted_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray, workspace
     max (``+inf``/``-inf`` in a channel without positions), number of non-zero values: what
     :func:`~masked_torch.analysis.moments.add_shifted_sums` takes. ``shift_used`` is ``shift`` as it was
     subtracted (rounded to ``x``'s dtype on the eager fast path). ``compiled``: the opt-in compiled kernel
-    (see the module docstring).
+    (see the module docstring). ``zeroed``: ``x`` is already exactly 0 wherever ``mask`` is 0 (the output of a
+    masked module), which saves the eager kernel one pass.
     """
     n, c, length = x.shape
     shift = np.asarray(shift, dtype=np.float64)
@@ -306,7 +311,7 @@ def shifted_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray, workspace
     rounded = shift.astype(_NUMPY_DTYPES.get(x.dtype, np.float64))  # the shift actually subtracted ...
     shift_x = torch.from_numpy(rounded).to(device=x.device, dtype=x.dtype).view(1, c, 1)
     shift_used = rounded.astype(np.float64)  # ... and the same value added back
-    per_sample = _eager_per_sample(x, mask, shift_x, workspace if workspace is not None else Workspace())
+    per_sample = _eager_per_sample(x, mask, shift_x, workspace if workspace is not None else Workspace(), zeroed)
     sums = _over_samples(per_sample, mask, length)
     if not np.isfinite(sums).all():
         return _exact_sums(x, mask, shift_used)
@@ -320,25 +325,26 @@ def _exact_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray) -> tuple[n
 
 
 def advance(state: np.ndarray, x: Tensor, mask: Optional[Tensor], workspace: Optional[Workspace] = None,
-            *, compiled: bool = False) -> np.ndarray:
+            *, compiled: bool = False, zeroed: bool = False) -> np.ndarray:
     """A packed state (:func:`~masked_torch.analysis.moments.add_shifted_sums`) plus the positions of one batch
     (``x`` (N, C, L), ``mask`` (N, 1 or C, L) or ``None``), reduced around the running mean (one pass): for
     a state whose every channel has positions."""
-    sums, shift = shifted_sums(x, mask, state[1], workspace, compiled=compiled)
+    sums, shift = shifted_sums(x, mask, state[1], workspace, compiled=compiled, zeroed=zeroed)
     return add_shifted_sums(state, shift, sums)
 
 
 def first_moments(state: Optional[np.ndarray], x: Tensor, mask: Optional[Tensor],
-                  workspace: Optional[Workspace] = None, *, compiled: bool = False) -> np.ndarray:
+                  workspace: Optional[Workspace] = None, *, compiled: bool = False,
+                  zeroed: bool = False) -> np.ndarray:
     """:func:`advance` for a state without a reference mean in some channel (``None``: the first batch; or
     channels without any kept position yet): those channels are shifted by the batch's own mean, which
     takes an extra pass."""
     empty = empty_state(x.shape[1])
-    batch_mean = advance(empty, x, mask, workspace, compiled=compiled)[1]
+    batch_mean = advance(empty, x, mask, workspace, compiled=compiled, zeroed=zeroed)[1]
     if state is None:
         state = empty
     shift = np.where(state[0] > 0, state[1], batch_mean)
-    sums, shift = shifted_sums(x, mask, shift, workspace, compiled=compiled)
+    sums, shift = shifted_sums(x, mask, shift, workspace, compiled=compiled, zeroed=zeroed)
     return add_shifted_sums(state, shift, sums)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from masked_torch.nn import MaskedModule
+from masked_torch.nn import MaskedModule, Unmasked
 
 from .distributed import reduce_moments
 from .kernels import Workspace, advance, as_ncl, first_moments
@@ -128,6 +128,9 @@ class ActivationRecorder:
 
     def _make_hook(self, name: str, module: nn.Module):
         masked = isinstance(module, MaskedModule)
+        # a masked module's output is exactly 0 where its output mask is 0 (the project's invariant); the
+        # plain baseline (Unmasked) writes into the padding
+        zeroed = masked and not isinstance(module, Unmasked)
         where = f"ActivationRecorder[{name!r} ({type(module).__name__})]"
 
         @_not_traced
@@ -141,33 +144,33 @@ class ActivationRecorder:
                     f"{where}: expected a tensor or an (output, mask) pair, got {type(output).__name__}; "
                     f"leave this layer out of include"
                 )
-            self._update(name, out, mask, where)
+            self._update(name, out, mask, where, zeroed)
 
         return hook
 
     def _count_model_call(self, mod, args, output) -> None:
         self._model_calls += 1
 
-    def _update(self, name: str, output: Tensor, mask: Optional[Tensor], where: str) -> None:
+    def _update(self, name: str, output: Tensor, mask: Optional[Tensor], where: str, zeroed: bool = False) -> None:
         x, m = as_ncl(output, mask, where)
         if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
             # untracked, in the output's own dtype, one grad/autocast state for the compiled kernel (entered
             # only when needed: cheap)
             with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-                self._accumulate(name, x, m, where)
+                self._accumulate(name, x, m, where, zeroed)
         else:
-            self._accumulate(name, x, m, where)
+            self._accumulate(name, x, m, where, zeroed)
 
-    def _accumulate(self, name: str, x: Tensor, m: Optional[Tensor], where: str) -> None:
+    def _accumulate(self, name: str, x: Tensor, m: Optional[Tensor], where: str, zeroed: bool = False) -> None:
         c = x.shape[1]
         state = self._state.get(name)
         if state is not None and state.shape[1] != c:
             raise ValueError(f"{where}: output has {c} channels, earlier batches had {state.shape[1]}")
         if name in self._primed:
             # one pass, shifted by the running mean
-            state = advance(state, x, m, self._workspace, compiled=self.compile)
+            state = advance(state, x, m, self._workspace, compiled=self.compile, zeroed=zeroed)
         else:
-            state = first_moments(state, x, m, self._workspace, compiled=self.compile)
+            state = first_moments(state, x, m, self._workspace, compiled=self.compile, zeroed=zeroed)
             if (state[0] > 0).all():
                 self._primed.add(name)
         self._state[name] = state

@@ -557,3 +557,46 @@ def test_statistics_modules_import_one_way_in_any_order():
     assert alone["record"] == alone["recorder"] | {"record"}
     assert all(set(r["loaded"][o[-1]]) == alone["recorder"] | {"record"} for o, r in zip(orders, results))
     assert not any(r["dynamo"] for r in results)
+
+
+@pytest.mark.parametrize("channels_in_mask", [1, 5])
+def test_zeroed_kernel_path_equals_the_general_one_on_a_masked_output(channels_in_mask):
+    """A masked module's output is 0 where its mask is 0; the kernel then skips its multiply by the mask and
+    must give the same sums (including min/max when every kept value is positive or negative)."""
+    import numpy as np
+
+    from masked_torch.analysis.kernels import shifted_sums
+
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(3, channels_in_mask, 50, generator=g) > 0.4).float()
+    for offset in (0.0, 5.0, -5.0):  # all-positive / all-negative kept values: the 0s of the padding must not win
+        x = (torch.randn(3, 5, 50, generator=g) + offset) * mask
+        shift = np.full(5, offset / 2)
+        general, _ = shifted_sums(x, mask, shift)
+        fast, _ = shifted_sums(x, mask, shift, zeroed=True)
+        np.testing.assert_allclose(fast, general, rtol=1e-6, atol=1e-5)
+
+
+def test_the_recorder_takes_the_zeroed_path_only_for_masked_modules():
+    from masked_torch.nn import Unmasked, convert
+
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    x = torch.randn(2, 3, 8, 8)
+    mask = torch.ones(2, 1, 8, 8)
+    mask[1, :, 5:] = 0
+    frames = {}
+    for kind in ("plain", "masked"):
+        model = convert(plain, kind)
+        with ActivationRecorder(model) as rec, torch.no_grad():
+            model(x, mask)
+        frames[kind] = rec.to_frame()
+    # the plain baseline writes into the padding; its statistics are still over the kept positions only
+    with torch.no_grad():
+        ref = plain(x)
+    kept = ref[0, :, :, :].reshape(4, -1)
+    kept = torch.cat([kept, ref[1, :, :5].reshape(4, -1)], dim=1)
+    got = frames["plain"]
+    relu = got[got["layer"] == "1"].sort_values("channel")
+    np.testing.assert_allclose(relu["mean"].to_numpy(), kept.mean(1).double().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(relu["min"].to_numpy(), kept.amin(1).double().numpy(), rtol=1e-6)
+    assert isinstance(convert(plain, "plain")[0], Unmasked)
