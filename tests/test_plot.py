@@ -332,19 +332,20 @@ def test_padding_sensitivity_hand_made_zeros_and_errors():
         plot.plot_padding_sensitivity(frame.iloc[:0])
 
 
-def test_figures_are_reproducible_and_leave_numpy_rng_alone(tiny):
+def _png(dpi: int, fig) -> bytes:
     import io
 
-    def png(fig):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=50)
-        return buf.getvalue()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
+
+def test_figures_are_reproducible_and_leave_numpy_rng_alone(tiny):
     np.random.seed(123)
     state = np.random.get_state()[1].copy()
-    first = [png(plot.plot_channel_stats(tiny.stats)), png(plot.plot_padding_sensitivity(tiny.padding))]
+    first = [_png(50, plot.plot_channel_stats(tiny.stats)), _png(50, plot.plot_padding_sensitivity(tiny.padding))]
     assert np.array_equal(np.random.get_state()[1], state)
-    second = [png(plot.plot_channel_stats(tiny.stats)), png(plot.plot_padding_sensitivity(tiny.padding))]
+    second = [_png(50, plot.plot_channel_stats(tiny.stats)), _png(50, plot.plot_padding_sensitivity(tiny.padding))]
     assert first == second
 
 
@@ -602,15 +603,8 @@ def test_activation_maps_of_a_unet_one_column_per_level_output(unet):
 
 
 def test_new_figures_are_reproducible_and_leave_numpy_rng_alone(resnet):
-    import io
-
-    def png(fig):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=40)
-        return buf.getvalue()
-
     np.random.seed(7)
     state = np.random.get_state()[1].copy()
-    first = [png(plot.plot_padding_sensitivity(resnet[2])), png(plot.plot_stats_vs_padding(resnet[1]))]
+    first = [_png(40, plot.plot_padding_sensitivity(resnet[2])), _png(40, plot.plot_stats_vs_padding(resnet[1]))]
     assert np.array_equal(np.random.get_state()[1], state)
-    assert first == [png(plot.plot_padding_sensitivity(resnet[2])), png(plot.plot_stats_vs_padding(resnet[1]))]
+    assert first == [_png(40, plot.plot_padding_sensitivity(resnet[2])), _png(40, plot.plot_stats_vs_padding(resnet[1]))]
