@@ -945,25 +945,24 @@ class _Rewriter:
             b.get("bias"), b.get("training", False), b.get("momentum", 0.1), b.get("eps", 1e-5), name=self.label(node))
         return _Val(value, x.mask, True, True)
 
-    def fn_cat(self, node, env, args, kwargs, nd):
-        b = self.bind(node, "cat", args, kwargs)
+    def tensor_list(self, node, env) -> tuple[list, list]:
+        """The cleaned values and the masks (``None`` where unmasked) of a cat/stack's literal tensor list."""
         tensors = node.args[0] if node.args else node.kwargs["tensors"]
         if not isinstance(tensors, (list, tuple)):
             self.fail(node, "needs a literal list of tensors")
         vals = [env[t] if isinstance(t, fx.Node) else _Val(t) for t in tensors]
-        values = [self.clean(v) for v in vals]
-        masks = [v.mask if v.masked else None for v in vals]
+        return [self.clean(v) for v in vals], [v.mask if v.masked else None for v in vals]
+
+    def fn_cat(self, node, env, args, kwargs, nd):
+        b = self.bind(node, "cat", args, kwargs)
+        values, masks = self.tensor_list(node, env)
         t = self.call(MF.masked_cat, values, masks, b.get("dim", 0), zero=not self.plain, name=self.label(node))
         return _Val(self.get(0, t), self.get(1, t), True, True)
 
     def fn_stack(self, node, env, args, kwargs, nd):
         b = self.bind(node, "stack", args, kwargs)
-        tensors = node.args[0] if node.args else node.kwargs["tensors"]
-        if not isinstance(tensors, (list, tuple)):
-            self.fail(node, "needs a literal list of tensors")
-        vals = [env[t] if isinstance(t, fx.Node) else _Val(t) for t in tensors]
-        masks = [v.mask if v.masked else None for v in vals]
-        t = self.call(MF.masked_stack, [self.clean(v) for v in vals], masks, b.get("dim", 0), zero=not self.plain,
+        values, masks = self.tensor_list(node, env)
+        t = self.call(MF.masked_stack, values, masks, b.get("dim", 0), zero=not self.plain,
                       name=self.label(node))
         return _Val(self.get(0, t), self.get(1, t), True, True)
 
