@@ -843,6 +843,9 @@ def masked_stack(tensors: Sequence[Tensor], masks: Sequence[Optional[Tensor]], d
     """``torch.stack``: the masks stack along the new dim (one mask of size 1 there when they agree), as in
     :func:`masked_cat`."""
     d = dim % (tensors[0].dim() + 1)
+    if d == 0 and any(m is not None for m in masks):
+        raise ValueError(f"{name}: stacking masked tensors along dim 0 puts the new dim before the batch dim; "
+                         f"stack along dim 1 or later (e.g. torch.stack(xs, 1).sum(1))")
     return masked_cat([t.unsqueeze(d) for t in tensors], [None if m is None else m.unsqueeze(d) for m in masks], d,
                       zero=zero, name=name)
 

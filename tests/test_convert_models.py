@@ -507,6 +507,7 @@ def test_untraceable_model_error_names_the_module_that_failed():
     (lambda y: y.var(0, keepdim=True), "over the batch dim"),
     (lambda y: y[0], "on the batch dim"),
     (lambda y: y.chunk(2, dim=-1)[0], "cuts the padded canvas"),
+    (lambda y: torch.stack([y, y], 0).sum(0), "before the batch dim"),
 ])
 def test_ops_that_mix_samples_or_cut_the_canvas_are_refused_when_they_run(op, match):
     masked = mnn.convert(Head(op), "masked")
