@@ -4,31 +4,37 @@
 position) to, per channel: the number of kept positions (``mask != 0``), the sums of ``x - shift`` and of
 its square, min, max and the number of non-zero values, as one ``(6, C)`` float64 numpy array.
 :func:`advance` adds them to a running state (:func:`~masked_torch.analysis.moments.add_shifted_sums`),
-:func:`first_moments` to a state whose channels have no running mean yet (first batch: an extra pass for the
-batch's own mean); :func:`batch_moments` is the one-call form for a single output.
+:func:`first_moments` to a state whose channels have no running mean yet (the first batch);
+:func:`batch_moments` is the one-call form for a single output.
 
 Two kernels, one result:
 
 * eager (the default, :func:`_eager_per_sample`): vectorised multiply, compare, sum and min/max kernels
-  into reused scratch tensors, in ``x``'s dtype (float32 for half types and integers): about nine passes
-  over an output with a mask, five without (on CPU ``torch.where``, ``aminmax``, ``var_mean`` and fresh
+  into reused scratch tensors, in ``x``'s dtype (float32 for half types and integers): five to seven
+  passes over an output (on CPU ``torch.where``, ``aminmax``, ``var_mean``, ``count_nonzero`` and fresh
   temporaries are several times slower). Sums over each sample's positions in that dtype, then over samples
-  in float64 on the host; the shift is rounded to ``x``'s dtype and that same value is added back.
+  in float64 on the host; the shift is rounded to ``x``'s dtype and that same value is added back. The kept
+  positions of a mask are counted once per mask object (:meth:`Workspace.kept`): an activation after a
+  masked convolution passes the same mask on.
 * exact (:func:`exact_sums`): float64 with ``torch.where``, values under the mask never read. Eagerly it is
   the eager kernel's fall-back when anything is not finite (NaN or Inf anywhere, also under the mask) or a
   sample has 2**24 positions or more. Opt-in (``compiled=True``; the recorder's ``compile=True``) the same
   function runs under ``torch.compile(dynamic=True)``: one fused pass, compiled on first use (seconds, and
-  it imports the compiler), then a few times cheaper per batch than the eager kernel on CPU
-  (``benchmarks/recorder.py``).
+  it imports the compiler); ``benchmarks/recorder.py`` compares the two inside a forward.
 
-Precision, either way: ``x - shift`` is centred (``shift``: the running mean), so ``mean`` and ``var`` keep
-about 1e-7 relative precision (float32 eager; float64 exact) however far the mean is from 0; counts, min,
-max and zeros are exact.
+Reference point and precision: the sums are taken around 0 where that loses little, else around the
+running mean (:func:`advance`). Around 0 saves the eager kernel the pass that subtracts the shift; it is
+taken where every channel's squared mean is at most ``_AROUND_ZERO`` (4) times its variance, judged from the
+running moments and confirmed on the batch's own sums (a batch that fails is reduced again around the
+running mean). Around the running mean ``mean`` and ``var`` keep about 1e-7 relative precision (float32
+eager; float64 exact) however far the mean is from 0; around 0 the float32 sums lose at most a factor
+``1 + _AROUND_ZERO`` of that to cancellation (about 6e-7 at worst). Counts, min, max and zeros are exact.
 """
 from __future__ import annotations
 
 import threading
 import warnings
+import weakref
 from typing import Callable, Optional
 
 import numpy as np
@@ -41,27 +47,35 @@ __all__ = ["Workspace", "as_ncl", "shifted_sums", "exact_sums", "empty_sums", "a
            "batch_moments"]
 
 _MAX_EXACT_F32 = 2**24  # float32 counts and sums of 0/1 are exact below this many positions per sample
+#: Sums are taken around 0 rather than around the running mean where every channel's squared mean is at most
+#: this many times its variance (the mean within 2 standard deviations of 0: a ReLU's output, a convolution
+#: without a large bias): float32 sums of ``x`` and ``x**2`` then keep ``m2`` to within a factor
+#: ``1 + _AROUND_ZERO`` of the centred sums' relative precision (about 6e-7 at worst instead of 1e-7).
+_AROUND_ZERO = 4.0
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 class Workspace:
     """Scratch tensors reused from call to call: fresh multi-megabyte temporaries cost more in page faults
-    than the arithmetic on them. Grows to the largest request; never shrinks until dropped."""
+    than the arithmetic on them. Grows to the largest request; never shrinks until dropped.
+
+    Also remembers the last mask it saw (:func:`as_ncl` with this workspace) and that mask's kept positions
+    (:meth:`kept`): layers that pass their mask on unchanged (an activation after a masked convolution) share
+    one mask object, whose kept positions are then computed once."""
 
     def __init__(self) -> None:
         self._flat: Optional[Tensor] = None
         self._views: tuple = ((), [])  # (key, views) of the last request: the same shapes come back every batch
+        self._alias: tuple = (None, -1, None)  # (weakref to the caller's mask, its version, its (N, C, L) alias)
+        self._kept_key: tuple = (None, -1, None)  # (weakref to the alias, its version, dtype) of _kept
+        self._kept: tuple = ()  # (valid 0/1 (N, Cm, L), kept positions per row (N, Cm)) in that dtype
+        self._kept_flat: Optional[Tensor] = None
 
     def take(self, shapes: list[tuple[int, ...]], like: Tensor) -> list[Tensor]:
         key = (tuple(shapes), like.dtype, like.device)
         if self._views[0] == key:
             return self._views[1]
-        sizes = []
-        for shape in shapes:
-            numel = 1
-            for s in shape:
-                numel *= s
-            sizes.append(numel)
+        sizes = [_numel(shape) for shape in shapes]
         flat = self._flat
         if flat is None or flat.numel() < sum(sizes) or flat.dtype != like.dtype or flat.device != like.device:
             flat = self._flat = torch.empty(sum(sizes), dtype=like.dtype, device=like.device)
@@ -72,10 +86,47 @@ class Workspace:
         self._views = (key, out)
         return out
 
+    def alias(self, mask: Tensor, make: Callable[[], Tensor]) -> Tensor:
+        """``make()``, or the tensor it returned for the same ``mask`` object last time if ``mask`` has not
+        been modified in place since (its version counter)."""
+        ref, version, alias = self._alias
+        if ref is not None and ref() is mask and mask._version == version:
+            return alias
+        alias = make()
+        self._alias = (weakref.ref(mask), mask._version, alias)
+        return alias
 
-def as_ncl(output: Tensor, mask: Optional[Tensor], where: str) -> tuple[Tensor, Optional[Tensor]]:
+    def kept(self, mask: Tensor, dtype: torch.dtype) -> tuple[Tensor, np.ndarray]:
+        """``(valid, counts)`` of a mask ``(N, Cm, L)``: ``valid`` = ``mask != 0`` as 0/1 in ``dtype``,
+        ``counts`` ``(Cm,)`` float64 numpy, the kept positions per channel (summed per sample in ``dtype``:
+        exact below 2**24 positions per sample in float32); computed once per mask object and version (for
+        a mask from :meth:`alias` that means: once per mask of the model)."""
+        ref, version, kept_dtype = self._kept_key
+        if ref is not None and ref() is mask and mask._version == version and kept_dtype == dtype:
+            return self._kept
+        numel = mask.numel()
+        flat = self._kept_flat
+        if flat is None or flat.numel() < numel or flat.dtype != dtype or flat.device != mask.device:
+            flat = self._kept_flat = torch.empty(numel, dtype=dtype, device=mask.device)
+        valid = flat[:numel].view(mask.shape)
+        torch.ne(mask, 0, out=valid)  # 1 where kept (NaN counts as kept, as in exact_sums)
+        self._kept = (valid, valid.sum(dim=2).cpu().numpy().sum(axis=0, dtype=np.float64))
+        self._kept_key = (weakref.ref(mask), mask._version, dtype)
+        return self._kept
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    numel = 1
+    for s in shape:
+        numel *= s
+    return numel
+
+
+def as_ncl(output: Tensor, mask: Optional[Tensor], where: str,
+           workspace: Optional[Workspace] = None) -> tuple[Tensor, Optional[Tensor]]:
     """``(N, C, *S)`` or ``(N, C)`` output and its mask as ``(N, C, L)`` and ``(N, 1 or C, L)``, detached;
-    ``where`` names the caller in errors."""
+    ``where`` names the caller in errors. With a ``workspace``, the same unmodified mask object gives the
+    same ``(N, 1 or C, L)`` tensor as last time (so :meth:`Workspace.kept` computes its kept positions once)."""
     if not isinstance(output, Tensor):
         raise TypeError(f"{where}: expected a tensor output, got {type(output).__name__}")
     if output.dim() < 2:
@@ -98,7 +149,9 @@ def as_ncl(output: Tensor, mask: Optional[Tensor], where: str) -> tuple[Tensor, 
             f"{where}: the output mask of shape {tuple(mask.shape)} does not fit the output of shape "
             f"{tuple(output.shape)}; expected (N, 1 or C, *spatial)"
         )
-    return x, _canonical(mask, n, mask.shape[1])
+    if workspace is None:
+        return x, _canonical(mask, n, mask.shape[1])
+    return x, workspace.alias(mask, lambda: _canonical(mask, n, mask.shape[1]))
 
 
 def _canonical(t: Tensor, n: int, c: int) -> Tensor:
@@ -144,57 +197,58 @@ def exact_sums(x: Tensor, mask: Optional[Tensor], shift: Tensor, count_dtype: to
     return torch.stack([t.to(ACC) for t in (count, d.sum(dim=(0, 2)), (d * d).sum(dim=(0, 2)), lo, hi, nonzero)])
 
 
-def _eager_per_sample(x: Tensor, mask: Optional[Tensor], shift: Tensor, workspace: Workspace,
-                      zeroed: bool = False) -> Tensor:
-    """Per sample and channel ``(6, N, C)`` in ``x``'s dtype: sum of ``x - shift`` and of its square, min,
-    max, number of non-zero values and of kept positions, from cheap vectorised passes (``shift``
-    ``(1, C, 1)`` in ``x``'s dtype).
+def _eager_per_sample(x: Tensor, mask: Optional[Tensor], shift: Optional[Tensor], workspace: Workspace,
+                      zeroed: bool = False) -> tuple[Tensor, Optional[np.ndarray]]:
+    """Per sample and channel ``(5, N, C)`` in ``x``'s dtype: sum of ``x - shift`` and of its square, min,
+    max and number of non-zero values, from cheap vectorised passes (``shift`` ``(1, C, 1)`` in ``x``'s
+    dtype; ``None``: 0, which saves the pass that subtracts it); and the kept positions per mask channel
+    (``(1 or C,)`` float64, :meth:`Workspace.kept`; ``None`` without a mask).
 
     The mask enters as a 0/1 factor: masked positions are 0 in the tensor min, max and the non-zero count are
     taken of, so the count is of kept non-zeros but a min (max) of 0 may come from a masked position
     (:func:`_fix_ambiguous_extrema`); values that are not finite there turn the sums into NaN (caught by
-    the caller). The count row is left unset without a mask, and beyond the mask's channels for a
-    1-channel mask."""
-    n, c, _ = x.shape
+    the caller)."""
+    counts = None
     if mask is None:
         (d,) = workspace.take([tuple(x.shape)], x)
         xz = x
-        torch.sub(x, shift, out=d)
     else:
-        d, xz, valid = workspace.take([tuple(x.shape), tuple(x.shape), tuple(mask.shape)], x)
-        torch.ne(mask, 0, out=valid)  # 1.0 where kept (NaN counts as kept, as in exact_sums)
+        valid, counts = workspace.kept(mask, x.dtype)
         if zeroed:  # a masked module's output: already exactly 0 where its mask is 0
+            (d,) = workspace.take([tuple(x.shape)], x)
             xz = x
         else:
+            d, xz = workspace.take([tuple(x.shape), tuple(x.shape)], x)
             torch.mul(x, valid, out=xz)  # x where kept, 0 elsewhere
-        torch.addcmul(xz, valid, shift, value=-1, out=d)  # x - shift where kept, 0 elsewhere
-    out = torch.empty((6, n, c), dtype=x.dtype, device=x.device)
-    torch.sum(d, dim=2, out=out[0])
-    torch.sum(d.square_(), dim=2, out=out[1])
-    torch.amin(xz, dim=2, out=out[2])
-    torch.amax(xz, dim=2, out=out[3])
-    torch.sum(torch.ne(xz, 0, out=d), dim=2, out=out[4])
-    if mask is not None:
-        torch.sum(valid, dim=2, out=out[5, :, :mask.shape[1]])
-    if mask is None or mask.shape[1] < c:
-        out[5, :, 0 if mask is None else mask.shape[1]:] = 0  # unused rows: defined, not uninitialised memory
-    return out
-
-
-def _over_samples(per_sample: Tensor, mask: Optional[Tensor], length: int) -> np.ndarray:
-    """``(6, N, C)`` partial sums -> ``(6, C)`` float64 sums (rows count, s1, s2, min, max, nonzero) on the
-    host: one copy, then a handful of numpy reductions."""
-    host = np.asarray(per_sample.cpu().numpy(), dtype=np.float64)
-    n, c = host.shape[1:]
-    sums = np.empty((6, c))
-    sums[1:3] = host[:2].sum(axis=1)
-    host[2].min(axis=0, out=sums[3])
-    host[3].max(axis=0, out=sums[4])
-    host[4].sum(axis=0, out=sums[5])
-    if mask is None:
-        sums[0] = n * length
+    out = torch.empty((5,) + tuple(x.shape[:2]), dtype=x.dtype, device=x.device)
+    s1, s2, lo, hi, nonzero = out.unbind(0)
+    if shift is None:
+        torch.sum(xz, dim=2, out=s1)
+        torch.sum(torch.mul(xz, xz, out=d), dim=2, out=s2)
     else:
-        sums[0] = host[5, :, :mask.shape[1]].sum(axis=0)
+        if mask is None:
+            torch.sub(x, shift, out=d)
+        else:
+            torch.addcmul(xz, valid, shift, value=-1, out=d)  # x - shift where kept, 0 elsewhere
+        torch.sum(d, dim=2, out=s1)
+        torch.sum(d.square_(), dim=2, out=s2)
+    torch.amin(xz, dim=2, out=lo)
+    torch.amax(xz, dim=2, out=hi)
+    torch.sum(torch.ne(xz, 0, out=d), dim=2, out=nonzero)
+    return out, counts
+
+
+def _over_samples(per_sample: Tensor, counts: Optional[np.ndarray], positions: int) -> np.ndarray:
+    """``(5, N, C)`` partial sums and the kept positions per mask channel (``None``: ``positions`` in every
+    channel) -> ``(6, C)`` float64 sums (rows count, s1, s2, min, max, nonzero) on the host: one copy, then
+    a handful of numpy reductions (float64 accumulators)."""
+    host = per_sample.cpu().numpy()
+    sums = np.empty((6, host.shape[2]))
+    sums[0] = positions if counts is None else counts  # (1,) broadcasts over the channels
+    np.sum(host[:2], axis=1, dtype=np.float64, out=sums[1:3])
+    sums[3] = host[2].min(axis=0)
+    sums[4] = host[3].max(axis=0)
+    np.sum(host[4], axis=0, dtype=np.float64, out=sums[5])
     return sums
 
 
@@ -309,10 +363,11 @@ def shifted_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray, workspace
     if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     rounded = shift.astype(_NUMPY_DTYPES.get(x.dtype, np.float64))  # the shift actually subtracted ...
-    shift_x = torch.from_numpy(rounded).to(device=x.device, dtype=x.dtype).view(1, c, 1)
     shift_used = rounded.astype(np.float64)  # ... and the same value added back
-    per_sample = _eager_per_sample(x, mask, shift_x, workspace if workspace is not None else Workspace(), zeroed)
-    sums = _over_samples(per_sample, mask, length)
+    shift_x = torch.from_numpy(rounded).to(device=x.device, dtype=x.dtype).view(1, c, 1) if rounded.any() else None
+    per_sample, counts = _eager_per_sample(x, mask, shift_x, workspace if workspace is not None else Workspace(),
+                                           zeroed)
+    sums = _over_samples(per_sample, counts, n * length)
     if not np.isfinite(sums).all():
         return _exact_sums(x, mask, shift_used)
     if mask is not None:
@@ -324,12 +379,27 @@ def _exact_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray) -> tuple[n
     return exact_sums(x, mask, torch.from_numpy(shift).to(x.device).view(1, -1, 1)).cpu().numpy(), shift
 
 
+def _centred_enough(count: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> bool:
+    """Whether sums of ``x - shift`` (``s1``) and of its square (``s2``) over ``count`` positions per channel
+    lose at most a factor ``1 + _AROUND_ZERO`` of their relative precision to cancellation in the centred
+    sum of squares ``m2 = s2 - s1**2 / count``: ``(mean - shift)**2 <= _AROUND_ZERO * m2 / count`` in every
+    channel, i.e. ``(1 + k) * s1**2 <= k * count * s2`` (no subtraction needed to check it)."""
+    return bool(np.all((1.0 + _AROUND_ZERO) * s1 * s1 <= _AROUND_ZERO * count * s2))
+
+
 def advance(state: np.ndarray, x: Tensor, mask: Optional[Tensor], workspace: Optional[Workspace] = None,
             *, compiled: bool = False, zeroed: bool = False) -> np.ndarray:
     """A packed state (:func:`~masked_torch.analysis.moments.add_shifted_sums`) plus the positions of one batch
-    (``x`` (N, C, L), ``mask`` (N, 1 or C, L) or ``None``), reduced around the running mean (one pass): for
-    a state whose every channel has positions."""
-    sums, shift = shifted_sums(x, mask, state[1], workspace, compiled=compiled, zeroed=zeroed)
+    (``x`` (N, C, L), ``mask`` (N, 1 or C, L) or ``None``), in one pass: around 0 where the running moments
+    say that loses no precision (every channel's mean within ``sqrt(_AROUND_ZERO)`` standard deviations of 0,
+    as after a ReLU or a convolution without a large bias; the eager kernel then skips a pass), else around
+    the running mean. A batch that turns out too far from 0 is reduced again around the running mean."""
+    count, mean, m2 = state[0], state[1], state[2]
+    if _centred_enough(count, count * mean, m2 + count * mean * mean):
+        sums, shift = shifted_sums(x, mask, np.zeros(x.shape[1]), workspace, compiled=compiled, zeroed=zeroed)
+        if _centred_enough(sums[0], sums[1], sums[2]):
+            return add_shifted_sums(state, shift, sums)
+    sums, shift = shifted_sums(x, mask, mean, workspace, compiled=compiled, zeroed=zeroed)
     return add_shifted_sums(state, shift, sums)
 
 
@@ -337,12 +407,16 @@ def first_moments(state: Optional[np.ndarray], x: Tensor, mask: Optional[Tensor]
                   workspace: Optional[Workspace] = None, *, compiled: bool = False,
                   zeroed: bool = False) -> np.ndarray:
     """:func:`advance` for a state without a reference mean in some channel (``None``: the first batch; or
-    channels without any kept position yet): those channels are shifted by the batch's own mean, which
-    takes an extra pass."""
-    empty = empty_state(x.shape[1])
-    batch_mean = advance(empty, x, mask, workspace, compiled=compiled, zeroed=zeroed)[1]
+    channels without any kept position yet): one pass around 0; if that is not centred enough
+    (:func:`_centred_enough`), a second around the running mean, or the batch's own mean where there is
+    none."""
+    c = x.shape[1]
+    sums, zero = shifted_sums(x, mask, np.zeros(c), workspace, compiled=compiled, zeroed=zeroed)
     if state is None:
-        state = empty
+        state = empty_state(c)
+    if _centred_enough(sums[0], sums[1], sums[2]):
+        return add_shifted_sums(state, zero, sums)
+    batch_mean = add_shifted_sums(empty_state(c), zero, sums)[1]
     shift = np.where(state[0] > 0, state[1], batch_mean)
     sums, shift = shifted_sums(x, mask, shift, workspace, compiled=compiled, zeroed=zeroed)
     return add_shifted_sums(state, shift, sums)

@@ -14,10 +14,12 @@ channel, over the positions the layer's *output* mask keeps (``mask != 0``; all 
 without a mask; :mod:`masked_torch.analysis.kernels`) and add the result to a float64 running
 :class:`~masked_torch.analysis.moments.Moments` (count, mean, centred sum of squares ``m2``, min, max,
 number of exact zeros). No activation is kept, so memory does not grow with the number of batches. Each
-batch is shifted by the layer's running mean (the first batch by its own mean: an extra pass), so that
-``m2`` is a centred sum even for activations on a large mean: mean and variance to about 1e-7 relative in
-float32, counts, min, max and zeros exact. ``compile=True`` (opt-in) runs the reduction under
-``torch.compile``: seconds to compile once, then cheaper per batch (see :mod:`~masked_torch.analysis.kernels`).
+batch is summed around 0 where the layer's mean is within 2 standard deviations of it, else around the
+layer's running mean (the first batch: its own mean, an extra pass), so that ``m2`` stays a well-conditioned
+sum even for activations on a large mean: mean and variance to about 1e-7 relative in float32 (6e-7 at
+worst around 0), counts, min, max and zeros exact. ``compile=True`` (opt-in) runs the reduction under
+``torch.compile``: seconds to compile once (see :mod:`~masked_torch.analysis.kernels` and
+``benchmarks/recorder.py`` for what it saves).
 
 Compiled *models* cannot be recorded: PyTorch silently ignores hooks added to a model after
 ``torch.compile``. The recorder refuses an ``OptimizedModule`` (or a model holding compiled submodules)
@@ -88,10 +90,10 @@ class ActivationRecorder:
     ``include``: ``None`` (every convolution, normalisation, ``Masked`` wrapper and activation; see
     :func:`select_layers`), a list of ``named_modules()`` names, or a predicate ``(name, module) -> bool``.
     ``compile``: reduce each output with the statistics kernel under ``torch.compile`` (opt-in; ``None``:
-    only if ``MASKED_TORCH_RECORD_COMPILE=1``): compiled on first use (seconds; imports the compiler), then
-    several times cheaper per batch than the eager kernel (:mod:`masked_torch.analysis.kernels`). Counts,
-    min, max and zero fractions are identical either way; mean and variance agree to the eager kernel's
-    float32 rounding (about 1e-7 relative).
+    only if ``MASKED_TORCH_RECORD_COMPILE=1``): compiled on first use (seconds; imports the compiler), one
+    fused float64 pass per batch instead of several float32 ones (:mod:`masked_torch.analysis.kernels`).
+    Counts, min, max and zero fractions are identical either way; mean and variance agree to the eager
+    kernel's float32 rounding (about 1e-7 relative, 6e-7 at worst).
 
     Hooks are registered on ``__enter__`` and always removed on ``__exit__`` (also on an exception or
     ``KeyboardInterrupt``). Statistics accumulate over every forward pass inside the block and stay
@@ -152,7 +154,7 @@ class ActivationRecorder:
         self._model_calls += 1
 
     def _update(self, name: str, output: Tensor, mask: Optional[Tensor], where: str, zeroed: bool = False) -> None:
-        x, m = as_ncl(output, mask, where)
+        x, m = as_ncl(output, mask, where, self._workspace)
         if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
             # untracked, in the output's own dtype, one grad/autocast state for the compiled kernel (entered
             # only when needed: cheap)
@@ -167,7 +169,7 @@ class ActivationRecorder:
         if state is not None and state.shape[1] != c:
             raise ValueError(f"{where}: output has {c} channels, earlier batches had {state.shape[1]}")
         if name in self._primed:
-            # one pass, shifted by the running mean
+            # one pass, around 0 or the running mean (kernels.advance)
             state = advance(state, x, m, self._workspace, compiled=self.compile, zeroed=zeroed)
         else:
             state = first_moments(state, x, m, self._workspace, compiled=self.compile, zeroed=zeroed)

@@ -2,16 +2,30 @@
 
 Target (issue): <= 1.15x for a depth-4 mconv stack, N=8, 192x192 images with per-image masks, forward
 under ``torch.no_grad()``, 2 threads. Variants: the eager statistics kernel (the default) and the opt-in
-compiled one (``compile=True``). The machine is noisy, so each round times, for every variant in turn, a
-pair with the recorder off and on back to back (alternating which goes first), and the table quotes the
-median over pairs of the per-pair ratios (median times for scale only; quartiles of the ratios to show the
-noise).
+compiled one (``compile=True``).
 
-    python benchmarks/recorder.py [--repeats 60] [--stack mconv] [--batch 8] [--size 192]
+As a recording runs (``run.py``): each variant's recorder is entered once, on its own copy of the model
+(same weights), and stays entered for the whole run, so a forward pays for the hooks and the statistics,
+not for registering hooks or allocating scratch. "off" is the same forward on the unrecorded copy.
+
+The machine is noisy, so each round times, for every variant in turn, a pair with the recorder off and on
+back to back (alternating which goes first), and the table quotes the median over pairs of the per-pair
+ratios (median times for scale only; quartiles of the ratios to show the noise).
+
+``--allocator steady`` (the default, glibc only) fixes glibc's mmap and trim thresholds so that the
+forward's multi-megabyte tensors are served from the heap every time. With glibc's default (dynamic)
+thresholds, ``--allocator default``, whether each large tensor is mapped afresh (and page-faulted in) or
+reused depends on the history of frees, which moved the plain forward's own time between 16 and 33 ms
+here from run to run, and the ratio with it (0.94-1.46x): that noise is the allocator's, not the recorder's.
+
+    python benchmarks/recorder.py [--repeats 60] [--stack mconv] [--batch 8] [--size 192] [--allocator steady]
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import ctypes
+import contextlib
 import statistics
 import sys
 import time
@@ -37,6 +51,21 @@ def make_batch(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Te
     return x, mask
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
+
+
+def steady_allocator() -> bool:
+    """Serve blocks up to 32 MiB from the heap and never trim it (glibc): large tensors freed by one forward
+    are reused by the next instead of being mapped and page-faulted in again. Returns whether it was set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stack", default="mconv", choices=STACKS)
@@ -48,59 +77,63 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds after compilation")
     parser.add_argument("--no-eager", action="store_true", help="skip the eager variant")
     parser.add_argument("--no-compiled", action="store_true", help="skip the compiled variant (no compiler)")
+    parser.add_argument("--allocator", choices=("steady", "default"), default="steady",
+                        help="steady: fixed glibc thresholds, large tensors reused from the heap (see above)")
     args = parser.parse_args(argv)
 
+    allocator = "default (glibc's dynamic thresholds)"
+    if args.allocator == "steady":
+        allocator = "steady (glibc mmap threshold 32 MiB, no trim)" if steady_allocator() else "default (not glibc)"
     torch.set_num_threads(args.threads)
     model = build_stacks(args.depth, stacks=(args.stack,))[args.stack]
     x, mask = make_batch(args.batch, args.size)
 
-    variants = {}
-    if not args.no_compiled:
-        variants["compiled"] = ActivationRecorder(model, compile=True)
-    if not args.no_eager:
-        variants["eager"] = ActivationRecorder(model, compile=False)
-    if not variants:
+    names = ([] if args.no_compiled else ["compiled"]) + ([] if args.no_eager else ["eager"])
+    if not names:
         parser.error("nothing to time: --no-eager and --no-compiled")
+    # each variant records its own copy of the model, entered once for the whole run (as a recording is)
+    copies = {name: copy.deepcopy(model) for name in names}
+    variants = {name: ActivationRecorder(copies[name], compile=name == "compiled") for name in names}
+    recording = contextlib.ExitStack()
+    for rec in variants.values():
+        recording.enter_context(rec)
 
-    def run(rec) -> float:
-        if rec is None:
-            with torch.no_grad():
-                t = time.perf_counter()
-                model(x, mask)
-                return time.perf_counter() - t
-        with rec, torch.no_grad():
+    def run(name) -> float:
+        net = model if name is None else copies[name]
+        with torch.no_grad():
             t = time.perf_counter()
-            model(x, mask)
+            net(x, mask)
             return time.perf_counter() - t
 
     compile_s = None
     if "compiled" in variants:
         t = time.perf_counter()
-        run(variants["compiled"])  # lazy torch.compile of the statistics kernel (first batch: two calls)
-        run(variants["compiled"])
+        run("compiled")  # lazy torch.compile of the statistics kernel (first batch: two calls)
+        run("compiled")
         compile_s = time.perf_counter() - t
     for _ in range(args.warmup):
         run(None)
-        for rec in variants.values():
-            run(rec)
+        for name in variants:
+            run(name)
 
     # rounds of one off/on pair per variant: off and on alternate (off-on, on-off, ...), ratio = on / off
     off_times, on_times, ratios = [], {name: [] for name in variants}, {name: [] for name in variants}
     for r in range(args.repeats):
-        for name, rec in variants.items():
+        for name in variants:
             if r % 2:
-                on, off = run(rec), run(None)
+                on, off = run(name), run(None)
             else:
-                off, on = run(None), run(rec)
+                off, on = run(None), run(name)
             off_times.append(off)
             on_times[name].append(on)
             ratios[name].append(on / off)
+    recording.close()
     for rec in variants.values():
         rec.to_frame()  # the recorded statistics are complete (raises otherwise)
 
     print(f"ActivationRecorder overhead: {args.stack} depth {args.depth}, N={args.batch}, "
           f"{args.size}x{args.size}, {args.threads} threads, {args.repeats} rounds of off/on pairs, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}; allocator {allocator}")
     if compile_s is not None:
         print(f"first compiled calls (compile + 2 forwards): {compile_s:.1f} s")
     print(f"{'variant':<10} {'median ms':>10} {'median ratio':>13} {'q25 ratio':>10} {'q75 ratio':>10} "

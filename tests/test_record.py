@@ -600,3 +600,92 @@ def test_the_recorder_takes_the_zeroed_path_only_for_masked_modules():
     np.testing.assert_allclose(relu["mean"].to_numpy(), kept.mean(1).double().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(relu["min"].to_numpy(), kept.amin(1).double().numpy(), rtol=1e-6)
     assert isinstance(convert(plain, "plain")[0], Unmasked)
+
+
+# ----------------------------------------------------- sums around 0, and kept positions shared between layers
+
+
+def _float64_var_over_kept(x, mask):
+    kept = (mask != 0).expand_as(x).double()
+    n = kept.sum(dim=(0, 2))
+    mean = (x.double() * kept).sum(dim=(0, 2)) / n
+    return (((x.double() - mean.view(1, -1, 1)) ** 2) * kept).sum(dim=(0, 2)) / n
+
+
+@pytest.mark.parametrize("offset", [0.0, 1.0, 2.0, 3.0, 1e3])
+def test_the_reference_point_keeps_the_variance_precise_at_any_offset(offset):
+    """Batches of ``offset + N(0, 1)``: near 0 (mean within 2 std) the sums are taken around 0, farther away
+    around the running mean; either way the variance is within 1e-6 of float64 over the kept positions,
+    batch after batch (the first batch decides with its own sums, later ones with the running moments)."""
+    model = mnn.MaskedSequential(OrderedDict(id=mnn.Masked(nn.Identity())))
+    g = torch.Generator().manual_seed(1)
+    xs, masks = [], []
+    with ActivationRecorder(model) as rec:
+        for n, length in [(4, 5000), (3, 9000), (6, 2000)]:
+            x = offset + torch.randn(n, 3, length, generator=g)
+            mask = (torch.rand(n, 1, length, generator=g) > 0.3).float()
+            x = x * mask  # a masked module's output: 0 where masked
+            model(x, mask)
+            xs.append(x), masks.append(mask)
+    got = rec.to_frame()
+    x = torch.cat([t.reshape(t.shape[0], 3, -1).transpose(0, 1).reshape(3, -1) for t in xs], dim=1)
+    m = torch.cat([t.reshape(t.shape[0], 1, -1).transpose(0, 1).reshape(1, -1) for t in masks], dim=1)
+    want = _float64_var_over_kept(x.unsqueeze(0), m.unsqueeze(0)).numpy()
+    np.testing.assert_allclose(got["var"].to_numpy(), want, rtol=1e-6)
+
+
+def test_a_batch_far_from_zero_after_batches_near_it_is_reduced_around_the_running_mean():
+    """The running moments say "near 0" (so the next batch is summed around 0), but the batch sits at 1e4:
+    the kernel sees it is not centred enough and reduces it again around the running mean."""
+    from masked_torch.analysis.kernels import advance, first_moments
+
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(2, 3, 4000, generator=g)
+    b = 1e4 + torch.randn(2, 3, 4000, generator=g)
+    state = first_moments(None, a, None)
+    calls = []
+    real = kernels_mod.shifted_sums
+
+    def spy(x, mask, shift, *args, **kwargs):
+        calls.append(np.asarray(shift).copy())
+        return real(x, mask, shift, *args, **kwargs)
+
+    kernels_mod.shifted_sums = spy
+    try:
+        state = advance(state, b, None)
+    finally:
+        kernels_mod.shifted_sums = real
+    assert len(calls) == 2 and not calls[0].any() and calls[1].any()  # around 0, then around the running mean
+    both = torch.cat([a, b], dim=2).double()
+    np.testing.assert_allclose(state[2] / state[0], both.var(dim=(0, 2), unbiased=False).numpy(), rtol=1e-6)
+
+
+def test_kept_positions_are_computed_once_per_mask_and_again_after_an_in_place_change():
+    """A masked activation passes its convolution's mask on unchanged: the workspace counts that mask's kept
+    positions once for both layers. A mask modified in place (its version changes) is counted again."""
+    from masked_torch.analysis.kernels import Workspace, as_ncl, shifted_sums
+
+    ws = Workspace()
+    mask = torch.ones(2, 1, 4, 4)
+    mask[1, :, 2:] = 0
+    x = torch.randn(2, 3, 4, 4) * mask
+    _, m1 = as_ncl(x, mask, "test", ws)
+    _, m2 = as_ncl(x.relu(), mask, "test", ws)
+    assert m1 is m2
+    valid, counts = ws.kept(m1, torch.float32)
+    assert ws.kept(m2, torch.float32)[0] is valid
+    np.testing.assert_array_equal(counts, [24.0])
+    sums, _ = shifted_sums(*as_ncl(x, mask, "test", ws), np.zeros(3), ws)
+    np.testing.assert_array_equal(sums[0], [24.0] * 3)
+
+    mask[0, :, 0] = 0  # in place: 4 positions fewer
+    _, m3 = as_ncl(x, mask, "test", ws)
+    assert m3 is not m1
+    sums, _ = shifted_sums(x.reshape(2, 3, 16) * mask.reshape(2, 1, 16), m3, np.zeros(3), ws)
+    np.testing.assert_array_equal(sums[0], [20.0] * 3)
+    # another mask object (even with the same values) is counted afresh
+    other = mask.clone()
+    other[1] = 1
+    _, m4 = as_ncl(x, other, "test", ws)
+    assert m4 is not m3
+    np.testing.assert_array_equal(ws.kept(m4, torch.float32)[1], [28.0])
