@@ -14,7 +14,7 @@ Two kernels, one result:
   passes over an output (on CPU ``torch.where``, ``aminmax``, ``var_mean``, ``count_nonzero`` and fresh
   temporaries are several times slower). Sums over each sample's positions in that dtype, then over samples
   in float64 on the host; the shift is rounded to ``x``'s dtype and that same value is added back. The kept
-  positions of a mask are counted once per mask object (:meth:`Workspace.kept`): an activation after a
+  positions of a mask are counted once per mask object (:meth:`Workspace.counts`): an activation after a
   masked convolution passes the same mask on.
 * exact (:func:`exact_sums`): float64 with ``torch.where``, values under the mask never read. Eagerly it is
   the eager kernel's fall-back when anything is not finite (NaN or Inf anywhere, also under the mask) or a
@@ -60,16 +60,17 @@ class Workspace:
     than the arithmetic on them. Grows to the largest request; never shrinks until dropped.
 
     Also remembers the last mask it saw (:func:`as_ncl` with this workspace) and that mask's kept positions
-    (:meth:`kept`): layers that pass their mask on unchanged (an activation after a masked convolution) share
-    one mask object, whose kept positions are then computed once."""
+    (:meth:`counts`, :meth:`valid`): layers that pass their mask on unchanged (an activation after a masked
+    convolution) share one mask object, whose kept positions are then counted once."""
 
     def __init__(self) -> None:
         self._flat: Optional[Tensor] = None
         self._views: tuple = ((), [])  # (key, views) of the last request: the same shapes come back every batch
         self._alias: tuple = (None, -1, None)  # (weakref to the caller's mask, its version, its (N, C, L) alias)
-        self._kept_key: tuple = (None, -1, None)  # (weakref to the alias, its version, dtype) of _kept
-        self._kept: tuple = ()  # (valid 0/1 (N, Cm, L), kept positions per row (N, Cm)) in that dtype
-        self._kept_flat: Optional[Tensor] = None
+        self._mask: tuple = (None, -1)  # (weakref to the mask _counts and _valid are of, its version)
+        self._counts: Optional[np.ndarray] = None
+        self._valid: Optional[Tensor] = None
+        self._valid_flat: Optional[Tensor] = None
 
     def take(self, shapes: list[tuple[int, ...]], like: Tensor) -> list[Tensor]:
         key = (tuple(shapes), like.dtype, like.device)
@@ -96,23 +97,39 @@ class Workspace:
         self._alias = (weakref.ref(mask), mask._version, alias)
         return alias
 
-    def kept(self, mask: Tensor, dtype: torch.dtype) -> tuple[Tensor, np.ndarray]:
-        """``(valid, counts)`` of a mask ``(N, Cm, L)``: ``valid`` = ``mask != 0`` as 0/1 in ``dtype``,
-        ``counts`` ``(Cm,)`` float64 numpy, the kept positions per channel (summed per sample in ``dtype``:
-        exact below 2**24 positions per sample in float32); computed once per mask object and version (for
-        a mask from :meth:`alias` that means: once per mask of the model)."""
-        ref, version, kept_dtype = self._kept_key
-        if ref is not None and ref() is mask and mask._version == version and kept_dtype == dtype:
-            return self._kept
-        numel = mask.numel()
-        flat = self._kept_flat
-        if flat is None or flat.numel() < numel or flat.dtype != dtype or flat.device != mask.device:
-            flat = self._kept_flat = torch.empty(numel, dtype=dtype, device=mask.device)
-        valid = flat[:numel].view(mask.shape)
-        torch.ne(mask, 0, out=valid)  # 1 where kept (NaN counts as kept, as in exact_sums)
-        self._kept = (valid, valid.sum(dim=2).cpu().numpy().sum(axis=0, dtype=np.float64))
-        self._kept_key = (weakref.ref(mask), mask._version, dtype)
-        return self._kept
+    def _remember(self, mask: Tensor) -> None:
+        """Forget what is cached unless it is of this very mask, unmodified."""
+        ref, version = self._mask
+        if ref is None or ref() is not mask or mask._version != version:
+            self._mask = (weakref.ref(mask), mask._version)
+            self._counts = self._valid = None
+
+    def counts(self, mask: Tensor, scratch: Tensor) -> np.ndarray:
+        """Kept positions (``mask != 0``) per channel of a mask ``(N, Cm, L)``, ``(Cm,)`` float64: from the
+        cached :meth:`valid` if there is one, else counted in ``scratch`` (at least as many elements as
+        ``mask``, in the dtype to count in: exact below 2**24 positions per sample in float32; overwritten)."""
+        self._remember(mask)
+        if self._counts is None:
+            if self._valid is not None:
+                valid = self._valid
+            else:
+                valid = scratch.view(-1)[:mask.numel()].view(mask.shape)
+                torch.ne(mask, 0, out=valid)  # 1 where kept (NaN counts as kept, as in exact_sums)
+            self._counts = valid.sum(dim=2).cpu().numpy().sum(axis=0, dtype=np.float64)
+        return self._counts
+
+    def valid(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
+        """``mask != 0`` as 0/1 in ``dtype``, cached for the same unmodified mask (in its own buffer)."""
+        self._remember(mask)
+        valid = self._valid
+        if valid is None or valid.dtype != dtype:
+            numel = mask.numel()
+            flat = self._valid_flat
+            if flat is None or flat.numel() < numel or flat.dtype != dtype or flat.device != mask.device:
+                flat = self._valid_flat = torch.empty(numel, dtype=dtype, device=mask.device)
+            valid = self._valid = flat[:numel].view(mask.shape)
+            torch.ne(mask, 0, out=valid)  # 1 where kept (NaN counts as kept, as in exact_sums)
+        return valid
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -202,23 +219,23 @@ def _eager_per_sample(x: Tensor, mask: Optional[Tensor], shift: Optional[Tensor]
     """Per sample and channel ``(5, N, C)`` in ``x``'s dtype: sum of ``x - shift`` and of its square, min,
     max and number of non-zero values, from cheap vectorised passes (``shift`` ``(1, C, 1)`` in ``x``'s
     dtype; ``None``: 0, which saves the pass that subtracts it); and the kept positions per mask channel
-    (``(1 or C,)`` float64, :meth:`Workspace.kept`; ``None`` without a mask).
+    (``(1 or C,)`` float64, :meth:`Workspace.counts`; ``None`` without a mask).
 
     The mask enters as a 0/1 factor: masked positions are 0 in the tensor min, max and the non-zero count are
     taken of, so the count is of kept non-zeros but a min (max) of 0 may come from a masked position
     (:func:`_fix_ambiguous_extrema`); values that are not finite there turn the sums into NaN (caught by
     the caller)."""
     counts = None
-    if mask is None:
+    if mask is None or zeroed:  # a masked module's output: already exactly 0 where its mask is 0
         (d,) = workspace.take([tuple(x.shape)], x)
         xz = x
     else:
-        valid, counts = workspace.kept(mask, x.dtype)
-        if zeroed:  # a masked module's output: already exactly 0 where its mask is 0
-            (d,) = workspace.take([tuple(x.shape)], x)
-            xz = x
-        else:
-            d, xz = workspace.take([tuple(x.shape), tuple(x.shape)], x)
+        d, xz = workspace.take([tuple(x.shape), tuple(x.shape)], x)
+    if mask is not None:
+        # the 0/1 kept positions only where they multiply; else the counts alone, counted in d (still in cache)
+        valid = workspace.valid(mask, x.dtype) if shift is not None or not zeroed else None
+        counts = workspace.counts(mask, d)
+        if not zeroed:
             torch.mul(x, valid, out=xz)  # x where kept, 0 elsewhere
     out = torch.empty((5,) + tuple(x.shape[:2]), dtype=x.dtype, device=x.device)
     s1, s2, lo, hi, nonzero = out.unbind(0)
@@ -394,8 +411,8 @@ def advance(state: np.ndarray, x: Tensor, mask: Optional[Tensor], workspace: Opt
     say that loses no precision (every channel's mean within ``sqrt(_AROUND_ZERO)`` standard deviations of 0,
     as after a ReLU or a convolution without a large bias; the eager kernel then skips a pass), else around
     the running mean. A batch that turns out too far from 0 is reduced again around the running mean."""
-    count, mean, m2 = state[0], state[1], state[2]
-    if _centred_enough(count, count * mean, m2 + count * mean * mean):
+    count, mean = state[0], state[1]
+    if np.all(count * mean * mean <= _AROUND_ZERO * state[2]):  # _centred_enough of the state, simplified
         sums, shift = shifted_sums(x, mask, np.zeros(x.shape[1]), workspace, compiled=compiled, zeroed=zeroed)
         if _centred_enough(sums[0], sums[1], sums[2]):
             return add_shifted_sums(state, shift, sums)

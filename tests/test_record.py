@@ -672,20 +672,28 @@ def test_kept_positions_are_computed_once_per_mask_and_again_after_an_in_place_c
     _, m1 = as_ncl(x, mask, "test", ws)
     _, m2 = as_ncl(x.relu(), mask, "test", ws)
     assert m1 is m2
-    valid, counts = ws.kept(m1, torch.float32)
-    assert ws.kept(m2, torch.float32)[0] is valid
+    scratch = torch.empty(2 * 16)
+    counts = ws.counts(m1, scratch)
     np.testing.assert_array_equal(counts, [24.0])
+    scratch.fill_(7.0)  # what the scratch holds afterwards does not matter
+    assert ws.counts(m2, scratch) is counts
+    valid = ws.valid(m1, torch.float32)
+    assert ws.valid(m2, torch.float32) is valid and float(valid.sum()) == 24.0
     sums, _ = shifted_sums(*as_ncl(x, mask, "test", ws), np.zeros(3), ws)
     np.testing.assert_array_equal(sums[0], [24.0] * 3)
 
     mask[0, :, 0] = 0  # in place: 4 positions fewer
     _, m3 = as_ncl(x, mask, "test", ws)
     assert m3 is not m1
-    sums, _ = shifted_sums(x.reshape(2, 3, 16) * mask.reshape(2, 1, 16), m3, np.zeros(3), ws)
-    np.testing.assert_array_equal(sums[0], [20.0] * 3)
-    # another mask object (even with the same values) is counted afresh
+    for zeroed in (False, True):
+        for shift in (np.zeros(3), np.ones(3)):  # around 0 / around a mean: with or without the 0/1 tensor
+            sums, _ = shifted_sums(x.reshape(2, 3, 16) * mask.reshape(2, 1, 16), m3, shift, ws, zeroed=zeroed)
+            np.testing.assert_array_equal(sums[0], [20.0] * 3)
+    assert float(ws.valid(m3, torch.float32).sum()) == 20.0
+    # another mask object (even one of the same values) is counted afresh
     other = mask.clone()
     other[1] = 1
     _, m4 = as_ncl(x, other, "test", ws)
     assert m4 is not m3
-    np.testing.assert_array_equal(ws.kept(m4, torch.float32)[1], [28.0])
+    np.testing.assert_array_equal(ws.counts(m4, scratch), [28.0])
+    assert float(ws.valid(m4, torch.float32).sum()) == 28.0
