@@ -7,32 +7,36 @@ its square, min, max and the number of non-zero values, as one ``(6, C)`` float6
 :func:`first_moments` to a state whose channels have no running mean yet (the first batch);
 :func:`batch_moments` is the one-call form for a single output.
 
-Two kernels, one result:
+Two kernels, one result (plus an exact fall-back):
 
-* eager (the default, :func:`_eager_per_sample`): vectorised multiply, compare, sum and min/max kernels
-  into reused scratch tensors, in ``x``'s dtype (float32 for half types and integers): five to seven
-  passes over an output (on CPU ``torch.where``, ``aminmax``, ``var_mean``, ``count_nonzero`` and fresh
-  temporaries are several times slower). Sums over each sample's positions in that dtype, then over samples
-  in float64 on the host; the shift is rounded to ``x``'s dtype and that same value is added back. The kept
-  positions of a mask are counted once per mask object (:meth:`Workspace.counts`): an activation after a
-  masked convolution passes the same mask on.
-* exact (:func:`exact_sums`): float64 with ``torch.where``, values under the mask never read. Eagerly it is
-  the eager kernel's fall-back when anything is not finite (NaN or Inf anywhere, also under the mask) or a
-  sample has 2**24 positions or more. Opt-in (``compiled=True``; the recorder's ``compile=True``) the same
-  function runs under ``torch.compile(dynamic=True)``: one fused pass, compiled on first use (seconds, and
-  it imports the compiler); ``benchmarks/recorder.py`` compares the two inside a forward.
+* compiled (:mod:`masked_torch.analysis.native`; the default where it applies and builds): one fused pass
+  in C over a float32 output on the CPU and its float32 mask, no scratch written, the shift subtracted on
+  the fly; float32 sums within blocks of 512 positions, float64 across them. Built with the system's C
+  compiler on first use (about 0.2 s, then cached on disk). ``compiled=None`` (the default) uses it where
+  it can and the eager kernel elsewhere (no compiler, other dtypes or devices); ``True`` also warns once
+  where it cannot be built; ``False`` never uses it.
+* eager (:func:`_eager_per_sample`): vectorised multiply, compare, sum and min/max kernels into reused
+  scratch tensors, in ``x``'s dtype (float32 for half types and integers): five to seven passes over an
+  output (on CPU ``torch.where``, ``aminmax``, ``var_mean``, ``count_nonzero`` and fresh temporaries are
+  several times slower). Sums over each sample's positions in that dtype, then over samples in float64 on
+  the host; the shift is rounded to ``x``'s dtype and that same value is added back. The kept positions of
+  a mask are counted once per mask object (:meth:`Workspace.counts`): an activation after a masked
+  convolution passes the same mask on.
+* exact (:func:`exact_sums`): float64 with ``torch.where``, values under the mask never read: the fall-back
+  of both when anything is not finite (NaN or Inf anywhere, also under the mask), and of the eager kernel
+  when a sample has 2**24 positions or more.
 
-Reference point and precision: the sums are taken around 0 where that loses little, else around the
-running mean (:func:`advance`). Around 0 saves the eager kernel the pass that subtracts the shift; it is
-taken where every channel's squared mean is at most ``_AROUND_ZERO`` (4) times its variance, judged from the
-running moments and confirmed on the batch's own sums (a batch that fails is reduced again around the
-running mean). Around the running mean ``mean`` and ``var`` keep about 1e-7 relative precision (float32
-eager; float64 exact) however far the mean is from 0; around 0 the float32 sums lose at most a factor
-``1 + _AROUND_ZERO`` of that to cancellation (about 6e-7 at worst). Counts, min, max and zeros are exact.
+Reference point and precision: the compiled kernel sums around the running mean. The eager kernel sums
+around 0 where that loses little, else around the running mean (:func:`advance`): around 0 saves it the
+pass that subtracts the shift; it is taken where every channel's squared mean is at most ``_AROUND_ZERO``
+(4) times its variance, judged from the running moments and confirmed on the batch's own sums (a batch
+that fails is reduced again around the running mean). Around the running mean ``mean`` and ``var`` keep
+about 1e-7 relative precision (float32 sums; float64 exact) however far the mean is from 0; around 0 the
+float32 sums lose at most a factor ``1 + _AROUND_ZERO`` of that to cancellation (about 6e-7 at worst).
+Counts, min, max and zeros are exact.
 """
 from __future__ import annotations
 
-import threading
 import warnings
 import weakref
 from typing import Callable, Optional
@@ -172,45 +176,40 @@ def as_ncl(output: Tensor, mask: Optional[Tensor], where: str,
 
 
 def _canonical(t: Tensor, n: int, c: int) -> Tensor:
-    """``t`` (N, C, *S) as an (N, C, L) plain tensor (not a view, so the compiled kernel has no guards on
-    whatever it is a view of; detached) with the standard contiguous strides (also along size-1 dims, which
-    ``reshape`` may leave at any stride). Copies only a non-contiguous tensor (channels-last, expanded)."""
-    if not t.is_contiguous():
-        t = t.contiguous()
+    """``t`` (N, C, *S) as a contiguous (N, C, L) view, detached; copies only a non-contiguous tensor
+    (channels-last, expanded)."""
     length = 1
     for s in t.shape[2:]:
         length *= s
-    alias = torch.empty((0,), dtype=t.dtype, device=t.device)
-    return alias.set_(t.untyped_storage(), t.storage_offset(), (n, c, length), (c * length, length, 1))
+    return t.detach().contiguous().view(n, c, length)
 
 
 # --------------------------------------------------------------------------------------------------------
-# The two kernels: exact (float64, torch.where; also what torch.compile runs) and eager (cheap passes)
+# The exact kernel (float64, torch.where) and the eager one (cheap passes)
 # --------------------------------------------------------------------------------------------------------
 
 
-def exact_sums(x: Tensor, mask: Optional[Tensor], shift: Tensor, count_dtype: torch.dtype = torch.int64) -> Tensor:
+def exact_sums(x: Tensor, mask: Optional[Tensor], shift: Tensor) -> Tensor:
     """Per channel ``(6, C)`` float64: count, ``s1``, ``s2``, min, max, nonzero of ``x`` over the positions
     where ``mask`` is non-zero (``None``: all), as :func:`shifted_sums`; ``shift`` ``(1, C, 1)`` float64 is
     used as it is.
 
-    In float64 with ``torch.where``, so values under the mask are never read (NaN there cannot leak).
-    Written as one pass over ``x`` and ``mask`` for ``torch.compile`` (a single fused reduction; counts in
-    ``count_dtype``: int32 there, where the caller makes sure N * L < 2**31).
+    In float64 with ``torch.where``, so values under the mask are never read (NaN there cannot leak): the
+    other kernels' fall-back for outputs that are not finite, and for any device and dtype.
     """
     n, c, length = x.shape
     d = x.to(ACC) - shift
     if mask is None:
-        count = torch.full((c,), n * length, dtype=count_dtype, device=x.device)
+        count = torch.full((c,), n * length, dtype=torch.int64, device=x.device)
         lo, hi = x.amin(dim=(0, 2)), x.amax(dim=(0, 2))
-        nonzero = (x != 0).sum(dim=(0, 2), dtype=count_dtype)
+        nonzero = (x != 0).sum(dim=(0, 2))
     else:
         valid = (mask != 0).expand(n, c, length)
         d = torch.where(valid, d, torch.zeros((), dtype=ACC, device=x.device))
-        count = valid.sum(dim=(0, 2), dtype=count_dtype)
+        count = valid.sum(dim=(0, 2))
         lo = torch.where(valid, x, float("inf")).amin(dim=(0, 2))
         hi = torch.where(valid, x, float("-inf")).amax(dim=(0, 2))
-        nonzero = (valid & (x != 0)).sum(dim=(0, 2), dtype=count_dtype)
+        nonzero = (valid & (x != 0)).sum(dim=(0, 2))
     return torch.stack([t.to(ACC) for t in (count, d.sum(dim=(0, 2)), (d * d).sum(dim=(0, 2)), lo, hi, nonzero)])
 
 
@@ -287,60 +286,39 @@ def _fix_ambiguous_extrema(sums: np.ndarray, x: Tensor, mask: Tensor) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# The opt-in compiled kernel: exact_sums under torch.compile
+# The compiled kernel (native.py), where it applies and builds
 # --------------------------------------------------------------------------------------------------------
 
 
-# One compiled entry point per kind of mask, so that each has its own dynamo cache (and recompile limit):
-# within one, the variants are N == 1 or not, L == 1 or not, and the dtypes.
-def _sums_nomask(x: Tensor, shift: Tensor):
-    return exact_sums(x, None, shift, torch.int32)
+_warned_unavailable = False
 
 
-def _sums_mask1(x: Tensor, mask: Tensor, shift: Tensor):
-    return exact_sums(x, mask, shift, torch.int32)
-
-
-def _sums_maskc(x: Tensor, mask: Tensor, shift: Tensor):
-    return exact_sums(x, mask, shift, torch.int32)
-
-
-_compiled_fns: dict[str, Callable] = {}
-_compile_failed = False
-_compile_lock = threading.Lock()
-
-
-def _compiled(kind: str) -> Callable:
-    fn = _compiled_fns.get(kind)
-    if fn is None:
-        with _compile_lock:
-            fn = _compiled_fns.get(kind)
-            if fn is None:
-                fn = {"none": _sums_nomask, "one": _sums_mask1, "full": _sums_maskc}[kind]
-                fn = _compiled_fns[kind] = torch.compile(fn, dynamic=True)
-    return fn
-
-
-def _compiled_sums(x: Tensor, mask: Optional[Tensor], shift: Tensor) -> Optional[np.ndarray]:
-    """:func:`exact_sums` compiled, on the host as :func:`shifted_sums`' sums; ``None`` (after one warning per
-    process) if compilation fails."""
-    global _compile_failed
-    if _compile_failed:
+def _native_for(x: Tensor, mask: Optional[Tensor], compiled: Optional[bool]):
+    """The compiled kernel's function if ``compiled`` asks for it (``True`` or ``None``) and it applies to
+    these tensors and builds here; else ``None`` (the eager kernel)."""
+    if compiled is False:
         return None
-    try:
-        if mask is None:
-            return _compiled("none")(x, shift).cpu().numpy()
-        return _compiled("one" if mask.shape[1] == 1 else "full")(x, mask, shift).cpu().numpy()
-    except Exception as exc:  # noqa: BLE001 -- any compiler failure: fall back, once, loudly
-        _compile_failed = True
+    from . import native
+
+    return _compiled_fn(required=compiled is True) if native.applies(x, mask) else None
+
+
+def _compiled_fn(required: bool):
+    """The compiled kernel's function, or ``None`` (eager): it could not be built here, which ``required``
+    (``compiled=True``) says once per process in a warning; ``compiled=None`` (auto) falls back quietly."""
+    global _warned_unavailable
+    from . import native  # builds on first use only
+
+    fn = native.load()
+    if fn is None and required and not _warned_unavailable:
+        _warned_unavailable = True
         warnings.warn(
-            f"ActivationRecorder: torch.compile of the statistics kernel failed ({type(exc).__name__}: {exc}); "
-            f"falling back to eager PyTorch for the rest of this process (slower; same results up to float32 "
-            f"rounding)",
+            f"ActivationRecorder: the compiled statistics kernel is not available ({native.unavailable()}); "
+            f"using the eager kernel (same results up to float32 rounding, slower)",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-        return None
+    return fn
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -356,25 +334,31 @@ def empty_sums(channels: int) -> np.ndarray:
 
 
 def shifted_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray, workspace: Optional[Workspace] = None,
-                 *, compiled: bool = False, zeroed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 *, compiled: Optional[bool] = False, zeroed: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel sums of ``x`` (N, C, L) over the positions where ``mask`` (N, 1 or C, L; any dtype;
     ``None``: all) is non-zero, around ``shift`` (C,): ``(sums, shift_used)``, float64 numpy arrays.
 
     ``sums`` ``(6, C)``: rows count, ``s1`` = sum of ``x - shift_used``, ``s2`` = sum of its square, min,
     max (``+inf``/``-inf`` in a channel without positions), number of non-zero values: what
     :func:`~masked_torch.analysis.moments.add_shifted_sums` takes. ``shift_used`` is ``shift`` as it was
-    subtracted (rounded to ``x``'s dtype on the eager fast path). ``compiled``: the opt-in compiled kernel
-    (see the module docstring). ``zeroed``: ``x`` is already exactly 0 wherever ``mask`` is 0 (the output of a
+    subtracted (rounded to ``x``'s dtype). ``compiled``: the compiled kernel where it applies (a float32
+    output on the CPU) and builds; ``None``: the same, quietly falling back to the eager kernel where it
+    cannot be built; ``True`` warns once then; ``False``: the eager kernel (see the module docstring). ``zeroed``: ``x`` is already exactly 0 wherever ``mask`` is 0 (the output of a
     masked module), which saves the eager kernel one pass.
     """
     n, c, length = x.shape
     shift = np.asarray(shift, dtype=np.float64)
     if n * length == 0:
         return empty_sums(c), shift
-    if compiled and n * length < 2**31:
-        sums = _compiled_sums(x, mask, torch.from_numpy(shift).to(x.device).view(1, c, 1))
-        if sums is not None:
-            return sums, shift
+    fn = _native_for(x, mask, compiled)
+    if fn is not None:
+        from .native import channel_sums
+
+        rounded = shift.astype(np.float32)  # the shift actually subtracted, and added back
+        sums = channel_sums(fn, x, mask, rounded)
+        if np.isfinite(sums[1:3]).all():
+            return sums, rounded.astype(np.float64)
+        return _exact_sums(x, mask, rounded.astype(np.float64))
     if length >= _MAX_EXACT_F32:
         return _exact_sums(x, mask, shift)
     if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
@@ -405,14 +389,15 @@ def _centred_enough(count: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> bool:
 
 
 def advance(state: np.ndarray, x: Tensor, mask: Optional[Tensor], workspace: Optional[Workspace] = None,
-            *, compiled: bool = False, zeroed: bool = False) -> np.ndarray:
+            *, compiled: Optional[bool] = False, zeroed: bool = False) -> np.ndarray:
     """A packed state (:func:`~masked_torch.analysis.moments.add_shifted_sums`) plus the positions of one batch
     (``x`` (N, C, L), ``mask`` (N, 1 or C, L) or ``None``), in one pass: around 0 where the running moments
     say that loses no precision (every channel's mean within ``sqrt(_AROUND_ZERO)`` standard deviations of 0,
     as after a ReLU or a convolution without a large bias; the eager kernel then skips a pass), else around
     the running mean. A batch that turns out too far from 0 is reduced again around the running mean."""
     count, mean = state[0], state[1]
-    if np.all(count * mean * mean <= _AROUND_ZERO * state[2]):  # _centred_enough of the state, simplified
+    # around 0 saves the eager kernel a pass; the compiled one subtracts the shift for free
+    if _native_for(x, mask, compiled) is None and np.all(count * mean * mean <= _AROUND_ZERO * state[2]):
         sums, shift = shifted_sums(x, mask, np.zeros(x.shape[1]), workspace, compiled=compiled, zeroed=zeroed)
         if _centred_enough(sums[0], sums[1], sums[2]):
             return add_shifted_sums(state, shift, sums)
@@ -421,7 +406,7 @@ def advance(state: np.ndarray, x: Tensor, mask: Optional[Tensor], workspace: Opt
 
 
 def first_moments(state: Optional[np.ndarray], x: Tensor, mask: Optional[Tensor],
-                  workspace: Optional[Workspace] = None, *, compiled: bool = False,
+                  workspace: Optional[Workspace] = None, *, compiled: Optional[bool] = False,
                   zeroed: bool = False) -> np.ndarray:
     """:func:`advance` for a state without a reference mean in some channel (``None``: the first batch; or
     channels without any kept position yet): one pass around 0; if that is not centred enough
@@ -440,7 +425,8 @@ def first_moments(state: Optional[np.ndarray], x: Tensor, mask: Optional[Tensor]
 
 
 def batch_moments(
-    output: Tensor, mask: Optional[Tensor] = None, shift: Optional[Tensor] = None, *, compile: bool = False
+    output: Tensor, mask: Optional[Tensor] = None, shift: Optional[Tensor] = None, *,
+    compile: Optional[bool] = None
 ) -> Moments:
     """Per-channel :class:`~masked_torch.analysis.moments.Moments` of one output ``(N, C, *S)`` or
     ``(N, C)`` over the positions where ``mask`` (``(N, 1 or C, *S)``, any dtype) is non-zero, or over all
@@ -448,7 +434,8 @@ def batch_moments(
 
     ``shift`` (``(C,)``) is a per-channel reference subtracted before squaring; near the mean keeps ``m2``
     exact for activations on a large mean. ``None`` takes two passes: the batch's own mean first.
-    ``compile``: the opt-in compiled kernel (see the module docstring).
+    ``compile``: the compiled kernel where it applies and builds (``None``, the default: quietly the eager
+    one elsewhere; ``True``: warn once when it cannot be built; ``False``: the eager kernel).
     """
     x, m = as_ncl(output, mask, "batch_moments")
     with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):

@@ -17,9 +17,10 @@ number of exact zeros). No activation is kept, so memory does not grow with the 
 batch is summed around 0 where the layer's mean is within 2 standard deviations of it, else around the
 layer's running mean (the first batch: its own mean, an extra pass), so that ``m2`` stays a well-conditioned
 sum even for activations on a large mean: mean and variance to about 1e-7 relative in float32 (6e-7 at
-worst around 0), counts, min, max and zeros exact. ``compile=True`` (opt-in) runs the reduction under
-``torch.compile``: seconds to compile once (see :mod:`~masked_torch.analysis.kernels` and
-``benchmarks/recorder.py`` for what it saves).
+worst around 0), counts, min, max and zeros exact. The reduction is a fused kernel in C
+(:mod:`~masked_torch.analysis.native`, built with the system's C compiler on first use, about 0.2 s, and
+cached) where it applies (float32 outputs on the CPU) and builds, else eager PyTorch ops
+(:mod:`~masked_torch.analysis.kernels`; ``benchmarks/recorder.py`` compares them).
 
 Compiled *models* cannot be recorded: PyTorch silently ignores hooks added to a model after
 ``torch.compile``. The recorder refuses an ``OptimizedModule`` (or a model holding compiled submodules)
@@ -52,12 +53,17 @@ COLUMNS = ("layer", "channel", "count", "mean", "var", "std", "min", "max", "zer
 _ENV_COMPILE = "MASKED_TORCH_RECORD_COMPILE"
 
 
-def _compile_enabled(compile: Optional[bool]) -> bool:
-    """``compile`` if given, else whether ``MASKED_TORCH_RECORD_COMPILE`` is set to 1/true/yes/on (default:
-    off, the eager kernel)."""
+def _compile_enabled(compile: Optional[bool]) -> Optional[bool]:
+    """``compile`` if given, else ``MASKED_TORCH_RECORD_COMPILE``: 1/true/yes/on -> ``True``, 0/false/no/off
+    -> ``False``, unset -> ``None`` (the compiled kernel where it builds, quietly the eager one elsewhere)."""
     if compile is not None:
         return bool(compile)
-    return os.environ.get(_ENV_COMPILE, "").strip().lower() in ("1", "true", "yes", "on")
+    value = os.environ.get(_ENV_COMPILE, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return None
 
 
 def _not_traced(fn: Callable) -> Callable:
@@ -89,11 +95,11 @@ class ActivationRecorder:
     ``model``: any ``nn.Module`` (masked modules return ``(output, mask)``, plain ones a tensor).
     ``include``: ``None`` (every convolution, normalisation, ``Masked`` wrapper and activation; see
     :func:`select_layers`), a list of ``named_modules()`` names, or a predicate ``(name, module) -> bool``.
-    ``compile``: reduce each output with the statistics kernel under ``torch.compile`` (opt-in; ``None``:
-    only if ``MASKED_TORCH_RECORD_COMPILE=1``): compiled on first use (seconds; imports the compiler), one
-    fused float64 pass per batch instead of several float32 ones (:mod:`masked_torch.analysis.kernels`).
-    Counts, min, max and zero fractions are identical either way; mean and variance agree to the eager
-    kernel's float32 rounding (about 1e-7 relative, 6e-7 at worst).
+    ``compile``: the compiled statistics kernel (:mod:`masked_torch.analysis.native`): ``None`` (the default,
+    unless ``MASKED_TORCH_RECORD_COMPILE`` is set to 1 or 0) where it applies (float32 outputs on the CPU)
+    and builds, quietly the eager kernel elsewhere; ``True``: the same, but a one-line warning where it
+    cannot be built; ``False``: always the eager kernel. Counts, min, max and zero fractions are identical
+    either way; mean and variance agree to float32 rounding (about 1e-7 relative, 6e-7 at worst).
 
     Hooks are registered on ``__enter__`` and always removed on ``__exit__`` (also on an exception or
     ``KeyboardInterrupt``). Statistics accumulate over every forward pass inside the block and stay

@@ -1,0 +1,218 @@
+"""The recorder's compiled statistics kernel: one fused pass over a layer's output, in C.
+
+:func:`channel_sums` reduces a float32 output ``x`` ``(N, C, L)`` on the CPU and its float32 mask
+``(N, 1 or C, L)`` (or none) to the ``(6, C)`` float64 sums :func:`~masked_torch.analysis.kernels.shifted_sums`
+returns (count, sum of ``x - shift`` and of its square, min, max, non-zeros over the kept positions): one read
+of each, no scratch written, channels spread over torch's intra-op threads (OpenMP). Values under the mask
+are never read into a sum (a select, not a multiply), so NaN there cannot leak, and min and max are over
+the kept positions only. Sums are float32 within blocks of 512 positions and float64 across blocks: the
+precision of the eager kernel's float32 per-sample sums.
+
+The C source below is built on first use with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or
+``clang``; about 0.2 s) and cached under ``$MASKED_TORCH_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/masked_torch`` or ``~/.cache/masked_torch``) by a hash of the source, the flags and the
+CPU (it is built for this CPU, ``-march=native``); written atomically. Without a compiler, or if the build
+fails, :func:`load` returns ``None`` and :func:`unavailable` says why: the recorder then uses the eager
+kernel. Nothing is built or imported until a recorder needs the kernel.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["applies", "channel_sums", "load", "unavailable"]
+
+_SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+
+#define BLOCK 512
+
+/* Per channel of x (n, c, len) float32 contiguous, over the positions where mask (n, cm, len) float32
+   contiguous, cm 1 or c, is not 0 (mask NULL: all positions): out (6, c) float64 rows count,
+   sum(x - shift), sum((x - shift)^2), min, max (+inf/-inf without positions), non-zeros. shift (c,)
+   float32. float32 within blocks of BLOCK positions, float64 across blocks. */
+void masked_torch_channel_sums(const float *x, const float *mask, int64_t n, int64_t c, int64_t len,
+                               int64_t cm, const float *shift, double *out, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t ch = 0; ch < c; ch++) {
+        double cnt = 0, s1 = 0, s2 = 0, nz = 0;
+        float lo = INFINITY, hi = -INFINITY;
+        const float sh = shift[ch];
+        for (int64_t i = 0; i < n; i++) {
+            const float *xr = x + (i * c + ch) * len;
+            const float *mr = mask ? mask + (i * cm + (cm == 1 ? 0 : ch)) * len : 0;
+            for (int64_t b = 0; b < len; b += BLOCK) {
+                const int64_t e = b + BLOCK < len ? b + BLOCK : len;
+                float bc = 0, b1 = 0, b2 = 0, bz = 0, blo = INFINITY, bhi = -INFINITY;
+                if (mr) {
+                    #pragma omp simd reduction(+:bc,b1,b2,bz) reduction(min:blo) reduction(max:bhi)
+                    for (int64_t l = b; l < e; l++) {
+                        const float v = xr[l];
+                        const int k = mr[l] != 0.0f;
+                        const float d = k ? v - sh : 0.0f;
+                        const float a = k ? v : INFINITY, z = k ? v : -INFINITY;
+                        b1 += d;
+                        b2 += d * d;
+                        bc += k ? 1.0f : 0.0f;
+                        bz += (k && v != 0.0f) ? 1.0f : 0.0f;
+                        blo = a < blo ? a : blo;
+                        bhi = z > bhi ? z : bhi;
+                    }
+                } else {
+                    #pragma omp simd reduction(+:bc,b1,b2,bz) reduction(min:blo) reduction(max:bhi)
+                    for (int64_t l = b; l < e; l++) {
+                        const float v = xr[l];
+                        const float d = v - sh;
+                        b1 += d;
+                        b2 += d * d;
+                        bc += 1.0f;
+                        bz += v != 0.0f ? 1.0f : 0.0f;
+                        blo = v < blo ? v : blo;
+                        bhi = v > bhi ? v : bhi;
+                    }
+                }
+                cnt += bc; s1 += b1; s2 += b2; nz += bz;
+                lo = blo < lo ? blo : lo;
+                hi = bhi > hi ? bhi : hi;
+            }
+        }
+        out[ch] = cnt; out[c + ch] = s1; out[2 * c + ch] = s2;
+        out[3 * c + ch] = lo; out[4 * c + ch] = hi; out[5 * c + ch] = nz;
+    }
+}
+"""
+
+# tried in order: OpenMP threads; else one thread (clang without libomp)
+_FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"),
+    ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"),
+    ("-O3", "-shared", "-fPIC"),
+)
+
+_lock = threading.Lock()
+_state: dict = {}  # "fn": the loaded function, or "why": the reason there is none
+
+
+def _compiler() -> Optional[list[str]]:
+    cc = os.environ.get("CC")
+    if cc:
+        return shlex.split(cc)
+    for name in ("cc", "gcc", "clang"):
+        path = shutil.which(name)
+        if path:
+            return [path]
+    return None
+
+
+def _cache_dir() -> Path:
+    explicit = os.environ.get("MASKED_TORCH_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "masked_torch"
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` depends on: the CPU's feature flags where Linux lists them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def _build(cc: list[str], directory: Path) -> Path:
+    """The shared library built from :data:`_SOURCE` (cached); raises ``RuntimeError`` with the compiler's
+    last error if no flag set builds."""
+    suffix = ".dylib" if sys.platform == "darwin" else ".so"
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256("\0".join([_SOURCE, " ".join(cc), *flags, _cpu_id()]).encode()).hexdigest()[:16]
+        lib = directory / f"channel_sums-{key}{suffix}"
+        if lib.exists():
+            return lib
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:
+            src = Path(tmp) / "channel_sums.c"
+            src.write_text(_SOURCE)
+            built = Path(tmp) / f"channel_sums{suffix}"
+            try:
+                proc = subprocess.run([*cc, *flags, str(src), "-o", str(built)], capture_output=True, text=True,
+                                      timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if proc.returncode != 0 or not built.exists():
+                tail = (proc.stderr or proc.stdout).strip().splitlines()
+                errors.append(tail[-1] if tail else f"exit status {proc.returncode}")
+                continue
+            os.replace(built, lib)  # atomic: a concurrent process sees no library or a whole one
+            return lib
+    raise RuntimeError(f"{' '.join(cc)} could not build it ({errors[-1]})")
+
+
+def load():
+    """The compiled function (built on first use, then cached), or ``None`` if it cannot be built here
+    (:func:`unavailable` says why). Thread-safe; tried once per process."""
+    with _lock:
+        if "fn" in _state or "why" in _state:
+            return _state.get("fn")
+        cc = _compiler()
+        if cc is None:
+            _state["why"] = "no C compiler found ($CC, cc, gcc or clang)"
+            return None
+        try:
+            path = _build(cc, _cache_dir())
+            fn = ctypes.CDLL(str(path)).masked_torch_channel_sums
+        except (OSError, RuntimeError, AttributeError) as exc:
+            _state["why"] = str(exc)
+            return None
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                       ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        fn.restype = None
+        _state["fn"] = fn
+        return fn
+
+
+def unavailable() -> Optional[str]:
+    """Why :func:`load` returned ``None`` (``None`` if it loaded or was not tried yet)."""
+    return _state.get("why")
+
+
+def applies(x: Tensor, mask: Optional[Tensor]) -> bool:
+    """Whether :func:`channel_sums` takes these: float32, on the CPU, contiguous (as
+    :func:`~masked_torch.analysis.kernels.as_ncl` makes them), a float32 mask or none."""
+    return (
+        x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()
+        and (mask is None or (mask.dtype == torch.float32 and mask.device.type == "cpu" and mask.is_contiguous()))
+    )
+
+
+def channel_sums(fn, x: Tensor, mask: Optional[Tensor], shift: np.ndarray) -> np.ndarray:
+    """``(6, C)`` float64 sums of ``x`` ``(N, C, L)`` over the kept positions of ``mask`` ``(N, 1 or C, L)``
+    around ``shift`` ``(C,)`` float32, by the compiled function ``fn`` (:func:`load`); the inputs must
+    satisfy :func:`applies`."""
+    n, c, length = x.shape
+    shift = np.ascontiguousarray(shift, dtype=np.float32)
+    out = np.empty((6, c))
+    fn(x.data_ptr(), 0 if mask is None else mask.data_ptr(), n, c, length, 1 if mask is None else mask.shape[1],
+       shift.ctypes.data, out.ctypes.data, torch.get_num_threads())
+    return out
