@@ -48,7 +48,7 @@ from torch import Tensor
 from .moments import ACC, Moments, add_shifted_sums, empty_state
 
 __all__ = ["Workspace", "as_ncl", "shifted_sums", "exact_sums", "empty_sums", "advance", "first_moments",
-           "batch_moments"]
+           "batch_moments", "native_for"]
 
 _MAX_EXACT_F32 = 2**24  # float32 counts and sums of 0/1 are exact below this many positions per sample
 #: Sums are taken around 0 rather than around the running mean where every channel's squared mean is at most
@@ -293,9 +293,10 @@ def _fix_ambiguous_extrema(sums: np.ndarray, x: Tensor, mask: Tensor) -> None:
 _warned_unavailable = False
 
 
-def _native_for(x: Tensor, mask: Optional[Tensor], compiled: Optional[bool]):
-    """The compiled kernel's function if ``compiled`` asks for it (``True`` or ``None``) and it applies to
-    these tensors and builds here; else ``None`` (the eager kernel)."""
+def native_for(x: Tensor, mask: Optional[Tensor], compiled: Optional[bool]):
+    """The compiled kernel (:class:`~masked_torch.analysis.native.Library`) if ``compiled`` asks for it
+    (``True`` or ``None``) and it applies to these tensors and builds here; else ``None`` (the eager
+    kernel)."""
     if compiled is False:
         return None
     from . import native
@@ -304,7 +305,7 @@ def _native_for(x: Tensor, mask: Optional[Tensor], compiled: Optional[bool]):
 
 
 def _compiled_fn(required: bool):
-    """The compiled kernel's function, or ``None`` (eager): it could not be built here, which ``required``
+    """The compiled kernel, or ``None`` (eager): it could not be built here, which ``required``
     (``compiled=True``) says once per process in a warning; ``compiled=None`` (auto) falls back quietly."""
     global _warned_unavailable
     from . import native  # builds on first use only
@@ -350,7 +351,7 @@ def shifted_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray, workspace
     shift = np.asarray(shift, dtype=np.float64)
     if n * length == 0:
         return empty_sums(c), shift
-    fn = _native_for(x, mask, compiled)
+    fn = native_for(x, mask, compiled)
     if fn is not None:
         from .native import channel_sums
 
@@ -397,7 +398,7 @@ def advance(state: np.ndarray, x: Tensor, mask: Optional[Tensor], workspace: Opt
     the running mean. A batch that turns out too far from 0 is reduced again around the running mean."""
     count, mean = state[0], state[1]
     # around 0 saves the eager kernel a pass; the compiled one subtracts the shift for free
-    if _native_for(x, mask, compiled) is None and np.all(count * mean * mean <= _AROUND_ZERO * state[2]):
+    if native_for(x, mask, compiled) is None and np.all(count * mean * mean <= _AROUND_ZERO * state[2]):
         sums, shift = shifted_sums(x, mask, np.zeros(x.shape[1]), workspace, compiled=compiled, zeroed=zeroed)
         if _centred_enough(sums[0], sums[1], sums[2]):
             return add_shifted_sums(state, shift, sums)

@@ -3,10 +3,12 @@
 :func:`channel_sums` reduces a float32 output ``x`` ``(N, C, L)`` on the CPU and its float32 mask
 ``(N, 1 or C, L)`` (or none) to the ``(6, C)`` float64 sums :func:`~masked_torch.analysis.kernels.shifted_sums`
 returns (count, sum of ``x - shift`` and of its square, min, max, non-zeros over the kept positions): one read
-of each, no scratch written, channels spread over torch's intra-op threads (OpenMP). Values under the mask
-are never read into a sum (a select, not a multiply), so NaN there cannot leak, and min and max are over
-the kept positions only. Sums are float32 within blocks of 512 positions and float64 across blocks: the
-precision of the eager kernel's float32 per-sample sums.
+of each, no scratch written, channels spread over torch's intra-op threads (OpenMP). :func:`update` does
+that around each channel's running mean and merges the result into the running state in the same call (the
+recorder's per-batch step: no per-layer work left on the host). Values under the mask are never read into a
+sum (a select, not a multiply), so NaN there cannot leak, and min and max are over the kept positions only.
+Sums are float32 within blocks of 512 positions and float64 across blocks: the precision of the eager
+kernel's float32 per-sample sums.
 
 The C source below is built on first use with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or
 ``clang``; about 0.2 s) and cached under ``$MASKED_TORCH_CACHE_DIR`` (default
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["applies", "channel_sums", "load", "unavailable"]
+__all__ = ["Library", "applies", "channel_sums", "update", "load", "unavailable"]
 
 _SOURCE = r"""
 #include <math.h>
@@ -42,58 +44,102 @@ _SOURCE = r"""
 
 #define BLOCK 512
 
-/* Per channel of x (n, c, len) float32 contiguous, over the positions where mask (n, cm, len) float32
-   contiguous, cm 1 or c, is not 0 (mask NULL: all positions): out (6, c) float64 rows count,
-   sum(x - shift), sum((x - shift)^2), min, max (+inf/-inf without positions), non-zeros. shift (c,)
-   float32. float32 within blocks of BLOCK positions, float64 across blocks. */
+/* One channel ch of x (n, c, len) float32 contiguous, over the positions where mask (n, cm, len) float32
+   contiguous, cm 1 or c, is not 0 (mask NULL: all positions): r[0..5] = count, sum(x - shift),
+   sum((x - shift)^2), min, max (+inf/-inf without positions), non-zeros. float32 within blocks of BLOCK
+   positions, float64 across blocks. Values under the mask are selected away, never multiplied. */
+static void channel_pass(const float *x, const float *mask, int64_t n, int64_t c, int64_t len, int64_t cm,
+                         int64_t ch, float sh, double *r) {
+    double cnt = 0, s1 = 0, s2 = 0, nz = 0;
+    float lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        const float *xr = x + (i * c + ch) * len;
+        const float *mr = mask ? mask + (i * cm + (cm == 1 ? 0 : ch)) * len : 0;
+        for (int64_t b = 0; b < len; b += BLOCK) {
+            const int64_t e = b + BLOCK < len ? b + BLOCK : len;
+            float bc = 0, b1 = 0, b2 = 0, bz = 0, blo = INFINITY, bhi = -INFINITY;
+            if (mr) {
+                #pragma omp simd reduction(+:bc,b1,b2,bz) reduction(min:blo) reduction(max:bhi)
+                for (int64_t l = b; l < e; l++) {
+                    const float v = xr[l];
+                    const int k = mr[l] != 0.0f;
+                    const float d = k ? v - sh : 0.0f;
+                    const float a = k ? v : INFINITY, z = k ? v : -INFINITY;
+                    b1 += d;
+                    b2 += d * d;
+                    bc += k ? 1.0f : 0.0f;
+                    bz += (k && v != 0.0f) ? 1.0f : 0.0f;
+                    blo = a < blo ? a : blo;
+                    bhi = z > bhi ? z : bhi;
+                }
+            } else {
+                #pragma omp simd reduction(+:bc,b1,b2,bz) reduction(min:blo) reduction(max:bhi)
+                for (int64_t l = b; l < e; l++) {
+                    const float v = xr[l];
+                    const float d = v - sh;
+                    b1 += d;
+                    b2 += d * d;
+                    bc += 1.0f;
+                    bz += v != 0.0f ? 1.0f : 0.0f;
+                    blo = v < blo ? v : blo;
+                    bhi = v > bhi ? v : bhi;
+                }
+            }
+            cnt += bc; s1 += b1; s2 += b2; nz += bz;
+            lo = blo < lo ? blo : lo;
+            hi = bhi > hi ? bhi : hi;
+        }
+    }
+    r[0] = cnt; r[1] = s1; r[2] = s2; r[3] = lo; r[4] = hi; r[5] = nz;
+}
+
+/* Every channel around shift (c,) float32: out (6, c) float64, rows as channel_pass. */
 void masked_torch_channel_sums(const float *x, const float *mask, int64_t n, int64_t c, int64_t len,
                                int64_t cm, const float *shift, double *out, int threads) {
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t ch = 0; ch < c; ch++) {
-        double cnt = 0, s1 = 0, s2 = 0, nz = 0;
-        float lo = INFINITY, hi = -INFINITY;
-        const float sh = shift[ch];
-        for (int64_t i = 0; i < n; i++) {
-            const float *xr = x + (i * c + ch) * len;
-            const float *mr = mask ? mask + (i * cm + (cm == 1 ? 0 : ch)) * len : 0;
-            for (int64_t b = 0; b < len; b += BLOCK) {
-                const int64_t e = b + BLOCK < len ? b + BLOCK : len;
-                float bc = 0, b1 = 0, b2 = 0, bz = 0, blo = INFINITY, bhi = -INFINITY;
-                if (mr) {
-                    #pragma omp simd reduction(+:bc,b1,b2,bz) reduction(min:blo) reduction(max:bhi)
-                    for (int64_t l = b; l < e; l++) {
-                        const float v = xr[l];
-                        const int k = mr[l] != 0.0f;
-                        const float d = k ? v - sh : 0.0f;
-                        const float a = k ? v : INFINITY, z = k ? v : -INFINITY;
-                        b1 += d;
-                        b2 += d * d;
-                        bc += k ? 1.0f : 0.0f;
-                        bz += (k && v != 0.0f) ? 1.0f : 0.0f;
-                        blo = a < blo ? a : blo;
-                        bhi = z > bhi ? z : bhi;
-                    }
-                } else {
-                    #pragma omp simd reduction(+:bc,b1,b2,bz) reduction(min:blo) reduction(max:bhi)
-                    for (int64_t l = b; l < e; l++) {
-                        const float v = xr[l];
-                        const float d = v - sh;
-                        b1 += d;
-                        b2 += d * d;
-                        bc += 1.0f;
-                        bz += v != 0.0f ? 1.0f : 0.0f;
-                        blo = v < blo ? v : blo;
-                        bhi = v > bhi ? v : bhi;
-                    }
-                }
-                cnt += bc; s1 += b1; s2 += b2; nz += bz;
-                lo = blo < lo ? blo : lo;
-                hi = bhi > hi ? bhi : hi;
-            }
-        }
-        out[ch] = cnt; out[c + ch] = s1; out[2 * c + ch] = s2;
-        out[3 * c + ch] = lo; out[4 * c + ch] = hi; out[5 * c + ch] = nz;
+        double r[6];
+        channel_pass(x, mask, n, c, len, cm, ch, shift[ch], r);
+        for (int j = 0; j < 6; j++) out[j * c + ch] = r[j];
     }
+}
+
+/* A running state (6, c) float64, rows count, mean, m2, min, max, zeros, plus this batch, in place: each
+   channel summed around its running mean rounded to float32 (a channel without positions yet: around the
+   batch's own mean, which takes a first pass), then merged as moments.add_shifted_sums does. sums: (7, c)
+   scratch. Returns 1, leaving the state as it was, if a sum is not finite (NaN or Inf at a kept position). */
+int masked_torch_channel_update(const float *x, const float *mask, int64_t n, int64_t c, int64_t len,
+                                int64_t cm, double *state, double *sums, int threads) {
+    int bad = 0;
+    #pragma omp parallel for schedule(static) num_threads(threads) reduction(|:bad)
+    for (int64_t ch = 0; ch < c; ch++) {
+        double r[6];
+        float sh = (float)state[c + ch];
+        if (!(state[ch] > 0)) {
+            channel_pass(x, mask, n, c, len, cm, ch, 0.0f, r);
+            sh = r[0] > 0 ? (float)(r[1] / r[0]) : 0.0f;
+        }
+        channel_pass(x, mask, n, c, len, cm, ch, sh, r);
+        for (int j = 0; j < 6; j++) sums[j * c + ch] = r[j];
+        sums[6 * c + ch] = sh;
+        bad |= !(isfinite(r[1]) && isfinite(r[2]));
+    }
+    if (bad) return 1;
+    for (int64_t ch = 0; ch < c; ch++) {
+        const double count_a = state[ch], mean_a = state[c + ch], m2_a = state[2 * c + ch];
+        const double count_b = sums[ch], s1 = sums[c + ch], s2 = sums[2 * c + ch];
+        const double shift = sums[6 * c + ch];
+        const double delta = mean_a - shift, n_delta = count_a * delta, t = n_delta + s1;
+        const double cnt = count_a + count_b, q = t / (cnt > 1.0 ? cnt : 1.0);
+        const double m2 = m2_a + s2 + n_delta * delta - t * q;
+        state[ch] = cnt;
+        state[c + ch] = cnt == 0 ? 0.0 : shift + q;
+        state[2 * c + ch] = m2 > 0 ? m2 : 0.0;
+        state[3 * c + ch] = sums[3 * c + ch] < state[3 * c + ch] ? sums[3 * c + ch] : state[3 * c + ch];
+        state[4 * c + ch] = sums[4 * c + ch] > state[4 * c + ch] ? sums[4 * c + ch] : state[4 * c + ch];
+        state[5 * c + ch] += count_b - sums[5 * c + ch];
+    }
+    return 0;
 }
 """
 
@@ -169,27 +215,36 @@ def _build(cc: list[str], directory: Path) -> Path:
     raise RuntimeError(f"{' '.join(cc)} could not build it ({errors[-1]})")
 
 
-def load():
-    """The compiled function (built on first use, then cached), or ``None`` if it cannot be built here
+class Library:
+    """The two compiled functions: :func:`channel_sums` and :func:`update` call them."""
+
+    def __init__(self, dll: ctypes.CDLL) -> None:
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        self.sums = dll.masked_torch_channel_sums
+        self.sums.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]
+        self.sums.restype = None
+        self.update = dll.masked_torch_channel_update
+        self.update.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]
+        self.update.restype = ctypes.c_int
+
+
+def load() -> Optional[Library]:
+    """The compiled kernel (built on first use, then cached), or ``None`` if it cannot be built here
     (:func:`unavailable` says why). Thread-safe; tried once per process."""
     with _lock:
-        if "fn" in _state or "why" in _state:
-            return _state.get("fn")
+        if "lib" in _state or "why" in _state:
+            return _state.get("lib")
         cc = _compiler()
         if cc is None:
             _state["why"] = "no C compiler found ($CC, cc, gcc or clang)"
             return None
         try:
-            path = _build(cc, _cache_dir())
-            fn = ctypes.CDLL(str(path)).masked_torch_channel_sums
+            lib = Library(ctypes.CDLL(str(_build(cc, _cache_dir()))))
         except (OSError, RuntimeError, AttributeError) as exc:
             _state["why"] = str(exc)
             return None
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                       ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-        fn.restype = None
-        _state["fn"] = fn
-        return fn
+        _state["lib"] = lib
+        return lib
 
 
 def unavailable() -> Optional[str]:
@@ -206,13 +261,31 @@ def applies(x: Tensor, mask: Optional[Tensor]) -> bool:
     )
 
 
-def channel_sums(fn, x: Tensor, mask: Optional[Tensor], shift: np.ndarray) -> np.ndarray:
+def channel_sums(lib: Library, x: Tensor, mask: Optional[Tensor], shift: np.ndarray) -> np.ndarray:
     """``(6, C)`` float64 sums of ``x`` ``(N, C, L)`` over the kept positions of ``mask`` ``(N, 1 or C, L)``
-    around ``shift`` ``(C,)`` float32, by the compiled function ``fn`` (:func:`load`); the inputs must
-    satisfy :func:`applies`."""
+    around ``shift`` ``(C,)`` float32 (rows as :func:`~masked_torch.analysis.kernels.shifted_sums`); the
+    inputs must satisfy :func:`applies`."""
     n, c, length = x.shape
     shift = np.ascontiguousarray(shift, dtype=np.float32)
     out = np.empty((6, c))
-    fn(x.data_ptr(), 0 if mask is None else mask.data_ptr(), n, c, length, 1 if mask is None else mask.shape[1],
-       shift.ctypes.data, out.ctypes.data, torch.get_num_threads())
+    lib.sums(x.data_ptr(), 0 if mask is None else mask.data_ptr(), n, c, length,
+             1 if mask is None else mask.shape[1], shift.ctypes.data, out.ctypes.data, torch.get_num_threads())
     return out
+
+
+def update(lib: Library, x: Tensor, mask: Optional[Tensor], state: np.ndarray) -> bool:
+    """A running state (``(6, C)`` float64 C-contiguous, rows count, mean, m2, min, max, zeros; see
+    :func:`~masked_torch.analysis.moments.add_shifted_sums`) plus the batch ``x`` ``(N, C, L)`` over the
+    kept positions of ``mask``, in place and in one call: each channel summed around its running mean (a
+    channel without positions yet: around the batch's own mean, an extra pass), then merged as
+    ``add_shifted_sums`` merges. Returns ``False``, the state untouched, if a sum is not finite (NaN or Inf
+    at a kept position: the caller takes the exact kernel). The inputs must satisfy :func:`applies`."""
+    n, c, length = x.shape
+    if state.dtype != np.float64 or state.shape != (6, c) or not state.flags.c_contiguous:
+        raise ValueError(f"native.update: expected a (6, {c}) float64 C-contiguous state, got {state.dtype} "
+                         f"{state.shape}")
+    scratch = np.empty((7, c))
+    bad = lib.update(x.data_ptr(), 0 if mask is None else mask.data_ptr(), n, c, length,
+                     1 if mask is None else mask.shape[1], state.ctypes.data, scratch.ctypes.data,
+                     torch.get_num_threads())
+    return bad == 0

@@ -41,8 +41,9 @@ from torch import Tensor, nn
 from masked_torch.nn import MaskedModule, Unmasked
 
 from .distributed import reduce_moments
-from .kernels import Workspace, advance, as_ncl, first_moments
-from .moments import Moments
+from .kernels import Workspace, advance, as_ncl, first_moments, native_for
+from .moments import Moments, empty_state
+from .native import update as native_update
 from .selection import Include, refuse_compiled, select_layers
 
 __all__ = ["ActivationRecorder", "COLUMNS"]
@@ -174,6 +175,17 @@ class ActivationRecorder:
         state = self._state.get(name)
         if state is not None and state.shape[1] != c:
             raise ValueError(f"{where}: output has {c} channels, earlier batches had {state.shape[1]}")
+        lib = native_for(x, m, self.compile)
+        if lib is not None:  # the compiled kernel: sums and merge in one call, in place
+            if state is None:
+                state = empty_state(c)
+            if native_update(lib, x, m, state):
+                self._state[name] = state
+                self._device[name] = x.device
+                self._calls[name] += 1
+                if name not in self._primed and (state[0] > 0).all():
+                    self._primed.add(name)
+                return
         if name in self._primed:
             # one pass, around 0 or the running mean (kernels.advance)
             state = advance(state, x, m, self._workspace, compiled=self.compile, zeroed=zeroed)

@@ -581,7 +581,7 @@ def test_compile_false_never_builds_the_compiled_kernel(monkeypatch, tmp_path):
     eager = _record(model, [batch], compile=False)
     assert native._state == {} and not (tmp_path / "cache").exists()  # not even tried
     auto = _record(model, [batch])  # the default: built here if a compiler is found, else eager
-    assert ("fn" in native._state) == (tmp_path / "cache").exists()
+    assert ("lib" in native._state) == (tmp_path / "cache").exists()
     pd.testing.assert_frame_equal(auto[["layer", "channel", "count", "min", "max", "zero_frac"]],
                                   eager[["layer", "channel", "count", "min", "max", "zero_frac"]])
     np.testing.assert_allclose(auto["var"], eager["var"], rtol=2e-6)
@@ -604,7 +604,7 @@ def test_statistics_modules_import_one_way_in_any_order():
     import subprocess
     import sys
 
-    modules = ["moments", "kernels", "selection", "distributed", "recorder", "record"]
+    modules = ["moments", "kernels", "native", "selection", "distributed", "recorder", "record"]
     orders = [[first] + [m for m in reversed(modules) if m != first] for first in modules]
     procs = [subprocess.Popen([sys.executable, "-c", _IMPORT_PROBE, *order], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for order in orders]
@@ -615,10 +615,11 @@ def test_statistics_modules_import_one_way_in_any_order():
         results.append(json.loads(out.strip().splitlines()[-1]))
     alone = {order[0]: set(r["loaded"][order[0]]) for order, r in zip(orders, results)}
     assert alone["moments"] == {"moments"}
-    assert alone["kernels"] == {"kernels", "moments"}
+    assert alone["kernels"] == {"kernels", "moments"}  # the compiled kernel only when a batch needs it
+    assert alone["native"] == {"native"}
     assert alone["selection"] == {"selection"}
     assert alone["distributed"] == {"distributed", "moments"}
-    assert alone["recorder"] == {"recorder", "kernels", "moments", "selection", "distributed"}
+    assert alone["recorder"] == {"recorder", "kernels", "moments", "native", "selection", "distributed"}
     assert alone["record"] == alone["recorder"] | {"record"}
     assert all(set(r["loaded"][o[-1]]) == alone["recorder"] | {"record"} for o, r in zip(orders, results))
     assert not any(r["dynamo"] for r in results)
@@ -762,3 +763,61 @@ def test_kept_positions_are_computed_once_per_mask_and_again_after_an_in_place_c
     assert m4 is not m3
     np.testing.assert_array_equal(ws.counts(m4, scratch), [28.0])
     assert float(ws.valid(m4, torch.float32).sum()) == 28.0
+
+
+def test_compiled_update_equals_sums_then_merge():
+    """native.update (sums and merge in one C call, in place) against the two steps it fuses: the float64
+    sums of each channel around the running mean (the batch's own mean where a channel has no positions yet),
+    merged by add_shifted_sums; a channel without kept positions in the batch keeps its state."""
+    from masked_torch.analysis import native
+
+    lib = native.load()
+    if lib is None:
+        pytest.skip(f"the compiled kernel cannot be built here: {native.unavailable()}")
+    g = torch.Generator().manual_seed(5)
+    x = 3.0 + torch.randn(3, 4, 700, generator=g)
+    mask = (torch.rand(3, 4, 700, generator=g) > 0.5).float()
+    mask[:, 3] = 0  # no kept position in channel 3
+    state = empty_state(4)
+    state[:, :2] = [[10.0, 12.0], [2.5, 3.5], [7.0, 9.0], [-1.0, 0.5], [4.0, 6.0], [1.0, 0.0]]  # 2 and 3: empty
+    want_shift = state[1].copy()
+    kept = (mask != 0).double()
+    batch_mean = (x.double() * kept).sum(dim=(0, 2)) / kept.sum(dim=(0, 2)).clamp_min(1)
+    want_shift[2:] = batch_mean[2:].numpy()
+    want_shift[3] = 0.0
+    want_shift = want_shift.astype(np.float32).astype(np.float64)
+    sums = kernels_mod.exact_sums(x, mask, torch.from_numpy(want_shift).view(1, 4, 1)).numpy()
+    want = add_shifted_sums(state, want_shift, sums)
+    got = state.copy()
+    assert native.update(lib, x, mask, got)
+    np.testing.assert_array_equal(got[[0, 3, 4, 5]], want[[0, 3, 4, 5]])
+    np.testing.assert_allclose(got[1:3], want[1:3], rtol=1e-6)
+    np.testing.assert_array_equal(got[:, 3], state[:, 3])
+
+    bad = x.clone()
+    bad[0, 1, int((mask[0, 1] != 0).nonzero()[0])] = float("nan")  # NaN at a kept position
+    before = got.copy()
+    assert not native.update(lib, bad, mask, got)
+    np.testing.assert_array_equal(got, before)  # untouched: the recorder takes the exact kernel
+
+
+def test_compiled_recorder_with_nan_matches_the_eager_one():
+    """NaN under the mask is never read; NaN at a kept position makes the compiled path hand the batch to
+    the exact kernel: the frames of both kernels agree."""
+    _compiled_kernel_or_skip()
+    ident = mnn.MaskedSequential(OrderedDict(id=mnn.Masked(nn.Identity())))
+    g = torch.Generator().manual_seed(3)
+    batches = []
+    for i in range(3):
+        x = torch.randn(2, 3, 400, generator=g)
+        mask = (torch.rand(2, 1, 400, generator=g) > 0.4).float()
+        x[mask.expand_as(x) == 0] = float("nan")
+        if i == 2:
+            x[1, 0, int((mask[1, 0] != 0).nonzero()[0])] = float("nan")
+        batches.append((x, mask))
+    comp, eager = _record(ident, batches, compile=True), _record(ident, batches, compile=False)
+    pd.testing.assert_frame_equal(comp[["layer", "channel", "count", "zero_frac"]],
+                                  eager[["layer", "channel", "count", "zero_frac"]])
+    for col in ("mean", "var", "min", "max"):
+        np.testing.assert_allclose(comp[col], eager[col], rtol=1e-6, equal_nan=True, err_msg=col)
+    assert comp["var"].isna().tolist() == [True, False, False]
