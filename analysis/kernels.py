@@ -30,8 +30,9 @@ Reference point and precision: the compiled kernel sums around the running mean.
 around 0 where that loses little, else around the running mean (:func:`advance`): around 0 saves it the
 pass that subtracts the shift; it is taken where every channel's squared mean is at most ``_AROUND_ZERO``
 (4) times its variance, judged from the running moments and confirmed on the batch's own sums (a batch
-that fails is reduced again around the running mean). Around the running mean ``mean`` and ``var`` keep
-about 1e-7 relative precision (float32 sums; float64 exact) however far the mean is from 0; around 0 the
+that fails is reduced again around the running mean). A batch whose mean moved far from the running one
+is reduced again around its own mean (both kernels), so ``mean`` and ``var`` keep about 1e-7 relative
+precision (float32 sums; float64 exact) however far the mean is from 0 or drifts; around 0 the
 float32 sums lose at most a factor ``1 + _AROUND_ZERO`` of that to cancellation (about 6e-7 at worst).
 Counts, min, max and zeros are exact.
 """
@@ -93,19 +94,22 @@ class Workspace:
 
     def alias(self, mask: Tensor, make: Callable[[], Tensor]) -> Tensor:
         """``make()``, or the tensor it returned for the same ``mask`` object last time if ``mask`` has not
-        been modified in place since (its version counter)."""
-        ref, version, alias = self._alias
-        if ref is not None and ref() is mask and mask._version == version:
+        been modified in place since (its version counter; an inference tensor has none, so it is never
+        reused)."""
+        version = _version(mask)
+        ref, last, alias = self._alias
+        if version is not None and ref is not None and ref() is mask and version == last:
             return alias
         alias = make()
-        self._alias = (weakref.ref(mask), mask._version, alias)
+        self._alias = (weakref.ref(mask), version, alias)
         return alias
 
     def _remember(self, mask: Tensor) -> None:
-        """Forget what is cached unless it is of this very mask, unmodified."""
-        ref, version = self._mask
-        if ref is None or ref() is not mask or mask._version != version:
-            self._mask = (weakref.ref(mask), mask._version)
+        """Forget what is cached unless it is of this very mask, unmodified (never for an inference tensor)."""
+        version = _version(mask)
+        ref, last = self._mask
+        if version is None or ref is None or ref() is not mask or version != last:
+            self._mask = (weakref.ref(mask), version)
             self._counts = self._valid = None
 
     def counts(self, mask: Tensor, scratch: Tensor) -> np.ndarray:
@@ -134,6 +138,13 @@ class Workspace:
             valid = self._valid = flat[:numel].view(mask.shape)
             torch.ne(mask, 0, out=valid)  # 1 where kept (NaN counts as kept, as in exact_sums)
         return valid
+
+
+def _version(t: Tensor) -> Optional[int]:
+    """``t``'s version counter (bumped by every in-place change), or ``None`` for a tensor without one (made
+    under ``torch.inference_mode``). Changes that bypass it (``t.data[...] = ...``, a shared numpy buffer
+    refilled) are not seen: the caches assume masks are not modified that way between two layers."""
+    return None if t.is_inference() else t._version
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -176,12 +187,13 @@ def as_ncl(output: Tensor, mask: Optional[Tensor], where: str,
 
 
 def _canonical(t: Tensor, n: int, c: int) -> Tensor:
-    """``t`` (N, C, *S) as a contiguous (N, C, L) view, detached; copies only a non-contiguous tensor
-    (channels-last, expanded)."""
+    """``t`` (N, C, *S) as a contiguous (N, C, L) view, detached, its memory holding its values (a lazily
+    negated view is materialised); copies only such a tensor or a non-contiguous one (channels-last,
+    expanded)."""
     length = 1
     for s in t.shape[2:]:
         length *= s
-    return t.detach().contiguous().view(n, c, length)
+    return t.detach().resolve_neg().contiguous().view(n, c, length)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -314,10 +326,10 @@ def _compiled_fn(required: bool):
     if fn is None and required and not _warned_unavailable:
         _warned_unavailable = True
         warnings.warn(
-            f"ActivationRecorder: the compiled statistics kernel is not available ({native.unavailable()}); "
+            f"masked_torch.analysis: the compiled statistics kernel is not available ({native.unavailable()}); "
             f"using the eager kernel (same results up to float32 rounding, slower)",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=2,
         )
     return fn
 
@@ -395,14 +407,19 @@ def advance(state: np.ndarray, x: Tensor, mask: Optional[Tensor], workspace: Opt
     (``x`` (N, C, L), ``mask`` (N, 1 or C, L) or ``None``), in one pass: around 0 where the running moments
     say that loses no precision (every channel's mean within ``sqrt(_AROUND_ZERO)`` standard deviations of 0,
     as after a ReLU or a convolution without a large bias; the eager kernel then skips a pass), else around
-    the running mean. A batch that turns out too far from 0 is reduced again around the running mean."""
+    the running mean. A batch whose own mean is more than 2 of its standard deviations from the reference
+    (:func:`_centred_enough`) is reduced again around its own mean (known from the first pass)."""
     count, mean = state[0], state[1]
     # around 0 saves the eager kernel a pass; the compiled one subtracts the shift for free
     if native_for(x, mask, compiled) is None and np.all(count * mean * mean <= _AROUND_ZERO * state[2]):
-        sums, shift = shifted_sums(x, mask, np.zeros(x.shape[1]), workspace, compiled=compiled, zeroed=zeroed)
-        if _centred_enough(sums[0], sums[1], sums[2]):
-            return add_shifted_sums(state, shift, sums)
-    sums, shift = shifted_sums(x, mask, mean, workspace, compiled=compiled, zeroed=zeroed)
+        shift = np.zeros(x.shape[1])
+    else:
+        shift = mean
+    sums, shift = shifted_sums(x, mask, shift, workspace, compiled=compiled, zeroed=zeroed)
+    if np.isfinite(sums[1:3]).all() and not _centred_enough(sums[0], sums[1], sums[2]):
+        # too far from the reference for the batch's spread: again around the batch's own mean
+        sums, shift = shifted_sums(x, mask, shift + sums[1] / np.maximum(sums[0], 1.0), workspace,
+                                   compiled=compiled, zeroed=zeroed)
     return add_shifted_sums(state, shift, sums)
 
 

@@ -105,9 +105,10 @@ void masked_torch_channel_sums(const float *x, const float *mask, int64_t n, int
 }
 
 /* A running state (6, c) float64, rows count, mean, m2, min, max, zeros, plus this batch, in place: each
-   channel summed around its running mean rounded to float32 (a channel without positions yet: around the
-   batch's own mean, which takes a first pass), then merged as moments.add_shifted_sums does. sums: (7, c)
-   scratch. Returns 1, leaving the state as it was, if a sum is not finite (NaN or Inf at a kept position). */
+   channel summed around its running mean rounded to float32 (a channel without positions yet, or a batch
+   whose mean moved far from it: around the batch's own mean, which takes another pass), then merged as
+   moments.add_shifted_sums does. sums: (7, c) scratch. Returns 1, leaving the state as it was, if a sum is
+   not finite (NaN or Inf at a kept position). */
 int masked_torch_channel_update(const float *x, const float *mask, int64_t n, int64_t c, int64_t len,
                                 int64_t cm, double *state, double *sums, int threads) {
     int bad = 0;
@@ -120,6 +121,12 @@ int masked_torch_channel_update(const float *x, const float *mask, int64_t n, in
             sh = r[0] > 0 ? (float)(r[1] / r[0]) : 0.0f;
         }
         channel_pass(x, mask, n, c, len, cm, ch, sh, r);
+        if (5.0 * r[1] * r[1] > 4.0 * r[0] * r[2]) {
+            /* the batch's mean is more than 2 of its standard deviations from the running one: float32 sums
+               around sh would lose that much precision to cancellation; again around the batch's own mean */
+            sh = (float)(sh + r[1] / r[0]);
+            channel_pass(x, mask, n, c, len, cm, ch, sh, r);
+        }
         for (int j = 0; j < 6; j++) sums[j * c + ch] = r[j];
         sums[6 * c + ch] = sh;
         bad |= !(isfinite(r[1]) && isfinite(r[2]));
@@ -185,16 +192,22 @@ def _cpu_id() -> str:
     return f"{platform.machine()} {platform.processor()}"
 
 
-def _build(cc: list[str], directory: Path) -> Path:
+def _build(cc: list[str], directory: Path, stale: Optional[Path] = None) -> Path:
     """The shared library built from :data:`_SOURCE` (cached); raises ``RuntimeError`` with the compiler's
-    last error if no flag set builds."""
+    last error if no flag set builds. A flag set that failed once is remembered (``*.failed`` next to the
+    libraries: delete the directory to try again); ``stale``: a cached library that would not load, built
+    again."""
     suffix = ".dylib" if sys.platform == "darwin" else ".so"
     errors = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256("\0".join([_SOURCE, " ".join(cc), *flags, _cpu_id()]).encode()).hexdigest()[:16]
         lib = directory / f"channel_sums-{key}{suffix}"
-        if lib.exists():
+        failed = directory / f"channel_sums-{key}.failed"
+        if lib.exists() and lib != stale:
             return lib
+        if failed.exists():
+            errors.append(failed.read_text().strip() or "failed before")
+            continue
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             src = Path(tmp) / "channel_sums.c"
@@ -202,13 +215,16 @@ def _build(cc: list[str], directory: Path) -> Path:
             built = Path(tmp) / f"channel_sums{suffix}"
             try:
                 proc = subprocess.run([*cc, *flags, str(src), "-o", str(built)], capture_output=True, text=True,
-                                      timeout=120)
+                                      timeout=60)
             except (OSError, subprocess.TimeoutExpired) as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
-                continue
+                continue  # the compiler itself did not run: not remembered
             if proc.returncode != 0 or not built.exists():
                 tail = (proc.stderr or proc.stdout).strip().splitlines()
                 errors.append(tail[-1] if tail else f"exit status {proc.returncode}")
+                note = Path(tmp) / "failed"
+                note.write_text(errors[-1] + "\n")
+                os.replace(note, failed)
                 continue
             os.replace(built, lib)  # atomic: a concurrent process sees no library or a whole one
             return lib
@@ -239,7 +255,11 @@ def load() -> Optional[Library]:
             _state["why"] = "no C compiler found ($CC, cc, gcc or clang)"
             return None
         try:
-            lib = Library(ctypes.CDLL(str(_build(cc, _cache_dir()))))
+            path = _build(cc, _cache_dir())
+            try:
+                lib = Library(ctypes.CDLL(str(path)))
+            except (OSError, AttributeError):  # a damaged cached file: built once more
+                lib = Library(ctypes.CDLL(str(_build(cc, _cache_dir(), stale=path))))
         except (OSError, RuntimeError, AttributeError) as exc:
             _state["why"] = str(exc)
             return None
@@ -255,10 +275,12 @@ def unavailable() -> Optional[str]:
 def applies(x: Tensor, mask: Optional[Tensor]) -> bool:
     """Whether :func:`channel_sums` takes these: float32, on the CPU, contiguous (as
     :func:`~masked_torch.analysis.kernels.as_ncl` makes them), a float32 mask or none."""
-    return (
-        x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()
-        and (mask is None or (mask.dtype == torch.float32 and mask.device.type == "cpu" and mask.is_contiguous()))
-    )
+    return _plain_f32(x) and (mask is None or _plain_f32(mask))
+
+
+def _plain_f32(t: Tensor) -> bool:
+    """float32 on the CPU, contiguous, and its memory holds its values (not a lazily negated view)."""
+    return t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() and not t.is_neg()
 
 
 def channel_sums(lib: Library, x: Tensor, mask: Optional[Tensor], shift: np.ndarray) -> np.ndarray:
@@ -277,7 +299,8 @@ def update(lib: Library, x: Tensor, mask: Optional[Tensor], state: np.ndarray) -
     """A running state (``(6, C)`` float64 C-contiguous, rows count, mean, m2, min, max, zeros; see
     :func:`~masked_torch.analysis.moments.add_shifted_sums`) plus the batch ``x`` ``(N, C, L)`` over the
     kept positions of ``mask``, in place and in one call: each channel summed around its running mean (a
-    channel without positions yet: around the batch's own mean, an extra pass), then merged as
+    channel without positions yet, or whose batch mean moved more than 2 of the batch's standard deviations
+    from it: around the batch's own mean, an extra pass), then merged as
     ``add_shifted_sums`` merges. Returns ``False``, the state untouched, if a sum is not finite (NaN or Inf
     at a kept position: the caller takes the exact kernel). The inputs must satisfy :func:`applies`."""
     n, c, length = x.shape

@@ -701,9 +701,9 @@ def test_the_reference_point_keeps_the_variance_precise_at_any_offset(offset, co
     np.testing.assert_allclose(got["var"].to_numpy(), want, rtol=1e-6)
 
 
-def test_a_batch_far_from_zero_after_batches_near_it_is_reduced_around_the_running_mean():
+def test_a_batch_far_from_zero_after_batches_near_it_is_reduced_again_around_its_own_mean():
     """The running moments say "near 0" (so the next batch is summed around 0), but the batch sits at 1e4:
-    the kernel sees it is not centred enough and reduces it again around the running mean."""
+    the kernel sees it is not centred enough and reduces it again around the batch's own mean."""
     from masked_torch.analysis.kernels import advance, first_moments
 
     g = torch.Generator().manual_seed(2)
@@ -722,7 +722,8 @@ def test_a_batch_far_from_zero_after_batches_near_it_is_reduced_around_the_runni
         state = advance(state, b, None)
     finally:
         kernels_mod.shifted_sums = real
-    assert len(calls) == 2 and not calls[0].any() and calls[1].any()  # around 0, then around the running mean
+    assert len(calls) == 2 and not calls[0].any()  # around 0, then around the batch's own mean
+    np.testing.assert_allclose(calls[1], b.double().mean(dim=(0, 2)).numpy(), rtol=1e-6)
     both = torch.cat([a, b], dim=2).double()
     np.testing.assert_allclose(state[2] / state[0], both.var(dim=(0, 2), unbiased=False).numpy(), rtol=1e-6)
 
@@ -822,3 +823,62 @@ def test_compiled_recorder_with_nan_matches_the_eager_one():
     for col in ("mean", "var", "min", "max"):
         np.testing.assert_allclose(comp[col], eager[col], rtol=1e-6, equal_nan=True, err_msg=col)
     assert comp["var"].isna().tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("compile", [False, None], ids=["eager", "default"])
+def test_a_batch_whose_mean_moved_far_from_the_running_one_keeps_its_precision(compile):
+    """A few values around 0, then many around 1e4: summed around the running mean (near 0) the second
+    batch would lose its variance to cancellation; it is reduced again around its own mean."""
+    model = mnn.MaskedSequential(OrderedDict(id=mnn.Masked(nn.Identity())))
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(1, 2, 6, generator=g)
+    b = 1e4 + torch.randn(2, 2, 1 << 18, generator=g)
+    with ActivationRecorder(model, compile=compile) as rec:
+        for x in (a, b):
+            model(x, torch.ones(x.shape[0], 1, x.shape[2]))
+    both = torch.cat([a.transpose(0, 1).reshape(2, -1), b.transpose(0, 1).reshape(2, -1)], dim=1).double()
+    np.testing.assert_allclose(rec.to_frame()["var"].to_numpy(), both.var(dim=1, unbiased=False).numpy(),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("compile", [False, None], ids=["eager", "default"])
+def test_recording_under_inference_mode_and_on_a_negated_view(compile):
+    """Inference tensors have no version counter (the mask caches are then not used); a lazily negated view
+    holds the opposite of its memory (materialised before any kernel reads the memory)."""
+    conv = mnn.MaskedConv2d(3, 4, 3, padding=1)
+    mask = torch.ones(2, 1, 8, 8)
+    mask[1, :, 5:] = 0
+    with ActivationRecorder(conv, compile=compile) as rec, torch.inference_mode():
+        x = torch.randn(2, 3, 8, 8)
+        out, _ = conv(x, mask)
+        out2, _ = conv(x, mask.clone())
+    assert rec.to_frame()["count"].tolist() == [2 * (64 + 40)] * 4
+    y = torch._neg_view(torch.rand(2, 3, 10) + 1)
+    np.testing.assert_allclose(batch_moments(y, compile=compile).mean.numpy(),
+                               y.double().mean(dim=(0, 2)).numpy(), rtol=1e-6)
+
+
+def test_a_damaged_cached_library_is_built_again_and_a_failed_build_remembered(monkeypatch, tmp_path):
+    from masked_torch.analysis import native
+
+    if native._compiler() is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("MASKED_TORCH_CACHE_DIR", str(tmp_path))
+    lib = native._build(native._compiler(), tmp_path)  # built, not loaded (a loaded file must not change)
+    lib.write_bytes(b"not a library")  # e.g. a disk that filled up
+    monkeypatch.setattr(native, "_state", {})
+    assert native.load() is not None  # built again, under the same name
+    assert lib.read_bytes()[:4] != b"not "
+
+    # a compiler that fails: each flag set is tried once, then remembered
+    broken = tmp_path / "broken"
+    monkeypatch.setenv("MASKED_TORCH_CACHE_DIR", str(broken))
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setattr(native, "_state", {})
+    assert native.load() is None and "could not build" in native.unavailable()
+    assert len(list(broken.glob("*.failed"))) == len(native._FLAG_SETS)
+    calls = []
+    real = native.subprocess.run
+    monkeypatch.setattr(native.subprocess, "run", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(native, "_state", {})
+    assert native.load() is None and calls == []
