@@ -14,10 +14,11 @@ channel, over the positions the layer's *output* mask keeps (``mask != 0``; all 
 without a mask; :mod:`masked_torch.analysis.kernels`) and add the result to a float64 running
 :class:`~masked_torch.analysis.moments.Moments` (count, mean, centred sum of squares ``m2``, min, max,
 number of exact zeros). No activation is kept, so memory does not grow with the number of batches. Each
-batch is summed around 0 where the layer's mean is within 2 standard deviations of it, else around the
-layer's running mean (the first batch: its own mean, an extra pass), so that ``m2`` stays a well-conditioned
-sum even for activations on a large mean: mean and variance to about 1e-7 relative in float32 (6e-7 at
-worst around 0), counts, min, max and zeros exact. The reduction is a fused kernel in C
+batch is summed around the layer's running mean (the first batch, or one whose mean moved far from it:
+around its own mean, an extra pass; the eager kernel sums around 0 where the layer's mean is within 2
+standard deviations of it), so that ``m2`` stays a well-conditioned sum even for activations on a large
+mean: mean and variance to about 1e-7 relative in float32 (6e-7 at worst around 0), counts, min, max and
+zeros exact. The reduction is a fused kernel in C
 (:mod:`~masked_torch.analysis.native`, built with the system's C compiler on first use, about 0.2 s, and
 cached) where it applies (float32 outputs on the CPU) and builds, else eager PyTorch ops
 (:mod:`~masked_torch.analysis.kernels`; ``benchmarks/recorder.py`` compares them).
@@ -176,23 +177,17 @@ class ActivationRecorder:
         if state is not None and state.shape[1] != c:
             raise ValueError(f"{where}: output has {c} channels, earlier batches had {state.shape[1]}")
         lib = native_for(x, m, self.compile)
-        if lib is not None:  # the compiled kernel: sums and merge in one call, in place
-            if state is None:
-                state = empty_state(c)
-            if native_update(lib, x, m, state):
-                self._state[name] = state
-                self._device[name] = x.device
-                self._calls[name] += 1
-                if name not in self._primed and (state[0] > 0).all():
-                    self._primed.add(name)
-                return
-        if name in self._primed:
+        if lib is not None and state is None:
+            state = empty_state(c)
+        if lib is not None and native_update(lib, x, m, state):
+            pass  # the compiled kernel: sums and merge in one call, in place
+        elif name in self._primed:
             # one pass, around 0 or the running mean (kernels.advance)
             state = advance(state, x, m, self._workspace, compiled=self.compile, zeroed=zeroed)
         else:
             state = first_moments(state, x, m, self._workspace, compiled=self.compile, zeroed=zeroed)
-            if (state[0] > 0).all():
-                self._primed.add(name)
+        if name not in self._primed and (state[0] > 0).all():
+            self._primed.add(name)
         self._state[name] = state
         self._device[name] = x.device
         self._calls[name] += 1
