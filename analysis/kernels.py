@@ -29,9 +29,9 @@ Two kernels, one result (plus an exact fall-back):
 Reference point and precision: the compiled kernel sums around the running mean. The eager kernel sums
 around 0 where that loses little, else around the running mean (:func:`advance`): around 0 saves it the
 pass that subtracts the shift; it is taken where every channel's squared mean is at most ``_AROUND_ZERO``
-(4) times its variance, judged from the running moments and confirmed on the batch's own sums (a batch
-that fails is reduced again around the running mean). A batch whose mean moved far from the running one
-is reduced again around its own mean (both kernels), so ``mean`` and ``var`` keep about 1e-7 relative
+(4) times its variance, judged from the running moments. A batch whose mean is far from the reference for
+its spread (more than 2 of its standard deviations: the first batch, a batch that moved) is reduced again
+around its own mean (both kernels), so ``mean`` and ``var`` keep about 1e-7 relative
 precision (float32 sums; float64 exact) however far the mean is from 0 or drifts; around 0 the
 float32 sums lose at most a factor ``1 + _AROUND_ZERO`` of that to cancellation (about 6e-7 at worst).
 Counts, min, max and zeros are exact.
@@ -82,9 +82,7 @@ class Workspace:
         if self._views[0] == key:
             return self._views[1]
         sizes = [_numel(shape) for shape in shapes]
-        flat = self._flat
-        if flat is None or flat.numel() < sum(sizes) or flat.dtype != like.dtype or flat.device != like.device:
-            flat = self._flat = torch.empty(sum(sizes), dtype=like.dtype, device=like.device)
+        flat = self._flat = _at_least(self._flat, sum(sizes), like.dtype, like.device)
         out, start = [], 0
         for shape, numel in zip(shapes, sizes):
             out.append(flat[start:start + numel].view(shape))
@@ -132,10 +130,8 @@ class Workspace:
         valid = self._valid
         if valid is None or valid.dtype != dtype:
             numel = mask.numel()
-            flat = self._valid_flat
-            if flat is None or flat.numel() < numel or flat.dtype != dtype or flat.device != mask.device:
-                flat = self._valid_flat = torch.empty(numel, dtype=dtype, device=mask.device)
-            valid = self._valid = flat[:numel].view(mask.shape)
+            self._valid_flat = _at_least(self._valid_flat, numel, dtype, mask.device)
+            valid = self._valid = self._valid_flat[:numel].view(mask.shape)
             torch.ne(mask, 0, out=valid)  # 1 where kept (NaN counts as kept, as in exact_sums)
         return valid
 
@@ -145,6 +141,13 @@ def _version(t: Tensor) -> Optional[int]:
     under ``torch.inference_mode``). Changes that bypass it (``t.data[...] = ...``, a shared numpy buffer
     refilled) are not seen: the caches assume masks are not modified that way between two layers."""
     return None if t.is_inference() else t._version
+
+
+def _at_least(flat: Optional[Tensor], numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``flat`` if it holds ``numel`` elements of ``dtype`` on ``device``, else a new 1-d buffer that does."""
+    if flat is None or flat.numel() < numel or flat.dtype != dtype or flat.device != device:
+        flat = torch.empty(numel, dtype=dtype, device=device)
+    return flat
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -426,20 +429,12 @@ def advance(state: np.ndarray, x: Tensor, mask: Optional[Tensor], workspace: Opt
 def first_moments(state: Optional[np.ndarray], x: Tensor, mask: Optional[Tensor],
                   workspace: Optional[Workspace] = None, *, compiled: Optional[bool] = False,
                   zeroed: bool = False) -> np.ndarray:
-    """:func:`advance` for a state without a reference mean in some channel (``None``: the first batch; or
-    channels without any kept position yet): one pass around 0; if that is not centred enough
-    (:func:`_centred_enough`), a second around the running mean, or the batch's own mean where there is
-    none."""
-    c = x.shape[1]
-    sums, zero = shifted_sums(x, mask, np.zeros(c), workspace, compiled=compiled, zeroed=zeroed)
+    """:func:`advance` from ``state``, or from no positions (``None``: the first batch). A channel without
+    a running mean is summed around 0 first, and again around the batch's own mean where that is not
+    centred enough."""
     if state is None:
-        state = empty_state(c)
-    if _centred_enough(sums[0], sums[1], sums[2]):
-        return add_shifted_sums(state, zero, sums)
-    batch_mean = add_shifted_sums(empty_state(c), zero, sums)[1]
-    shift = np.where(state[0] > 0, state[1], batch_mean)
-    sums, shift = shifted_sums(x, mask, shift, workspace, compiled=compiled, zeroed=zeroed)
-    return add_shifted_sums(state, shift, sums)
+        state = empty_state(x.shape[1])
+    return advance(state, x, mask, workspace, compiled=compiled, zeroed=zeroed)
 
 
 def batch_moments(

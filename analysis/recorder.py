@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from masked_torch.nn import MaskedModule, Unmasked
 
 from .distributed import reduce_moments
-from .kernels import Workspace, advance, as_ncl, first_moments, native_for
+from .kernels import Workspace, as_ncl, first_moments, native_for
 from .moments import Moments, empty_state
 from .native import update as native_update
 from .selection import Include, refuse_compiled, select_layers
@@ -128,7 +128,6 @@ class ActivationRecorder:
         self._state: dict[str, np.ndarray] = {}
         self.compile = _compile_enabled(compile)
         self._device: dict[str, torch.device] = {}
-        self._primed: set[str] = set()
         self._calls: dict[str, int] = {name: 0 for name, _ in self.layers}
         self._model_calls = 0
         self._handles: list = []
@@ -181,13 +180,8 @@ class ActivationRecorder:
             state = empty_state(c)
         if lib is not None and native_update(lib, x, m, state):
             pass  # the compiled kernel: sums and merge in one call, in place
-        elif name in self._primed:
-            # one pass, around 0 or the running mean (kernels.advance)
-            state = advance(state, x, m, self._workspace, compiled=self.compile, zeroed=zeroed)
-        else:
+        else:  # around 0 or the running mean, again around the batch's own mean where needed
             state = first_moments(state, x, m, self._workspace, compiled=self.compile, zeroed=zeroed)
-        if name not in self._primed and (state[0] > 0).all():
-            self._primed.add(name)
         self._state[name] = state
         self._device[name] = x.device
         self._calls[name] += 1
@@ -225,7 +219,6 @@ class ActivationRecorder:
         """Forget every statistic (hooks stay as they are)."""
         self._state.clear()
         self._device.clear()
-        self._primed.clear()
         self._calls = {name: 0 for name, _ in self.layers}
         self._model_calls = 0
 
@@ -239,8 +232,6 @@ class ActivationRecorder:
                 for name, _ in self.layers if name in self._state}
         for name, m in reduce_moments(mine, group).items():
             self._state[name] = m.to_tensor().numpy().copy()
-            if (self._state[name][0] > 0).all():
-                self._primed.add(name)
         return self
 
     # -- results ------------------------------------------------------------------------------------------
