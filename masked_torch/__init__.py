@@ -5,6 +5,11 @@ The submodules load on first use (PEP 562), so ``import masked_torch.analysis.cl
 behave as if imported here.
 """
 import importlib
+from pathlib import Path
+
+from . import _suite
+
+_suite.install(Path(__file__).resolve().parent)  # a source checkout: masked_torch.analysis is the clone's analysis/
 
 __version__ = "0.1.0"
 __all__ = ["functional", "nn", "utils", "__version__"]
