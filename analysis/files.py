@@ -10,8 +10,8 @@ from typing import Optional
 
 import pandas as pd
 
-__all__ = ["METADATA_KEY", "STATS_FILE", "PADDING_FILE", "IMAGE_STATS_FILE", "TENSOR_STATS_FILE", "FIGURES", "write_parquet_atomic",
-           "read_settings", "tmp_path", "write_parquet"]
+__all__ = ["METADATA_KEY", "STATS_FILE", "PADDING_FILE", "IMAGE_STATS_FILE", "TENSOR_STATS_FILE", "FIGURES",
+           "write_parquet_atomic", "read_settings", "tmp_path", "write_parquet"]
 
 METADATA_KEY = b"masked_torch.settings"
 STATS_FILE = "activation_stats.parquet"

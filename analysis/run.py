@@ -274,7 +274,8 @@ def write_outputs(results: Results, out, *, dpi: int = 120) -> list[Path]:
 
     figs = {}
     try:
-        figs["maps"] = plot.plot_activation_maps(results.maps, rgb=results.rgb)
+        figs["maps"] = plot.plot_activation_maps(results.maps, rgb=results.rgb,
+                                                 update_mask=results.settings.update_mask)
         figs["stats"] = plot.plot_channel_stats(results.stats)
         if not results.padding.empty:  # a preset without batches (--preset seed) has no padding frame
             figs["padding"] = plot.plot_padding_sensitivity(results.padding)
