@@ -60,7 +60,7 @@ from .choices import NORMALIZE
 __all__ = [
     "DataError", "SkippedImageWarning", "Image", "Skipped", "Batch", "PHOTOS", "IMAGE_SUFFIXES", "NORMALIZE",
     "round_up", "shrunk_size", "to_rgb_float", "read_image", "resize_max_side", "standardize",
-    "normalize_images", "ImageSource", "SyntheticSource", "PhotoSource", "FolderSource", "open_source",
+    "normalize_images", "paste_masks", "ImageSource", "SyntheticSource", "PhotoSource", "FolderSource", "open_source",
     "list_images", "dataset_stats",
     "synthetic_images", "photo_images", "folder_images", "load_images", "pad_batch", "pad_alone", "batches",
 ]
@@ -80,10 +80,12 @@ class SkippedImageWarning(UserWarning):
 
 @dataclass
 class Image:
-    """One image: ``pixels`` is float32 ``(3, H, W)``."""
+    """One image: ``pixels`` is float32 ``(3, H, W)``; ``mask`` (optional) float32 ``(1 or 3, H, W)``, 1 = valid,
+    the image's own validity (a source that carries one, such as ``--preset seed``'s); ``None``: valid everywhere."""
 
     name: str
     pixels: np.ndarray
+    mask: Optional[np.ndarray] = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -104,7 +106,8 @@ class Skipped:
 
 @dataclass
 class Batch:
-    """A padded batch: ``x`` ``(N, 3, H, W)`` float32, ``mask`` ``(N, 1, H, W)`` float32 (1 = inside the image).
+    """A padded batch: ``x`` ``(N, 3, H, W)`` float32, ``mask`` ``(N, 1, H, W)`` float32 (1 = inside the image;
+    ``(N, 3, H, W)`` where the images carry a per-channel mask of their own, :func:`paste_masks`).
 
     ``names`` / ``sizes`` (``(h, w)`` of each image) / ``index`` (the image's index in its source) are per
     image; ``skipped`` lists the images of this batch that could not be decoded (they are not in ``x``);
@@ -134,6 +137,21 @@ class Batch:
 
 
 # ----------------------------------------------------------------------------------------------- conversion
+def paste_masks(x: torch.Tensor, mask: torch.Tensor, masks: Sequence[Optional[np.ndarray]]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded batch (``x`` ``(N, C, H, W)``, ``mask`` ``(N, 1, H, W)``) with each image's own mask
+    (``masks[j]``: ``(1 or C, h, w)`` at the image's place, the canvas origin; ``None``: valid everywhere) put in:
+    the mask becomes ``(N, C, H, W)`` if any image's has ``C`` channels, and ``x`` is 0 wherever it is 0 (as
+    ``--mask holes`` zeroes its holes)."""
+    channels = max((m.shape[0] for m in masks if m is not None), default=1)
+    mask = mask.expand(-1, channels, -1, -1).clone()
+    for j, m in enumerate(masks):
+        if m is not None:
+            h, w = m.shape[1:]
+            mask[j, :, :h, :w] *= torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)).to(mask.dtype)
+    return x * mask, mask
+
+
 def round_up(n: int, multiple: int) -> int:
     """Smallest multiple of ``multiple`` that is ``>= n``."""
     if multiple < 1:
@@ -331,6 +349,11 @@ class ImageSource(Dataset):
         """What an error message names for image ``i`` (a file path, or the image's name)."""
         return self.names[i]
 
+    def _mask(self, i: int) -> Optional[np.ndarray]:
+        """Image ``i``'s own mask, float32 ``(1 or 3, H, W)`` at the size :meth:`_decode` gives (``None``: valid
+        everywhere, every source but one)."""
+        return None
+
     # -- the dataset
     def __len__(self) -> int:
         return len(self.names)
@@ -396,11 +419,15 @@ class ImageSource(Dataset):
             pixels = resize_max_side(self._decode(i), self.max_side)
         except Exception as exc:  # noqa: BLE001 - any decoder error names the file
             raise DataError(f"cannot read image {self.location(i)}: {_reason(exc)}") from exc
+        mask = self._mask(i)
+        if mask is not None and mask.shape[1:] != pixels.shape[1:]:
+            raise DataError(f"image {self.location(i)}: its mask {mask.shape[1:]} does not fit its pixels "
+                            f"{pixels.shape[1:]} (a source with masks is not shrunk: max_side=None)")
         if self.normalize == "image":
             pixels = standardize(pixels)
         elif self.normalize == "dataset":
             pixels = _apply_stats(pixels, *self.stats)
-        return Image(self.names[i], pixels)
+        return Image(self.names[i], pixels, mask)
 
     def __getitem__(self, i: int) -> Union[Image, Skipped]:
         if self._sizes is not None and i in self._unreadable:

@@ -10,13 +10,14 @@ from typing import Optional
 
 import pandas as pd
 
-__all__ = ["METADATA_KEY", "STATS_FILE", "PADDING_FILE", "IMAGE_STATS_FILE", "FIGURES", "write_parquet_atomic",
-           "read_settings", "tmp_path", "write_parquet"]
+__all__ = ["METADATA_KEY", "STATS_FILE", "PADDING_FILE", "IMAGE_STATS_FILE", "TENSOR_STATS_FILE", "FIGURES",
+           "write_parquet_atomic", "read_settings", "tmp_path", "write_parquet"]
 
 METADATA_KEY = b"masked_torch.settings"
 STATS_FILE = "activation_stats.parquet"
 PADDING_FILE = "padding_sensitivity.parquet"
 IMAGE_STATS_FILE = "image_stats.parquet"
+TENSOR_STATS_FILE = "tensor_stats.parquet"  # --preset seed: the seed's own statistics over whole output tensors
 FIGURES = {
     "maps": "activation_maps.png",
     "stats": "channel_stats.png",

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from masked_torch.utils import pad_batch
 
-from .data import Batch, DataError, ImageSource, Skipped, dataset_stats, round_up
+from .data import Batch, DataError, ImageSource, Skipped, dataset_stats, paste_masks, round_up
 
 __all__ = ["Batch", "BatchLoader", "PadImages", "make_loader", "plan_batches", "padding_fraction", "crop_alone",
            "limit_heap_growth"]
@@ -92,6 +92,8 @@ class PadImages:
         if not images:
             return Batch(torch.zeros(0, 3, 0, 0), torch.zeros(0, 1, 0, 0), [], [], [], skipped)
         x, mask = pad_batch([torch.from_numpy(im.pixels) for _, im in images], self.multiple)
+        if any(im.mask is not None for _, im in images):  # images that carry their own mask (--preset seed)
+            x, mask = paste_masks(x, mask, [im.mask for _, im in images])
         return Batch(x, mask, [im.name for _, im in images], [im.size for _, im in images],
                      [i for i, _ in images], skipped)
 

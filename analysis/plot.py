@@ -63,7 +63,7 @@ STACK_LABELS = {
 }
 _STACK_NOTES = {
     "conv": "plain nn.Conv2d, run on\nthe padded batch; the\nmask only rides along",
-    "pconv": "PartialConv2d: window sum\nrescaled by valid count\n(update_mask=False)",
+    "pconv": "PartialConv2d: window sum\nrescaled by valid count\n(update_mask={update_mask})",
     "mconv": "MaskedConv2d: input 0\noutside, output x centre\nmask (bias too)",
 }
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
@@ -354,7 +354,7 @@ def _legend_below(fig: Figure, stacks: Sequence[str], palette: dict, extra: Sequ
 # ------------------------------------------------------------------------------------------------ figure 1
 def plot_activation_maps(maps: pd.DataFrame, rgb: Optional[np.ndarray] = None, *,
                          stacks: Optional[Sequence[str]] = None, mask_stack: str = "mconv",
-                         max_columns: int = 8) -> Figure:
+                         max_columns: int = 8, update_mask: bool = False) -> Figure:
     """Channel-mean activation maps per depth (columns) and stack (rows) for one image of a padded batch.
 
     ``maps``: columns ``image, stack, layer, depth, kind, map, mask, h, w, canvas_h, canvas_w`` (``map`` and
@@ -367,7 +367,7 @@ def plot_activation_maps(maps: pd.DataFrame, rgb: Optional[np.ndarray] = None, *
     A frame of a network that is not a chain (with ``order``: a ResNet, a U-Net; :func:`is_chain`) gets one
     column per resolution level's output (:func:`level_outputs`: the last layer of each run of layers at one
     depth, in execution order, at most ``max_columns``; a U-Net's levels come on the way down and up), titled
-    by layer; layers without spatial dims are left out.
+    by layer; layers without spatial dims are left out. ``update_mask``: pconv's rule, for its note.
     """
     if maps.empty:
         raise ValueError("plot_activation_maps: empty frame")
@@ -443,8 +443,8 @@ def plot_activation_maps(maps: pd.DataFrame, rgb: Optional[np.ndarray] = None, *
         ax.axis("off")
         ax.text(0.5, 0.62, s, ha="center", va="center", fontsize=15, weight="bold",
                 color=STACK_COLORS.get(s, "k"), transform=ax.transAxes)
-        ax.text(0.5, 0.28, _STACK_NOTES.get(s, ""), ha="center", va="center", fontsize=8,
-                transform=ax.transAxes, linespacing=1.3)
+        ax.text(0.5, 0.28, _STACK_NOTES.get(s, "").format(update_mask=update_mask), ha="center", va="center",
+                fontsize=8, transform=ax.transAxes, linespacing=1.3)
     fig.suptitle(
         f"Channel-mean activation of each level, image '{images[0]}' in its padded batch. "
         "One colour scale per depth (column), shared by the stacks; red dashes: image boundary; "

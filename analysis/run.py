@@ -24,7 +24,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,8 +32,8 @@ import torch
 
 from .data import DataError, open_source
 from .distributed import gather_objects, rank_and_world
-from .files import (FIGURES, IMAGE_STATS_FILE, METADATA_KEY, PADDING_FILE, STATS_FILE, read_settings, tmp_path,
-                    write_parquet, write_parquet_atomic)
+from .files import (FIGURES, IMAGE_STATS_FILE, METADATA_KEY, PADDING_FILE, STATS_FILE, TENSOR_STATS_FILE,
+                    read_settings, tmp_path, write_parquet, write_parquet_atomic)
 from .loader import crop_alone, make_loader
 from .masks import apply_holes
 from .models import build_model, build_variants, canvas_multiple, layer_table, reference_multiple
@@ -65,6 +65,7 @@ class Results:
     padding_fraction: Optional[float] = None  # padded share of all batch canvases
     seconds: float = 0.0
     preset: Optional[str] = None  # "seed": analysis.seed's run (no padding frame, no conv_alone)
+    tensor_stats: pd.DataFrame = field(default_factory=pd.DataFrame)  # "seed": the seed's whole-tensor statistics
 
 
 def recorded_layers(model: torch.nn.Module) -> list[str]:
@@ -103,8 +104,13 @@ def _forward(model, x, mask, names, recorder=None) -> dict:
     return store
 
 
-def run_experiment(settings: Settings, *, progress: bool = True) -> Results:
-    """Run the experiment ``settings`` describes (see the module docstring)."""
+def run_experiment(settings: Settings, *, progress: bool = True, plain: Optional[torch.nn.Module] = None,
+                   source=None, passes: Sequence = ()) -> Results:
+    """Run the experiment ``settings`` describes (see the module docstring).
+
+    ``plain`` and ``source`` replace the plain model and the image source that ``settings`` names (a preset's
+    own network and images, :mod:`~masked_torch.analysis.seed`); ``passes``: more passes, each given every
+    batch with the stacks' outputs (``p.add(batch, batch_out)``, as :class:`MapsPass`) on this process."""
     start = time.perf_counter()
     # One thread by default: the activations here are small, and on a busy machine OpenMP workers spinning
     # against each other made the default run 20x slower with 2 threads on 2 cores. --threads raises it.
@@ -114,19 +120,23 @@ def run_experiment(settings: Settings, *, progress: bool = True) -> Results:
         raise DataError(f"device {settings.device!r} asked for, but CUDA is not available here")
     rank, world = rank_and_world()  # under torchrun batch i goes to rank i % world
 
-    plain = build_model(settings.model, depth=settings.depth, bias=settings.bias, activation=settings.activation,
-                        init=settings.init, seed=settings.seed, weights=settings.weights)
+    if plain is None:
+        plain = build_model(settings.model, depth=settings.depth, bias=settings.bias,
+                            activation=settings.activation, init=settings.init, seed=settings.seed,
+                            weights=settings.weights)
     multiple = canvas_multiple(settings.model, settings.depth)
     ref_multiple = reference_multiple(settings.model, settings.depth)
     models = {s: m.to(device) for s, m in build_variants(plain, ("conv", *[s for s in settings.stacks
-                                                                            if s != "conv"])).items()}
+                                                                            if s != "conv"]),
+                                                         update_mask=settings.update_mask).items()}
     stacks = list(settings.stacks)
     names = recorded_layers(models["conv"])
     table = layer_table(plain, torch.zeros(1, 3, 2 * multiple, 2 * multiple))
     table = table[table["layer"].isin(names)]
 
-    source = open_source(settings.data, num_images=settings.num_images, max_side=settings.max_side,
-                         seed=settings.seed, normalize=settings.normalize, strict=settings.strict)
+    if source is None:
+        source = open_source(settings.data, num_images=settings.num_images, max_side=settings.max_side,
+                             seed=settings.seed, normalize=settings.normalize, strict=settings.strict)
     if settings.figure_image is not None and settings.figure_image in [
             source.names[i] for i in source.unreadable]:
         raise DataError(f"figure image {settings.figure_image!r} cannot be read")
@@ -158,6 +168,8 @@ def run_experiment(settings: Settings, *, progress: bool = True) -> Results:
             image_px += sum(h * w for h, w in batch.sizes)
             batch_out = {s: _forward(models[s], x, mask, names, stats.recorder(s)) for s in stacks}
             maps.add(batch, batch_out)
+            for extra in passes:
+                extra.add(batch, batch_out)
             for k in range(len(batch.names)):
                 alone = crop_alone(batch, k, multiple)  # what each stack sees of the image alone
                 # the unmodified model on the image alone: exactly the image where the model runs at any size
@@ -262,7 +274,8 @@ def write_outputs(results: Results, out, *, dpi: int = 120) -> list[Path]:
 
     figs = {}
     try:
-        figs["maps"] = plot.plot_activation_maps(results.maps, rgb=results.rgb)
+        figs["maps"] = plot.plot_activation_maps(results.maps, rgb=results.rgb,
+                                                 update_mask=results.settings.update_mask)
         figs["stats"] = plot.plot_channel_stats(results.stats)
         if not results.padding.empty:  # a preset without batches (--preset seed) has no padding frame
             figs["padding"] = plot.plot_padding_sensitivity(results.padding)
@@ -275,6 +288,8 @@ def write_outputs(results: Results, out, *, dpi: int = 120) -> list[Path]:
             write_parquet(results.padding, stage(out / PADDING_FILE), meta)
         if not results.image_stats.empty:
             write_parquet(results.image_stats, stage(out / IMAGE_STATS_FILE), meta)
+        if not results.tensor_stats.empty:
+            write_parquet(results.tensor_stats, stage(out / TENSOR_STATS_FILE), meta)
     except BaseException:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)

@@ -1,29 +1,50 @@
-"""``--preset seed``: the seed README's own experiment, reproduced exactly.
+"""``--preset seed``: the seed's own experiment (its ``examples/visualize_activations_2d.py``), run through the one
+experiment of :func:`masked_torch.analysis.run.run_experiment` with the settings, the network and the image source
+below.
 
-* one 256x256 image of N(0, 1) noise, 3 channels;
-* ``depth = 8`` levels, level ``i = 0..7`` (named ``unshuffle{i+1}``, ``conv{i+1}``: ``depth`` i+1 in the frame):
-  ``PixelUnshuffle(2)`` then a 3x3 conv, padding 1, no bias, no activation, ``nn.Conv2d``'s default init; the
-  seed's channel plan ``in = 12`` for ``i = 0`` and ``2**(i+1) * 4`` after, ``out = 2**i * 4`` (4, 8, ... 512).
-  It agrees with the unshuffle: ``unshuffle(2)`` of ``C`` channels gives ``4C``, so level 0 reads ``3 * 4 = 12``
-  channels, level ``i > 0`` reads ``4 * 2**(i-1) * 4 = 2**(i+1) * 4``;
-* ``torch.manual_seed(1337)`` immediately before the conv stack is built; the image is then drawn from the same
-  global stream (``torch.randn(1, 3, 256, 256)`` right after the last conv is made). The caller's RNG state is
-  restored afterwards;
-* the seed's 3-channel mask (:func:`seed_mask`), and every stack is fed the masked input ``x * mask``;
-* stacks: conv (plain ``nn.Conv2d``, the mask rides along), pconv (``PartialConv2d(multichannel=True,
-  update_mask=False)``, as in the suite), mconv (``MaskedConv2d``), all from one plain stack by
-  :func:`masked_torch.nn.convert`, so with identical weights.
+What the seed's script does, and how the preset follows it:
 
-Statistics are taken by :class:`~masked_torch.analysis.recorder.ActivationRecorder` over the positions of each stack's *own*
-output mask, as in the default run. Unlike the default run these are not the same positions in every stack:
-with a per-channel mask, mconv's output mask is per channel (an output channel is valid where its window saw a
-valid input in any channel), while conv and pconv carry a 1-channel mask; the ``count`` column says how many
-positions each statistic is over. There is no ``conv_alone`` reference (the mask has holes inside the image: no
-"unpadded image" exists to run the plain network on) and no padding-sensitivity frame (one image, no batch).
+* **draws**: ``torch.manual_seed(1337)``, then three stacks built in this order: conv (``nn.Conv2d``), pconv (the
+  seed's ``PartialConv2d``) and mconv (its ``MaskedConv2d``). Both are ``nn.Conv2d`` subclasses, so each stack
+  draws the same default initialisation from the global stream; pconv and mconv then load conv's weights, and only
+  then is the image drawn, ``x = torch.randn(1, 3, 256, 256)``: after 3 x 8 convolutions' draws
+  (:func:`seed_draws`). The caller's global RNG state is left as it was;
+* **network**: ``depth = 8`` levels, level ``i = 0..7`` (``unshuffle{i+1}``, ``conv{i+1}``; ``depth`` ``i+1`` in the
+  frames): ``PixelUnshuffle(2)`` then a 3x3 conv, padding 1, no bias, no activation; channels ``12 -> 4`` for
+  ``i = 0``, ``2**(i+1) * 4 -> 2**i * 4`` after (:func:`seed_channel_plan`);
+* **mask** (:func:`seed_mask`), 3 channels, written as the seed's slices: channel 0 invalid in the top-right
+  quarter, channels 0-1 in the bottom-right, all three in the bottom-left, then ``[..., 0:256:2, 0:256:2] = 0`` and
+  ``[..., 0:256:3, 0:256:3] = 0``: the positions whose row *and* column are both even (then both multiples of 3),
+  a lattice of points, 1/3 of the positions. Every stack gets ``x * mask`` (the image source carries the mask;
+  the batch's collate zeroes ``x`` under it, :func:`masked_torch.analysis.data.paste_masks`);
+* **layers**: conv = plain ``nn.Conv2d`` (the mask rides along), pconv = ``PartialConv2d(multichannel=True,
+  update_mask=True)``: the seed's layer counts the valid inputs of each window over all input channels, rescales
+  by ``in * 3 * 3 / count`` and clamps the count at 1 for its output mask, so an output is valid wherever its
+  window saw any valid input and the holes close with depth (``Settings.update_mask``; the suite's own runs keep
+  ``False``); mconv = ``MaskedConv2d``: ``conv(x) * m'`` with ``m'`` the mask at the window centre mixed over the
+  input channels by ``sum_kernel |W|`` (a fractional mask). The seed adds ``eps = 1e-8`` to its divisors; these
+  layers divide exactly and give 0 where nothing is valid;
+* **recorded**: the outputs of the convolutions (the seed records every ``nn.Conv2d`` instance), and the input at
+  depth 0.
+
+Statistics, two kinds:
+
+* the suite's (``activation_stats.parquet``, as every run): per channel, over the positions each stack's own
+  output mask keeps (``mask != 0``; conv: where mconv's would be); ``count`` says how many. With update_mask=True
+  pconv's valid region grows with depth, so its positions differ from conv's and mconv's;
+* the seed's own (``tensor_stats.parquet``, :class:`TensorStatsPass`): what its script prints, per stack and depth,
+  over the *whole* output tensor of the image, every channel and position, masked zeros included (its "Warning:
+  calculating activation statistics does not take into account the mask"): mean, population std, skewness and
+  kurtosis (the standardised 3rd and 4th moments; the seed adds 1e-8 to ``std**3`` and ``std**4``, which only
+  matters where ``std`` is below about 0.01, so here the exact moments, NaN where ``std`` is 0).
+
+The image fills its 256x256 canvas: "alone" is the batch itself, so the experiment's ``conv_alone`` rows would
+repeat conv's, its padding errors are all 0 and its per-image statistics equal their alone values; the preset
+drops those three (there is no padding-sensitivity file).
 """
 from __future__ import annotations
 
-import time
+import math
 from collections import OrderedDict
 
 import numpy as np
@@ -32,10 +53,14 @@ import torch
 from torch import nn
 
 from .choices import STACKS
+from .data import ImageSource
+from .stacks import layer_depth, layer_kind
 
 SEED = 1337
 SIZE = 256
 DEPTH = 8
+IMAGE = "seed_noise"
+INPUT = "input"  # the layer name of depth 0 in the tensor statistics
 
 
 def seed_channel_plan(depth: int = DEPTH) -> list[tuple[int, int]]:
@@ -44,49 +69,99 @@ def seed_channel_plan(depth: int = DEPTH) -> list[tuple[int, int]]:
     return [(12 if i == 0 else 2 ** (i + 1) * 4, 2**i * 4) for i in range(depth)]
 
 
-def on_grid(n: int) -> torch.Tensor:
-    """Boolean ``(n,)``: index ``r`` lies on the seed's grid when ``r % 2 == 0`` or ``r % 3 == 0`` (every 2nd and
-    every 3rd row or column, counting from 0: 0, 2, 3, 4, 6, 8, 9, 10, 12, ...)."""
-    r = torch.arange(n)
-    return (r % 2 == 0) | (r % 3 == 0)
-
-
 def seed_mask(size: int = SIZE) -> torch.Tensor:
-    """The seed's mask, float ``(1, 3, size, size)``, 1 = valid:
-
-    * channel 0 invalid in the top-right quarter (rows ``< size/2``, columns ``>= size/2``);
-    * channels 0 and 1 invalid in the bottom-right quarter;
-    * all channels invalid in the bottom-left quarter;
-    * all channels invalid at every position *on the grid*: a position ``(r, c)`` is invalid when its row OR its
-      column is on the grid (:func:`on_grid`: a multiple of 2 or of 3). So only rows and columns that are
-      ``1`` or ``5 mod 6`` survive (1/3 of the rows, 1/3 of the columns: 1/9 of the positions before the
-      quarters are taken out).
-    """
+    """The seed's mask, float ``(1, 3, size, size)``, 1 = valid, as its slices write it (``h = size // 2``):
+    channel 0 invalid in the top-right quarter, channels 0-1 in the bottom-right, all in the bottom-left; then every
+    position whose row and column are both even, and every one whose row and column are both multiples of 3."""
     h = size // 2
     mask = torch.ones(1, 3, size, size)
-    mask[:, 0, :h, h:] = 0
+    mask[:, :1, :h, h:] = 0
     mask[:, :2, h:, h:] = 0
-    mask[:, :, h:, :h] = 0
-    grid = on_grid(size)
-    mask[:, :, grid[:, None] | grid[None, :]] = 0
+    mask[:, :3, h:, :h] = 0
+    mask[:, :, 0:size:2, 0:size:2] = 0
+    mask[:, :, 0:size:3, 0:size:3] = 0
     return mask
 
 
-def build_seed_plain(depth: int = DEPTH, *, seed: int = SEED, size: int = SIZE) -> tuple[nn.Sequential, torch.Tensor]:
-    """The seed's plain stack and its image: ``torch.manual_seed(seed)``, the ``depth`` levels built in order,
-    then ``x = torch.randn(1, 3, size, size)`` from the same stream. The caller's global RNG state is restored."""
+def seed_levels(depth: int = DEPTH) -> nn.Sequential:
+    """One unseeded stack of the seed's levels (draws ``depth`` convolutions' default init from the global stream)."""
+    layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+    for i, (c_in, c_out) in enumerate(seed_channel_plan(depth)):
+        layers[f"unshuffle{i + 1}"] = nn.PixelUnshuffle(2)
+        layers[f"conv{i + 1}"] = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    return nn.Sequential(layers).eval()
+
+
+def seed_draws(depth: int = DEPTH, *, seed: int = SEED, size: int = SIZE) -> tuple[nn.Sequential, torch.Tensor]:
+    """The seed's plain stack and image, in its order of draws: ``torch.manual_seed(seed)``, the conv stack, two
+    more stacks' worth of the same draws (the seed builds its pconv and mconv stacks next, whose weights are then
+    replaced by conv's), then ``x = torch.randn(1, 3, size, size)``. The caller's global RNG state is restored."""
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
-        for i, (c_in, c_out) in enumerate(seed_channel_plan(depth)):
-            layers[f"unshuffle{i + 1}"] = nn.PixelUnshuffle(2)
-            layers[f"conv{i + 1}"] = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-        plain = nn.Sequential(layers).eval()
-        x = torch.randn(1, 3, size, size)
-        return plain, x
+        plain = seed_levels(depth)
+        for _ in ("pconv", "mconv"):
+            seed_levels(depth)
+        return plain, torch.randn(1, 3, size, size)
     finally:
         torch.random.set_rng_state(state)
+
+
+class SeedSource(ImageSource):
+    """The seed's image with its 3-channel mask (:func:`seed_mask`), as a one-image source: ``source[0]`` is the
+    N(0, 1) image ``x`` of :func:`seed_draws` (``(3, size, size)``, not yet masked) carrying ``mask``."""
+
+    kind = "seed"
+
+    def __init__(self, depth: int = DEPTH, *, seed: int = SEED, size: int = SIZE):
+        super().__init__([IMAGE], max_side=None, normalize="none", strict=True)
+        self.size = int(size)
+        self._pixels = seed_draws(depth, seed=seed, size=size)[1][0].numpy()
+        self._mask_pixels = seed_mask(size)[0].numpy()
+
+    def _header(self, i: int) -> tuple[int, int]:
+        return self.size, self.size
+
+    def _decode(self, i: int) -> np.ndarray:
+        return self._pixels.copy()
+
+    def _mask(self, i: int) -> np.ndarray:
+        return self._mask_pixels.copy()
+
+
+def tensor_moments(t: torch.Tensor) -> dict:
+    """The seed's printed statistics of one sample's tensor, over every entry, in float64: ``count``, ``mean``,
+    population ``std``, ``skewness`` and ``kurtosis`` (standardised 3rd and 4th moments; NaN where ``std`` is 0)."""
+    x = t.detach().double().flatten()
+    mean = x.mean()
+    d = x - mean
+    var = float((d * d).mean())
+    std = math.sqrt(var)
+    skew = float((d**3).mean()) / std**3 if std > 0 else float("nan")
+    kurt = float((d**4).mean()) / var**2 if std > 0 else float("nan")
+    return dict(count=x.numel(), mean=float(mean), std=std, skewness=skew, kurtosis=kurt)
+
+
+class TensorStatsPass:
+    """The seed's own statistics (:func:`tensor_moments`) of every image, per stack: the input at depth 0 and each
+    convolution's output, over the whole tensor, masked zeros included. A pass of
+    :func:`~masked_torch.analysis.run.run_experiment` (``passes=``)."""
+
+    def __init__(self, stacks) -> None:
+        self.stacks = list(stacks)
+        self.rows: list[dict] = []
+
+    def add(self, batch, batch_out: dict) -> None:
+        for k, name in enumerate(batch.names):
+            for s in self.stacks:
+                self.rows.append(dict(stack=s, layer=INPUT, depth=0, image=name, **tensor_moments(batch.x[k])))
+                for layer, (out, _) in batch_out[s].items():
+                    if layer_kind(layer) == "conv":
+                        self.rows.append(dict(stack=s, layer=layer, depth=layer_depth(layer), image=name,
+                                              **tensor_moments(out[k])))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
 
 
 def seed_settings(stacks=STACKS, threads=None, device: str = "cpu"):
@@ -95,60 +170,29 @@ def seed_settings(stacks=STACKS, threads=None, device: str = "cpu"):
 
     return Settings(data="seed", depth=DEPTH, num_images=1, batch_size=1, seed=SEED, bias=False,
                     activation="none", init="default", stacks=tuple(stacks), max_side=SIZE, normalize="none",
-                    figure_image="seed_noise", threads=threads, device=device)
+                    figure_image=IMAGE, update_mask=True, threads=threads, device=device)
 
 
 def run_seed(settings=None, *, progress: bool = False):
-    """Run the preset; returns :class:`~masked_torch.analysis.run.Results` with the stats frame (one row per
-    stack, layer, channel, as in the default run), the figure maps, and an empty padding frame. The caller's
-    global torch RNG state is left as it was."""
+    """Run the preset through :func:`~masked_torch.analysis.run.run_experiment`; returns its
+    :class:`~masked_torch.analysis.run.Results` with the suite's stats frame (no ``conv_alone``), the figure maps,
+    no padding or per-image frames, and ``tensor_stats`` (the seed's own statistics). The caller's global torch RNG
+    state is left as it was."""
+    from .passes import REFERENCE
+    from .run import run_experiment
+
+    settings = settings or seed_settings()
     state = torch.random.get_rng_state()  # convert() draws fresh layers' init: leave the caller's stream alone
     try:
-        return _run_seed(settings)
+        plain, _ = seed_draws(settings.depth, seed=settings.seed, size=SIZE)
+        source = SeedSource(settings.depth, seed=settings.seed, size=SIZE)
+        tensor_stats = TensorStatsPass(settings.stacks)
+        results = run_experiment(settings, progress=progress, plain=plain, source=source, passes=[tensor_stats])
     finally:
         torch.random.set_rng_state(state)
-
-
-def _run_seed(settings):
-    from .models import build_variants, layer_table
-    from .passes import MapsPass, capture_outputs, display_rgb
-    from .recorder import ActivationRecorder
-    from .run import Results, recorded_layers, stats_frame
-
-    start = time.perf_counter()
-    settings = settings or seed_settings()
-    torch.set_num_threads(settings.threads or 1)
-    device = torch.device(settings.device)
-    plain, x = build_seed_plain(settings.depth, seed=settings.seed, size=SIZE)
-    mask = seed_mask(SIZE)
-    models = {s: m.to(device) for s, m in build_variants(plain, settings.stacks).items()}
-    xm, mask = (x * mask).to(device), mask.to(device)
-    names = recorded_layers(next(iter(models.values())))
-    table = layer_table(plain, x)
-    table = table[table["layer"].isin(names)]
-    frames, outputs = [], {}
-    with torch.no_grad():
-        for s, model in models.items():
-            rec = ActivationRecorder(model, names)
-            with capture_outputs(model, names) as store, rec:
-                model(xm, mask)
-            outputs[s] = store
-            f = rec.to_frame()
-            f.insert(0, "stack", s)
-            frames.append(f)
-    maps = MapsPass(list(models), names, "seed_noise")
-    maps.add(_OneImage(xm, mask), outputs)
-    stats = stats_frame(pd.concat(frames, ignore_index=True), settings, table)
-    maps_frame = maps.frame()
-    for col in ("order", "depth", "kind", "block"):
-        maps_frame[col] = maps_frame["layer"].map(table.set_index("layer")[col])
-    return Results(settings=settings, stats=stats, padding=pd.DataFrame(), maps=maps_frame,
-                   rgb=display_rgb(xm[0], (SIZE, SIZE)), images=[dict(name="seed_noise", h=SIZE, w=SIZE)],
-                   num_images=1, seconds=time.perf_counter() - start, preset="seed")
-
-
-class _OneImage:
-    """The preset's single image as a one-image batch for :class:`~masked_torch.analysis.passes.MapsPass`."""
-
-    def __init__(self, x, mask):
-        self.x, self.mask, self.names, self.sizes = x, mask, ["seed_noise"], [(SIZE, SIZE)]
+    # the image fills its canvas: conv_alone repeats conv, and the padding and per-image frames say nothing
+    results.stats = results.stats[results.stats["stack"] != REFERENCE].reset_index(drop=True)
+    results.padding, results.image_stats = pd.DataFrame(), pd.DataFrame()
+    results.tensor_stats = tensor_stats.frame()
+    results.preset = "seed"
+    return results

@@ -45,6 +45,9 @@ class Settings:
     activation: str = "relu"
     init: str = "default"
     stacks: tuple[str, ...] = STACKS
+    # pconv's output mask: False keeps the image's own mask (padding use: the suite's runs); True is the paper's
+    # rule, valid wherever the window saw a valid input, so holes close with depth (the seed's PartialConv2d)
+    update_mask: bool = False
     max_side: Optional[int] = 256
     normalize: str = "image"
     figure_image: Optional[str] = None  # None: the most padded image of the first batch
@@ -74,7 +77,7 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise SettingsError(f"setting {name!r} must be a non-negative integer; got {value!r}")
-        for name in ("bias", "bucket", "strict"):
+        for name in ("bias", "bucket", "strict", "update_mask"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"setting {name!r} takes true or false; got {getattr(self, name)!r}")
         for name in ("data", "device"):

@@ -77,7 +77,7 @@ def build_plain(
         torch.random.set_rng_state(gen_state)
 
 
-def build_variants(plain: nn.Module, stacks=STACKS) -> "OrderedDict[str, nn.Module]":
+def build_variants(plain: nn.Module, stacks=STACKS, *, update_mask: bool = False) -> "OrderedDict[str, nn.Module]":
     """The stacks of any plain model, in eval mode, all with ``plain``'s weights (``plain`` is left as it is):
 
     * ``conv``  -- ``convert(plain, "plain")``: every layer as it is on the padded batch, the mask rides along;
@@ -85,14 +85,16 @@ def build_variants(plain: nn.Module, stacks=STACKS) -> "OrderedDict[str, nn.Modu
       :class:`~masked_torch.nn.PartialConv2d` in its padding use (the output mask stays the image's:
       ``update_mask=False``) counting valid inputs per channel (``multichannel=True``: the unshuffled mask of the
       seed stack has a channel per sub-position; for a 1-channel mask, as in a ResNet or a U-Net, it is the same
-      as ``multichannel=False``); other layers (norms, pools, transposed convs) as in ``mconv``;
+      as ``multichannel=False``); other layers (norms, pools, transposed convs) as in ``mconv``.
+      ``update_mask=True``: the paper's rule instead (valid wherever the window saw a valid input, holes close
+      with depth), as the seed's ``PartialConv2d`` (``--preset seed``);
     * ``mconv`` -- ``convert(plain, "masked")``: :class:`~masked_torch.nn.MaskedConv2d` and every other layer's
       masked counterpart.
 
     Layer names are the plain model's in every stack."""
     kinds = {
         "conv": lambda: convert(plain, "plain"),
-        "pconv": lambda: convert(plain, "partial", update_mask=False, multichannel=True),
+        "pconv": lambda: convert(plain, "partial", update_mask=update_mask, multichannel=True),
         "mconv": lambda: convert(plain, "masked"),
     }
     stacks = tuple(stacks)
