@@ -223,12 +223,24 @@ def _symlog(ax: Axes, values, *, percent: bool = False, linthresh: Optional[floa
     lo = float(v.min()) if v.size else 0.0
     hi = float(v.max()) if v.size else t
     top = max(hi, t) * headroom
-    bottom = -0.6 * t if lo >= 0 else lo * 3.0
+    bottom = -0.6 * t if lo >= 0 else min(lo, -t) * headroom
     ax.set_ylim(bottom, top)
+    ax.yaxis.set_major_locator(FixedLocator(_symlog_ticks(t, bottom, top)))
+    ax.yaxis.set_minor_locator(FixedLocator([]))
     if percent:
         ax.yaxis.set_major_formatter(FuncFormatter(_percent_label))
     ax.yaxis.set_minor_formatter(NullFormatter())
     return t
+
+
+def _symlog_ticks(t: float, bottom: float, top: float, most: int = 9) -> list[float]:
+    """0 and the powers of ten from ``t`` outwards to the limits, every k-th decade so that at most about
+    ``most`` ticks remain."""
+    first = round(math.log10(t))
+    up = [10.0 ** k for k in range(first, math.floor(math.log10(top)) + 1)] if top >= t else []
+    down = [-(10.0 ** k) for k in range(first, math.floor(math.log10(-bottom)) + 1)] if -bottom >= t else []
+    step = max(1, math.ceil((len(up) + len(down)) / most))
+    return sorted([0.0] + up[::step] + down[::step])
 
 
 def _percent_label(v: float, pos=None) -> str:
@@ -429,8 +441,7 @@ def channel_stat_points(data: pd.DataFrame, *, ax: Axes, y: str = "var", x: str 
     if scale == "symlog" or (scale == "auto" and y in _SCALE_STATS):
         t = _symlog(ax, data[y])
         if (data[y] == 0).any():
-            _note(ax, f"{int((data[y] == 0).sum())} channel(s) exactly 0 (drawn at 0; linear below {t:.0e})",
-                  loc="lower right", size=7)
+            _note(ax, f"{int((data[y] == 0).sum())} channel(s) exactly 0 (drawn at 0)", loc="upper right", size=7)
     elif (data[y] < 0).any():
         ax.axhline(0, color="0.6", lw=0.8, zorder=1)
     if n_bad:
@@ -468,7 +479,7 @@ def channel_stat_lines(data: pd.DataFrame, *, ax: Axes, y: str = "var", stacks: 
     if scale == "symlog" or (scale == "auto" and y in _SCALE_STATS):
         _symlog(ax, pd.concat([summary["q25"], summary["q75"], summary["median"]]))
         if (data[y] == 0).any():
-            _note(ax, f"{int((data[y] == 0).sum())} channel(s) exactly 0", loc="lower right", size=7)
+            _note(ax, f"{int((data[y] == 0).sum())} channel(s) exactly 0 (drawn at 0)", loc="upper right", size=7)
     elif (data[y] < 0).any():
         ax.axhline(0, color="0.6", lw=0.8, zorder=1)
     if n_bad:
@@ -751,8 +762,8 @@ def plot_channel_stats(stats: pd.DataFrame, *, stacks: Optional[Sequence[str]] =
                                 y=stat, x="depth", order=depths, stacks=stacks, palette=palette)
             ax.set_title(f"{_KIND_WORDS.get(kind, kind).capitalize()}s: {_STAT_WORDS.get(stat, stat)}", fontsize=10)
             if ax.get_xticks().size:
-                ax.set_xticklabels([f"level {d}\n({_resolution(d)})" for d in depths], fontsize=8)
-            ax.set_xlabel("network level (each level halves the resolution)", fontsize=8.5)
+                ax.set_xticklabels([f"level {d}\n1/{2 ** d}" for d in depths], fontsize=8)
+            ax.set_xlabel("network level and its resolution (each level halves it)", fontsize=8.5)
     _title(fig, "Per-channel activation statistics, level by level",
            "How the mean and the variance of each channel change with depth, for each way of running the network.")
     _legend(fig, stacks, palette, "Each dot is one channel. " + _stats_caption(stacks))
