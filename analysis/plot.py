@@ -415,6 +415,30 @@ def _finish(fig: Figure, path, dpi: int) -> Figure:
 
 
 # ------------------------------------------------------------------------------------------------ axes level
+def _prepare(data: pd.DataFrame, y: str, stacks: Optional[Sequence[str]], palette: Optional[dict]):
+    """``(rows of the stacks with a finite y, stacks, palette, how many rows had none)``."""
+    stacks = _stacks_in(data, stacks) if len(data) else list(stacks or [])
+    palette = palette or _palette(stacks)
+    if not len(data):
+        return data, stacks, palette, 0
+    data, n_bad = _finite(data[data["stack"].isin(stacks)], y)
+    return data, stacks, palette, n_bad
+
+
+def _stat_axis(ax: Axes, drawn, values: pd.Series, y: str, scale: str, n_bad: int) -> None:
+    """The y scale of a channel statistic (symlog over ``drawn`` for scale statistics or ``scale="symlog"``,
+    else linear with a line at 0 for signed values) and the notes: how many channels are exactly 0, how many
+    values were not finite."""
+    if scale == "symlog" or (scale == "auto" and y in _SCALE_STATS):
+        _symlog(ax, drawn)
+        if (values == 0).any():
+            _note(ax, f"{int((values == 0).sum())} channel(s) exactly 0 (drawn at 0)", loc="upper right", size=7)
+    elif (values < 0).any():
+        ax.axhline(0, color="0.6", lw=0.8, zorder=1)
+    if n_bad:
+        _note(ax, f"{n_bad} value(s) not finite, left out", loc="upper left", size=7)
+
+
 def channel_stat_points(data: pd.DataFrame, *, ax: Axes, y: str = "var", x: str = "depth",
                         order: Optional[Sequence] = None, stacks: Optional[Sequence[str]] = None,
                         palette: Optional[dict] = None, scale: str = "auto") -> Axes:
@@ -424,9 +448,7 @@ def channel_stat_points(data: pd.DataFrame, *, ax: Axes, y: str = "var", x: str 
     variance and std. Rows whose ``y`` is NaN are left out and counted on the panel."""
     import seaborn as sns
 
-    stacks = _stacks_in(data, stacks) if len(data) else list(stacks or [])
-    palette = palette or _palette(stacks)
-    data, n_bad = _finite(data[data["stack"].isin(stacks)], y) if len(data) else (data, 0)
+    data, stacks, palette, n_bad = _prepare(data, y, stacks, palette)
     if data.empty:
         return _no_data(ax, f"no finite {_STAT_WORDS.get(y, y)}")
     order = list(order) if order is not None else sorted(pd.unique(data[x]))
@@ -438,14 +460,7 @@ def channel_stat_points(data: pd.DataFrame, *, ax: Axes, y: str = "var", x: str 
                     linewidth=0, legend=False, ax=ax, zorder=3)
     summary = _with_x(summarize(data, y, ["stack", x]), positions, x, stacks, width=width)
     _median_and_iqr(ax, summary, palette, half=0.4 * width / len(stacks))
-    if scale == "symlog" or (scale == "auto" and y in _SCALE_STATS):
-        t = _symlog(ax, data[y])
-        if (data[y] == 0).any():
-            _note(ax, f"{int((data[y] == 0).sum())} channel(s) exactly 0 (drawn at 0)", loc="upper right", size=7)
-    elif (data[y] < 0).any():
-        ax.axhline(0, color="0.6", lw=0.8, zorder=1)
-    if n_bad:
-        _note(ax, f"{n_bad} value(s) not finite, left out", loc="upper right", size=7)
+    _stat_axis(ax, data[y], data[y], y, scale, n_bad)
     _category_axis(ax, [str(v) for v in order])
     ax.set_xlabel(x)
     ax.set_ylabel(_STAT_WORDS.get(y, y))
@@ -461,9 +476,7 @@ def channel_stat_lines(data: pd.DataFrame, *, ax: Axes, y: str = "var", stacks: 
     ``labels``: block names under the axis."""
     import seaborn as sns
 
-    stacks = _stacks_in(data, stacks) if len(data) else list(stacks or [])
-    palette = palette or _palette(stacks)
-    data, n_bad = _finite(data[data["stack"].isin(stacks)], y) if len(data) else (data, 0)
+    data, stacks, palette, n_bad = _prepare(data, y, stacks, palette)
     if data.empty:
         return _no_data(ax, f"no finite {_STAT_WORDS.get(y, y)}")
     rows = layer_rows(data)
@@ -476,14 +489,7 @@ def channel_stat_lines(data: pd.DataFrame, *, ax: Axes, y: str = "var", stacks: 
     sns.lineplot(data=summary, x="x", y="median", hue="stack", hue_order=stacks, palette=palette,
                  estimator=None, sort=False, marker="o", markersize=3.5, markeredgewidth=0, lw=1.3, legend=False,
                  ax=ax, zorder=3)
-    if scale == "symlog" or (scale == "auto" and y in _SCALE_STATS):
-        _symlog(ax, pd.concat([summary["q25"], summary["q75"], summary["median"]]))
-        if (data[y] == 0).any():
-            _note(ax, f"{int((data[y] == 0).sum())} channel(s) exactly 0 (drawn at 0)", loc="upper right", size=7)
-    elif (data[y] < 0).any():
-        ax.axhline(0, color="0.6", lw=0.8, zorder=1)
-    if n_bad:
-        _note(ax, f"{n_bad} value(s) not finite, left out", loc="upper right", size=7)
+    _stat_axis(ax, pd.concat([summary["q25"], summary["q75"], summary["median"]]), data[y], y, scale, n_bad)
     _layer_axis(ax, rows, labels=labels)
     ax.set_xlabel("")
     ax.set_ylabel(_STAT_WORDS.get(y, y))
@@ -503,9 +509,7 @@ def relative_error_points(data: pd.DataFrame, *, ax: Axes, layers: Optional[Sequ
     the data)."""
     import seaborn as sns
 
-    stacks = _stacks_in(data, stacks) if len(data) else list(stacks or [])
-    palette = palette or _palette(stacks)
-    data, n_bad = _finite(data[data["stack"].isin(stacks)], "rel_error") if len(data) else (data, 0)
+    data, stacks, palette, n_bad = _prepare(data, "rel_error", stacks, palette)
     if data.empty:
         return _no_data(ax, "no relative difference to show")
     rows = layer_rows(data)
@@ -526,7 +530,7 @@ def relative_error_points(data: pd.DataFrame, *, ax: Axes, layers: Optional[Sequ
     ax.text(0.005, ROUNDING, f" up to {ROUNDING:.0e}: float32 rounding", fontsize=7, color="#2e6b2e", va="top",
             ha="left", transform=ax.get_yaxis_transform())
     if n_bad:
-        _note(ax, f"{n_bad} value(s) not finite, left out", loc="upper right", size=7)
+        _note(ax, f"{n_bad} value(s) not finite, left out", loc="lower right", size=7)
     if tick_labels is not None:
         _category_axis(ax, tick_labels)
     else:
