@@ -881,18 +881,19 @@ def plot_padding_sensitivity(padding: pd.DataFrame, *, stacks: Optional[Sequence
         relative_error_points(part, ax=ax, layers=list(rows["layer"]), stacks=stacks, palette=palette,
                               tick_labels=labels, linthresh=linthresh, ylim=(data["rel_error"].min(),
                                                                              data["rel_error"].max()))
-        ax.set_title(titles.get(ref, f"Against reference {ref!r}"), fontsize=10, loc="left")
+        title = titles.get(ref, f"Against reference {ref!r}")
+        extra = _reference_padding(part) if ref == "conv_alone" else 0
+        if extra:  # the reference is not the image at its own size: say so where the panel is read
+            title += "\n" + _wrap(
+                f"Read with care: this network cannot run an image at its own size (every level halves it), so this "
+                f"reference pads each image by up to {extra} pixels itself and its plain convolutions read that "
+                "padding. Masked networks differ from it for that reason, not because of their batch (see the panel "
+                "above).", _chars(fig, 9.5))
+        ax.set_title(title, fontsize=9.5, loc="left")
         ax.set_ylabel("relative difference\nfrom the reference", fontsize=9)
         verdicts = "\n".join(f"{s}: {_verdict(part.loc[part['stack'] == s, 'rel_error'])}" for s in stacks
                              if (part["stack"] == s).any())
         _note(ax, verdicts, loc="upper left", size=7.5)
-        extra = _reference_padding(part) if ref == "conv_alone" else 0
-        if extra:
-            _note(ax, _wrap(f"Read with care: this network cannot run an image at its own size (every level halves "
-                            f"it), so the reference itself pads each image by up to {extra} pixels, and its plain "
-                            "convolutions read that padding. mconv and pconv differ from it for that reason, not "
-                            "because of their batch: the panel above shows they are unchanged by it.", 70),
-                  loc="upper right", size=7.5)
     if labels is None:
         axes[-1].set_xlabel("layers in the order the network runs them, named by block (dashed: the resolution "
                             "changes; top: resolution as a fraction of the input)", fontsize=8.5)
