@@ -627,12 +627,13 @@ def _image_values(row) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ figure 1
 def plot_activation_maps(maps: pd.DataFrame, rgb: Optional[np.ndarray] = None, *,
                          stacks: Optional[Sequence[str]] = None, mask_stack: str = "mconv", max_columns: int = 8,
-                         path=None, dpi: int = 120) -> Figure:
+                         update_mask: bool = False, path=None, dpi: int = 120) -> Figure:
     """Channel-mean activation maps for one image in its padded batch: one row per stack, one column per
     resolution level's output (a chain: each level's activation; any other network: :func:`level_outputs`, at
     most ``max_columns``); the top row the input (``rgb``, ``(H, W, 3)``) and the output mask of ``mask_stack``.
     ``maps``: ``image, stack, layer, depth, kind, map, mask, h, w, canvas_h, canvas_w``. One colour scale per
-    column, shared by the stacks and taken over the image's valid positions only."""
+    column, shared by the stacks and taken over the image's valid positions only. ``update_mask``: which mask rule
+    pconv ran with, for its row's note."""
     _require(maps, ["image", "stack", "layer", "depth", "map", "mask", "h", "w", "canvas_h", "canvas_w"],
              "plot_activation_maps")
     images = pd.unique(maps["image"])
@@ -699,7 +700,11 @@ def plot_activation_maps(maps: pd.DataFrame, rgb: Optional[np.ndarray] = None, *
         ax.axis("off")
         ax.text(0.5, 0.62, s, ha="center", va="center", fontsize=15, weight="bold",
                 color=_palette(stacks)[s], transform=ax.transAxes)
-        ax.text(0.5, 0.3, _STACK_SHORT.get(s, ""), ha="center", va="center", fontsize=8.5, transform=ax.transAxes)
+        note = _STACK_SHORT.get(s, "")
+        if s == "pconv":
+            note += "\nmask grows at each layer\n(update_mask=True)" if update_mask else \
+                "\nmask kept at each layer\n(update_mask=False)"
+        ax.text(0.5, 0.3, note, ha="center", va="center", fontsize=8.5, transform=ax.transAxes)
     _title(fig, f"What each network computes for image '{images[0]}' in a padded batch",
            "Rows: the same network as plain, partial and masked convolutions, all on the padded batch; columns: "
            "the output of each resolution level, averaged over its channels.")

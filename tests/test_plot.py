@@ -293,6 +293,8 @@ def test_activation_map_colour_scale_is_taken_over_the_image_only():
     fig = plot.plot_activation_maps(maps)
     images = [im for ax in fig.axes for im in ax.images if im.get_cmap().name == "viridis"]
     assert images and all(im.norm.vmax <= 1.0 + 1e-12 for im in images)
+    assert "update_mask=False" in _texts(fig)
+    assert "update_mask=True" in _texts(plot.plot_activation_maps(maps, update_mask=True))
 
 
 # ------------------------------------------------------------------------------------------------ figure level
