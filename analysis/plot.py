@@ -25,7 +25,9 @@ exact zeros (a dead ReLU channel; an image whose output is bit-identical to its 
 matplotlib's ``symlog`` axis: linear within ``±linthresh`` and logarithmic outside it, so an exact 0 is drawn at 0
 and every other value at its place. ``linthresh`` is chosen from the data (:func:`symlog_threshold`): the largest
 power of ten not above the smallest non-zero magnitude in the panel, so that every non-zero value lies on the
-logarithmic part. Statistics are always computed on the values (pandas), never on drawn positions, and only over
+logarithmic part (the padding figure shares one threshold between its panels, at most ``ROUNDING / 100``, so
+that the float32-rounding strip shows). The stacks stand side by side at x positions computed here from the
+category and the stack (no seaborn dodge to reverse-engineer). Statistics are always computed on the values (pandas), never on drawn positions, and only over
 the positions where the image is (the recorder and the passes already restrict them; the colour scale of a map is
 taken over the image's region only). NaN values are left out and counted on the panel; a panel without data says
 so instead of raising.
@@ -297,9 +299,10 @@ def _median_and_iqr(ax: Axes, summary: pd.DataFrame, palette: dict, half: float)
     ax.hlines(summary["median"], summary["x"] - half, summary["x"] + half, colors=colours, lw=2.0, zorder=5)
 
 
-def _category_axis(ax: Axes, labels: Sequence[str], *, rotate: bool = False) -> None:
+def _category_axis(ax: Axes, labels: Sequence[str]) -> None:
+    """x = categories 0..n-1 labelled ``labels``, a faint line between neighbours."""
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, fontsize=8, rotation=90 if rotate else 0)
+    ax.set_xticklabels(labels, fontsize=8)
     ax.set_xlim(-0.6, len(labels) - 0.4)
     for i in range(1, len(labels)):
         ax.axvline(i - 0.5, color="0.9", lw=0.8, zorder=0)
