@@ -894,9 +894,10 @@ def plot_padding_sensitivity(padding: pd.DataFrame, *, stacks: Optional[Sequence
         if extra:  # the reference is not the image at its own size: say so where the panel is read
             title += "\n" + _wrap(
                 f"Read with care: this network cannot run an image at its own size (every level halves it), so this "
-                f"reference pads each image by up to {extra} pixels itself and its plain convolutions read that "
-                "padding. Masked networks differ from it for that reason, not because of their batch (see the panel "
-                "above).", _chars(fig, 9.5))
+                f"reference pads each image by up to {extra} pixels itself, and its plain convolutions read that "
+                "padding (and any holes in the mask) as zeros where the masked networks leave them out. They differ "
+                "from this reference for that reason, not because of their batch (see the panel above).",
+                _chars(fig, 9.5))
         ax.set_title(title, fontsize=9.5, loc="left")
         ax.set_ylabel("relative difference\nfrom the reference", fontsize=9)
         verdicts = "\n".join(f"{s}: {_verdict(part.loc[part['stack'] == s, 'rel_error'])}" for s in stacks
