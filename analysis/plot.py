@@ -27,10 +27,10 @@ and every other value at its place. ``linthresh`` is chosen from the data (:func
 power of ten not above the smallest non-zero magnitude in the panel, so that every non-zero value lies on the
 logarithmic part (the padding figure shares one threshold between its panels, at most ``ROUNDING / 100``, so
 that the float32-rounding strip shows). The stacks stand side by side at x positions computed here from the
-category and the stack (no seaborn dodge to reverse-engineer). Statistics are always computed on the values (pandas), never on drawn positions, and only over
-the positions where the image is (the recorder and the passes already restrict them; the colour scale of a map is
-taken over the image's region only). NaN values are left out and counted on the panel; a panel without data says
-so instead of raising.
+category and the stack (no seaborn dodge to reverse-engineer). Statistics are always computed on the values
+(pandas), never on drawn positions, and only over the positions where the image is (the recorder and the passes
+already restrict them; the colour scale of a map is taken over the image's region only). NaN values are left out
+and counted on the panel; a panel without data says so instead of raising.
 """
 from __future__ import annotations
 
