@@ -239,18 +239,6 @@ def run_metadata(results: Results) -> dict:
     return meta
 
 
-PNG_CAP = 480_000  # bytes: a figure the README embeds stays below ~500 KB
-
-
-def _save_png(fig, path: Path, dpi: int, cap: int = PNG_CAP, min_dpi: int = 60) -> None:
-    """Save ``fig`` as PNG at ``dpi``; if the file is over ``cap`` bytes (figure 1 of a photo at full
-    resolution), save it again at a lower resolution until it fits or ``min_dpi`` is reached."""
-    fig.savefig(path, dpi=dpi, format="png")
-    while path.stat().st_size > cap and dpi > min_dpi:
-        dpi = max(min_dpi, int(dpi * 0.85))
-        fig.savefig(path, dpi=dpi, format="png")
-
-
 def write_outputs(results: Results, out, *, dpi: int = 120) -> list[Path]:
     """Write the parquet files and the figures under ``out``; returns the paths written.
 
@@ -282,7 +270,7 @@ def write_outputs(results: Results, out, *, dpi: int = 120) -> list[Path]:
         if not results.image_stats.empty:
             figs["image_stats"] = plot.plot_stats_vs_padding(results.image_stats)
         for key, fig in figs.items():
-            _save_png(fig, stage(out / "figures" / FIGURES[key]), dpi)
+            plot.save_png(fig, stage(out / "figures" / FIGURES[key]), dpi=dpi)  # under plot.PNG_CAP bytes
         write_parquet(results.stats, stage(out / STATS_FILE), meta)
         if not results.padding.empty:
             write_parquet(results.padding, stage(out / PADDING_FILE), meta)

@@ -1,4 +1,6 @@
-"""masked_torch.analysis.plot: every figure function returns a Figure on small frames (a tiny real run and hand-made ones)."""
+"""masked_torch.analysis.plot: the axes-level functions draw the data and the pandas summaries on the axes they are
+given; the figure-level wrappers lay out, caption and save; zeros, NaN, empty panels and a 1x1 image are drawn,
+never raised on. Small tidy frames built here; expectations computed here with numpy, not by the module."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -7,110 +9,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from matplotlib.collections import LineCollection, PathCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from masked_torch.analysis import plot  # noqa: E402
-from masked_torch.analysis.run import Settings, run_experiment  # noqa: E402
 
-
-def _valid_values(out, mask, k):
-    """Image k's values at the positions its output mask keeps, all channels, as float64."""
-    valid = (mask[k] != 0).expand_as(out[k])
-    return out[k][valid].double()
-
-
-def model_frames(name, *, n_images=4, max_side=40, batch_size=2, seed=0, **build):
-    """A small real run of model ``name``: ``(stats, image_stats, padding, maps)``.
-
-    ``stats``: the recorder's per-channel frame of every stack with the layer table merged in (stack, layer,
-    channel, count, mean, var, ..., order, depth, kind, block, channels, stride), as the suite's frame will be;
-    ``image_stats``: per (stack, layer, image) the pad fraction of the image's batch canvas and the variance of
-    its valid values (all channels) in the batch and alone; ``padding``: per (stack, layer, image) the relative
-    error of the image in its batch against the same stack on the image alone (reference "alone"), over the
-    positions the alone output keeps; ``maps``: channel-mean maps and masks of the first batch's most padded
-    image; all computed here from captured outputs."""
-    import torch
-
-    from masked_torch.analysis.data import load_images
-    from masked_torch.analysis.models import build_model, build_variants, canvas_multiple, layer_table
-    from masked_torch.analysis.recorder import ActivationRecorder
-    from masked_torch.utils import pad_batch
-
-    images = load_images("synthetic", num_images=n_images, max_side=max_side, seed=seed, normalize="image")
-    model = build_model(name, seed=seed, **build)
-    variants = build_variants(model)
-    multiple = canvas_multiple(name, build.get("depth", 4))
-    table = layer_table(model, torch.zeros(1, 3, 2 * multiple, 2 * multiple))
-    layers = list(table["layer"])
-
-    def run(net, x, mask):
-        store, handles = {}, []
-        modules = dict(net.named_modules())
-        for layer in layers:
-            handles.append(modules[layer].register_forward_hook(
-                lambda mod, args, out, layer=layer: store.__setitem__(layer, out)))
-        try:
-            net(x, mask)
-        finally:
-            for h in handles:
-                h.remove()
-        return store
-
-    recorders = {s: ActivationRecorder(net, compile=False) for s, net in variants.items()}
-    rows, errors, maps = [], [], []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            group = images[start:start + batch_size]
-            x, mask = pad_batch([torch.from_numpy(im.pixels) for im in group], multiple=multiple)
-            canvas = x.shape[2] * x.shape[3]
-            for s, net in variants.items():
-                with recorders[s]:
-                    batch = run(net, x, mask)
-                if start == 0:  # the maps of the first batch's most padded image
-                    k = int(np.argmin([im.size[0] * im.size[1] for im in group]))
-                    for layer, (out, out_mask) in batch.items():
-                        if out.dim() == 4:
-                            maps.append(dict(image=group[k].name, stack=s, layer=layer,
-                                             map=out[k].mean(0).numpy(), mask=out_mask[k].float().mean(0).numpy(),
-                                             h=group[k].size[0], w=group[k].size[1], canvas_h=x.shape[2],
-                                             canvas_w=x.shape[3]))
-                for k, im in enumerate(group):
-                    alone_x, alone_mask = pad_batch([torch.from_numpy(im.pixels)], multiple=multiple)
-                    alone = run(net, alone_x, alone_mask)
-                    for layer in layers:
-                        v = _valid_values(*batch[layer], k)
-                        a = _valid_values(*alone[layer], 0)
-                        rows.append(dict(stack=s, layer=layer, image=im.name,
-                                         pad_fraction=1 - im.size[0] * im.size[1] / canvas,
-                                         mean=float(v.mean()), var=float(v.var(unbiased=False)),
-                                         var_alone=float(a.var(unbiased=False))))
-                        out, out_mask = alone[layer]
-                        h, w = out.shape[2:]
-                        got = batch[layer][0][k:k + 1, :, :h, :w]
-                        valid = (out_mask != 0).expand_as(out)
-                        diff = torch.linalg.vector_norm((got - out)[valid].double())
-                        ref = torch.linalg.vector_norm(out[valid].double())
-                        errors.append(dict(stack=s, reference="alone", layer=layer, image=im.name,
-                                           rel_error=float(diff / ref) if ref > 0 else float(diff > 0),
-                                           padded=tuple(x.shape[2:]) != tuple(alone_x.shape[2:])))
-    frames = []
-    for s, rec in recorders.items():
-        f = rec.to_frame()
-        f.insert(0, "stack", s)
-        frames.append(f)
-    info = table[["layer", "order", "depth", "kind", "block", "channels", "stride"]]
-    stats = pd.concat(frames, ignore_index=True).merge(info, on="layer", how="left")
-    image_stats = pd.DataFrame(rows).merge(info[["layer", "order", "depth", "block"]], on="layer", how="left")
-    image_stats["rel_var"] = image_stats["var"] / image_stats["var_alone"]
-    padding = pd.DataFrame(errors).merge(info[["layer", "order", "depth", "kind", "block"]], on="layer", how="left")
-    maps = pd.DataFrame(maps).merge(info[["layer", "order", "depth", "kind", "block"]], on="layer", how="left")
-    return stats, image_stats, padding, maps
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return run_experiment(Settings(data="synthetic", depth=2, num_images=3, batch_size=3, max_side=40),
-                          progress=False)
+STACKS = ("conv", "pconv", "mconv")
 
 
 @pytest.fixture(autouse=True)
@@ -119,122 +23,145 @@ def _close():
     plt.close("all")
 
 
-def _stats_frame(kinds=("conv", "act"), var_scale=1.0, zero_var=False):
+# ------------------------------------------------------------------------------------------------ frames
+def _chain_stats(zero_var: bool = False, nan_var: bool = False) -> pd.DataFrame:
+    """A seed-like stack: conv{d}, act{d} at depth d = 1..3, 4*d channels, every stack and conv_alone."""
     rng = np.random.default_rng(0)
     rows = []
-    for stack in ("conv", "pconv", "mconv"):
+    for stack in (*STACKS, "conv_alone"):
         for d in (1, 2, 3):
-            for kind in kinds:
+            for k, kind in enumerate(("conv", "act")):
                 for c in range(4 * d):
-                    var = var_scale * 10.0 ** (-d) * rng.uniform(0.5, 2)
-                    rows.append(dict(stack=stack, layer=f"{kind}{d}", depth=d, kind=kind, channel=c, count=100,
-                                     mean=rng.normal(), var=0.0 if zero_var and c == 0 else var))
+                    var = 10.0 ** (-2 * d) * rng.uniform(0.5, 2)
+                    if zero_var and kind == "act" and c == 0:
+                        var = 0.0
+                    if nan_var and kind == "act" and c == 1:
+                        var = float("nan")
+                    rows.append(dict(stack=stack, layer=f"{kind}{d}", order=2 * (d - 1) + k, depth=d, kind=kind,
+                                     block=f"level{d}", channel=c, count=100, mean=rng.normal(), var=var))
     return pd.DataFrame(rows)
 
 
-def test_channel_stats_on_a_real_run(tiny):
-    fig = plot.plot_channel_stats(tiny.stats)
-    assert isinstance(fig, Figure)
-    axes = [ax for ax in fig.axes if ax.get_title()]
-    assert len(axes) == 4  # (conv, act) x (mean, var)
-    labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert any("mconv" in lb for lb in labels) and any("alone" in lb for lb in labels)
+_NET = [  # (layer, depth, kind, block): several layers per depth, a norm, two blocks per level
+    ("stem.conv", 1, "conv", "stem"), ("stem.bn", 1, "norm", "stem"), ("stem.relu", 1, "act", "stem"),
+    ("b1.conv", 2, "conv", "b1"), ("b1.bn", 2, "norm", "b1"), ("b1.relu", 2, "act", "b1"),
+    ("b2.conv", 2, "conv", "b2"), ("b2.bn", 2, "norm", "b2"), ("b2.relu", 2, "act", "b2"),
+    ("b3.conv", 3, "conv", "b3"), ("b3.bn", 3, "norm", "b3"), ("b3.relu", 3, "act", "b3"),
+]
 
 
-def _drawn_medians(ax):
-    """{'median <stack> depth <d>': y} of the median marks the figure functions tag: a line with gid
-    'median <stack> depth <d>' (a box's median, one y), or a line with gid 'median <stack>' (a pointplot, one
-    point per depth: the depth is the tick label at the nearest category position; NaN points are no data)."""
-    labels = {round(t.get_position()[0]): t.get_text() for t in ax.get_xticklabels()}
-    out = {}
-    for artist in list(ax.lines) + list(ax.collections):
-        gid = artist.get_gid()
-        if not (gid and gid.startswith("median ")):
-            continue
-        if hasattr(artist, "get_segments"):
-            points = [(x, y) for seg in artist.get_segments() for x, y in seg]
-        else:
-            points = list(zip(artist.get_xdata(), artist.get_ydata()))
-        points = [(float(x), float(y)) for x, y in points if not np.isnan(y)]
-        if " depth " in gid:
-            ys = {y for _, y in points}
-            assert len(ys) == 1, (gid, ys)
-            out[gid] = ys.pop()
-        else:
-            for x, y in points:
-                key = f"{gid} depth {labels[round(x)]}"
-                assert key not in out, key
-                out[key] = y
-    return out
+def _net_stats() -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = []
+    for stack in (*STACKS, "conv_alone"):
+        for order, (layer, depth, kind, block) in enumerate(_NET):
+            for c in range(6):
+                var = 0.0 if (kind == "act" and c == 0) else 10.0 ** (-depth) * rng.uniform(0.5, 2)
+                rows.append(dict(stack=stack, layer=layer, order=order, depth=depth, kind=kind, block=block,
+                                 channel=c, count=50, mean=rng.normal(), var=var))
+    return pd.DataFrame(rows)
 
 
-def _zero_tick(ax):
-    """The y value whose tick reads '0' (None if there is none)."""
-    fmt = ax.yaxis.get_major_formatter()
-    zeros = [t for t in ax.get_yticks() if fmt(t, 0) == "0"]
-    return zeros[0] if zeros else None
+def _padding_frame(chain: bool = True, reference_padded: bool = True) -> pd.DataFrame:
+    """conv differs from the image alone by 0.01 * depth * (image + 1); pconv and mconv are bit-identical to
+    their own run alone; against conv_alone everything differs a little, mconv by float32 rounding."""
+    layers = ([(f"act{d}", 2 * d - 1, d, "act", f"level{d}") for d in (1, 2, 3)] +
+              [(f"conv{d}", 2 * d - 2, d, "conv", f"level{d}") for d in (1, 2, 3)] if chain else
+              [(lay, o, d, k, b) for o, (lay, d, k, b) in enumerate(_NET)])
+    rows = []
+    for i, (h, w) in enumerate([(30, 40), (25, 40), (40, 40)]):
+        for stack in STACKS:
+            for ref in ("alone", "conv_alone"):
+                for layer, order, depth, kind, block in layers:
+                    if ref == "alone":
+                        err = 0.01 * depth * (i + 1) if stack == "conv" else 0.0
+                    else:
+                        err = {"conv": 0.01 * depth * (i + 1), "pconv": 0.2 * depth, "mconv": 3e-7 * i}[stack]
+                    pad = (8 - h % 8) % 8 if reference_padded else 0
+                    rows.append(dict(stack=stack, reference=ref, layer=layer, order=order, depth=depth, kind=kind,
+                                     block=block, image=f"im{i}", h=h, w=w, batch_h=40, batch_w=40,
+                                     pad_fraction=1 - h * w / 1600, rel_error=err, padded=h != 40,
+                                     alone_h=h + pad if ref == "conv_alone" else h, alone_w=w))
+    return pd.DataFrame(rows)
 
 
-def test_channel_stats_variance_is_always_log_and_mean_linear():
-    flat = _stats_frame(kinds=("conv",))
-    flat["var"] = np.random.default_rng(1).uniform(1, 2, len(flat))  # less than a decade: log all the same
-    for frame in (_stats_frame(), flat):
-        fig = plot.plot_channel_stats(frame)
-        var_axes = [ax for ax in fig.axes if "variance" in ax.get_title()]
-        mean_axes = [ax for ax in fig.axes if "mean" in ax.get_title()]
-        assert var_axes and all(ax.get_yscale() == "log" and "log scale" in ax.get_ylabel() for ax in var_axes)
-        assert mean_axes and all(ax.get_yscale() == "linear" and "linear scale" in ax.get_ylabel()
-                                 for ax in mean_axes)
-        plt.close(fig)
+def _image_stats(rel=None) -> pd.DataFrame:
+    """Per (stack, layer, image): conv's variance grows with the padded share, pconv and mconv unchanged."""
+    rows = []
+    for i in range(6):
+        pf = i / 10
+        for stack in STACKS:
+            for order, (layer, depth) in enumerate([("conv1", 1), ("act1", 1), ("act2", 2), ("act3", 3)]):
+                ratio = 1 + 0.05 * pf * depth if stack == "conv" else 1.0
+                if rel is not None:
+                    ratio = rel(stack, layer, i, ratio)
+                rows.append(dict(stack=stack, layer=layer, order=order, depth=depth,
+                                 kind="conv" if layer.startswith("conv") else "act", block=f"level{depth}",
+                                 image=f"im{i}", pad_fraction=pf, var=2.0 * ratio, var_alone=2.0, rel_var=ratio))
+    return pd.DataFrame(rows)
 
 
-def test_channel_stats_zero_variance_is_drawn_at_a_zero_tick_and_said():
-    frame = _stats_frame(zero_var=True)
-    fig = plot.plot_channel_stats(frame)
-    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
-    assert any("= 0" in t for t in texts)
-    for ax in [ax for ax in fig.axes if "variance" in ax.get_title()]:
-        zero = _zero_tick(ax)
-        assert zero is not None and ax.get_ylim()[0] < zero < frame.loc[frame["var"] > 0, "var"].min()
+def _maps_frame(h=20, w=30, canvas=32, padding_value=0.0, size=1) -> pd.DataFrame:
+    rows = []
+    for stack in STACKS:
+        for d in (1, 2):
+            n = max(1, canvas // 2 ** d)
+            m = np.full((n, n), padding_value)
+            rh, rw = -(-h * n // canvas), -(-w * n // canvas)
+            m[:rh, :rw] = np.linspace(0, 1, rh * rw).reshape(rh, rw)
+            mask = np.zeros((n, n))
+            mask[:rh, :rw] = 1
+            for kind in ("conv", "act"):
+                rows.append(dict(image="im", stack=stack, layer=f"{kind}{d}", order=2 * d - 2 + (kind == "act"),
+                                 depth=d, kind=kind, block=f"level{d}", map=m, mask=mask, h=h, w=w,
+                                 canvas_h=canvas, canvas_w=canvas))
+    return pd.DataFrame(rows)
 
 
-def test_channel_stats_boxes_are_the_data_statistics():
-    """Median line of each box = the median of the channel values (not of drawn or log-transformed ones)."""
-    frame = _stats_frame(kinds=("conv",))
-    # depth 1, conv: two zero-variance channels of four: the median is half the third value, not near the floor
-    sel = (frame["stack"] == "conv") & (frame["depth"] == 1)
-    frame.loc[sel, "var"] = [0.0, 0.0, 0.0086, 0.028]
-    fig = plot.plot_channel_stats(frame)
-    for ax in fig.axes:
-        stat = "var" if "variance" in ax.get_title() else "mean" if "mean" in ax.get_title() else None
-        if stat is None:
-            continue
-        drawn = _drawn_medians(ax)
-        expected = frame.groupby(["stack", "depth"])[stat].median()
-        assert len(drawn) == len(expected)
-        for (stack, depth), value in expected.items():
-            assert drawn[f"median {stack} depth {depth}"] == pytest.approx(value, rel=1e-12)
-        if stat == "var":
-            assert drawn["median conv depth 1"] == pytest.approx(0.0043)
+def _hline_ys(ax) -> list:
+    """The y of every horizontal segment drawn with hlines (the medians)."""
+    ys = []
+    for coll in ax.collections:
+        if isinstance(coll, LineCollection):
+            for seg in coll.get_segments():
+                if len(seg) == 2 and seg[0][1] == seg[1][1] and seg[0][0] != seg[1][0]:
+                    ys.append(float(seg[0][1]))
+    return ys
 
 
-def test_channel_stats_zero_median_and_whiskers_on_the_zero_band():
-    """A box whose median (and lower whisker) is 0 is drawn on the 0 band, not off the log axis; the medians of
-    the other boxes are still the data's."""
-    frame = _stats_frame(kinds=("conv",))
-    sel = (frame["stack"] == "mconv") & (frame["depth"] == 2)
-    values = np.zeros(sel.sum())
-    values[-2:] = [0.01, 0.02]
-    frame.loc[sel, "var"] = values
-    fig = plot.plot_channel_stats(frame)
-    (ax,) = [ax for ax in fig.axes if "variance" in ax.get_title()]
-    zero = _zero_tick(ax)
-    drawn = _drawn_medians(ax)
-    assert drawn["median mconv depth 2"] == zero
-    assert drawn["median conv depth 2"] == pytest.approx(
-        frame.loc[(frame["stack"] == "conv") & (frame["depth"] == 2), "var"].median(), rel=1e-12)
-    lows = [min(ln.get_ydata()) for ln in ax.lines if len(ln.get_ydata())]
-    assert min(lows) >= zero  # nothing of a box is drawn under the band (off a log axis)
+def _dot_ys(ax) -> np.ndarray:
+    return np.concatenate([np.asarray(c.get_offsets())[:, 1] for c in ax.collections
+                           if isinstance(c, PathCollection)] or [np.empty(0)])
+
+
+def _texts(fig) -> str:
+    """Every text of the figure (titles, labels, notes, legend entries and titles), joined, line breaks from
+    wrapping made spaces."""
+    return " | ".join(" ".join(t.get_text().split()) for t in fig.findobj(matplotlib.text.Text))
+
+
+def _linthresh(ax) -> float:
+    return ax.yaxis.get_transform().linthresh
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+def test_symlog_threshold_is_the_decade_below_the_smallest_non_zero_magnitude():
+    assert plot.symlog_threshold([0.0, 3e-5, 0.2, np.nan, np.inf]) == pytest.approx(1e-5, rel=1e-12)
+    assert plot.symlog_threshold([-0.02, 0.0, 5.0]) == pytest.approx(1e-2, rel=1e-12)
+    assert plot.symlog_threshold([1e-3]) == pytest.approx(1e-3, rel=1e-12)
+    assert plot.symlog_threshold([0.0, 0.0]) == 1.0
+    assert plot.symlog_threshold([]) == 1.0
+
+
+def test_summarize_is_the_median_and_quartiles_of_the_finite_values():
+    frame = pd.DataFrame(dict(stack=["a"] * 6 + ["b"] * 3, v=[0, 0, 0.0086, 0.028, np.nan, np.inf, 1, 2, 4]))
+    got = plot.summarize(frame, "v", ["stack"]).set_index("stack")
+    a = np.array([0, 0, 0.0086, 0.028])
+    assert got.loc["a", "n"] == 4 and got.loc["b", "n"] == 3
+    assert got.loc["a", "median"] == pytest.approx(np.median(a), rel=1e-12)  # 0.0043, not 0 as on a log axis
+    assert got.loc["a", "q25"] == pytest.approx(np.percentile(a, 25), abs=1e-15)
+    assert got.loc["a", "q75"] == pytest.approx(np.percentile(a, 75), rel=1e-12)
+    assert got.loc["b", "max_abs"] == 4
 
 
 def test_stack_colours_are_seaborns_colorblind_palette():
@@ -246,365 +173,235 @@ def test_stack_colours_are_seaborns_colorblind_palette():
     assert plot.STACK_COLORS["mconv"] == pytest.approx(cb[2], abs=2e-3)
 
 
-def test_channel_stats_subset_of_stacks_and_errors():
-    assert isinstance(plot.plot_channel_stats(_stats_frame(), stacks=["mconv"]), Figure)
-    with pytest.raises(ValueError):
-        plot.plot_channel_stats(_stats_frame(), stacks=["nope"])
-    with pytest.raises(ValueError):
-        plot.plot_channel_stats(_stats_frame().iloc[:0])
+def test_layer_titles_are_words():
+    assert plot.layer_title(dict(layer="act3", kind="act", block="level3", depth=3)) == \
+        "level3: activation output (act3), 1/8 resolution"
+    assert plot.layer_title(dict(layer="fc", kind="linear", block="fc", depth=pd.NA)) == \
+        "Linear-layer output (fc), no spatial dimensions"
 
 
-def test_activation_maps_on_a_real_run(tiny):
-    fig = plot.plot_activation_maps(tiny.maps, rgb=tiny.rgb)
-    assert isinstance(fig, Figure)
-    images = [ax for ax in fig.axes if ax.images]
-    # top row: input + 2 masks; 3 stacks x 2 depths of maps
-    assert len(images) == 1 + 2 + 3 * 2
-    # one colour scale per depth, shared by the stacks
-    for d in (1, 2):
-        col = [ax.images[0] for ax in fig.axes
-               if ax.images and ax.images[0].get_cmap().name != "gray" and ax.images[0].get_array().ndim == 2
-               and ax.images[0].get_array().shape == tiny.maps[tiny.maps["depth"] == d]["map"].iloc[0].shape]
-        assert len(col) == 3
-        assert len({(im.norm.vmin, im.norm.vmax) for im in col}) == 1
+def test_is_chain_and_level_outputs_on_the_suites_networks():
+    import torch
+
+    from masked_torch.analysis.models import build_model, layer_table
+
+    def table(name, size):
+        return layer_table(build_model(name, depth=2 if name != "resnet18" else 4), torch.zeros(1, 3, size, size))
+
+    stack, unet, resnet = table("stack", 16), table("unet", 16), table("resnet18", 64)
+    assert plot.is_chain(stack) and plot.is_chain(stack.drop(columns="order"))
+    assert not plot.is_chain(unet) and not plot.is_chain(resnet)
+    assert plot.level_outputs(stack) == ["act1", "act2"]
+    assert plot.level_outputs(stack, first=True) == ["conv1", "act1", "act2"]
+    assert plot.level_outputs(unet) == ["inc.relu2", "down1.conv.relu2", "down2.conv.relu2", "up1.conv.relu2",
+                                        "outc"]
+    assert plot.level_outputs(unet, 3) == ["inc.relu2", "down2.conv.relu2", "outc"]
+    assert plot.level_outputs(resnet) == ["relu", "layer1.1.relu2", "layer2.1.relu2", "layer3.1.relu2",
+                                         "layer4.1.relu2"]
 
 
-def test_activation_maps_diverging_scale_for_signed_maps(tiny):
-    maps = tiny.maps.copy()
-    maps["map"] = [m - 0.5 for m in maps["map"]]  # negative values, e.g. tanh or no activation
+def test_rel_var_of_zero_variances():
+    frame = pd.DataFrame(dict(var=[2.0, 0.0, 1.0, np.nan], var_alone=[1.0, 0.0, 0.0, 1.0]))
+    np.testing.assert_array_equal(plot.rel_var(frame), [2.0, 1.0, np.inf, np.nan])
+
+
+# ------------------------------------------------------------------------------------------------ axes level
+def test_channel_stat_points_draws_every_channel_and_the_pandas_medians_on_the_given_axes():
+    stats = _chain_stats(zero_var=True)
+    data = stats[stats["kind"] == "act"]
+    fig, ax = plt.subplots()
+    n_figs = len(plt.get_fignums())
+    assert plot.channel_stat_points(data, ax=ax, y="var", x="depth") is ax
+    assert len(plt.get_fignums()) == n_figs  # drew on the axes it was given, no figure of its own
+    assert ax.get_yscale() == "symlog"
+    assert _linthresh(ax) == pytest.approx(10.0 ** np.floor(np.log10(data.loc[data["var"] > 0, "var"].min())))
+    assert sorted(_dot_ys(ax)) == pytest.approx(sorted(data["var"]), rel=1e-12)  # zeros at 0, each channel once
+    assert (_dot_ys(ax) == 0).sum() == (data["var"] == 0).sum() == 4 * 3
+    expected = [np.median(g["var"]) for _, g in data.groupby(["stack", "depth"])]
+    drawn = _hline_ys(ax)
+    for m in expected:  # each median bar at the median of its channels, a zero median at 0
+        assert any(abs(y - m) <= 1e-12 * abs(m) for y in drawn)
+    assert "exactly 0" in _texts(fig)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "3"]
+
+
+def test_channel_stat_points_mean_is_linear_and_nan_is_left_out_and_counted():
+    data = _chain_stats(nan_var=True)
+    fig, (a1, a2) = plt.subplots(1, 2)
+    plot.channel_stat_points(data, ax=a1, y="mean")
+    assert a1.get_yscale() == "linear"
+    plot.channel_stat_points(data, ax=a2, y="var")
+    n_nan = int(data["var"].isna().sum())
+    assert len(_dot_ys(a2)) == len(data) - n_nan
+    assert f"{n_nan} value(s) not finite" in _texts(fig)
+
+
+def test_channel_stat_lines_are_the_median_and_quartiles_per_layer():
+    data = _net_stats()
+    fig, ax = plt.subplots()
+    assert plot.channel_stat_lines(data, ax=ax, y="var") is ax
+    assert ax.get_yscale() == "symlog"
+    rows = plot.layer_rows(data)
+    for stack in STACKS:
+        line = next(ln for ln in ax.lines if len(ln.get_ydata()) == len(rows)
+                    and np.allclose(ln.get_ydata(), [np.median(data.loc[(data["stack"] == stack)
+                                                                        & (data["layer"] == lay), "var"])
+                                                     for lay in rows["layer"]], rtol=1e-12, atol=0))
+        assert line is not None
+    # the resolution of each level over the top, the blocks under the axis
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["stem", "b1", "b2", "b3"]
+
+
+def test_relative_error_points_zero_at_zero_and_shared_threshold():
+    data = _padding_frame()
+    part = data[data["reference"] == "alone"]
+    fig, ax = plt.subplots()
+    assert plot.relative_error_points(part, ax=ax, linthresh=1e-9) is ax
+    assert _linthresh(ax) == pytest.approx(1e-9)
+    ys = _dot_ys(ax)
+    assert (ys == 0).sum() == (part["rel_error"] == 0).sum() > 0  # bit-identical images drawn at 0
+    assert sorted(ys) == pytest.approx(sorted(part["rel_error"]), abs=0, rel=1e-12)
+    assert 0.0 in list(ax.get_yticks())
+    assert "bit-identical" in _texts(fig)
+
+
+def test_variance_change_points_are_percent_changes_from_the_image_alone():
+    data = _image_stats()
+    layer = data[data["layer"] == "act3"]
+    fig, ax = plt.subplots()
+    assert plot.variance_change_points(layer, ax=ax) is ax
+    expected = 100 * (layer["rel_var"].to_numpy() - 1)
+    assert sorted(_dot_ys(ax)) == pytest.approx(sorted(expected), rel=1e-12, abs=1e-12)
+    assert (_dot_ys(ax) == 0).sum() == (expected == 0).sum() == 2 * 6 + 1  # pconv, mconv and unpadded conv at 0
+    assert ax.get_yscale() == "symlog"
+
+
+def test_axes_level_functions_say_so_on_an_empty_or_all_nan_panel():
+    fig, axes = plt.subplots(1, 4)
+    empty = _chain_stats().iloc[:0]
+    plot.channel_stat_points(empty, ax=axes[0], y="var", stacks=["conv"])
+    nan = _chain_stats().assign(var=np.nan)
+    plot.channel_stat_lines(nan, ax=axes[1], y="var")
+    plot.relative_error_points(_padding_frame().assign(rel_error=np.nan), ax=axes[2])
+    plot.variance_change_points(_image_stats().assign(rel_var=np.inf), ax=axes[3])
+    text = _texts(fig)
+    assert text.count("no finite") == 2 and "no relative difference" in text and "no variance ratio" in text
+
+
+def test_activation_map_colour_scale_is_taken_over_the_image_only():
+    maps = _maps_frame(padding_value=1e6)  # the padding holds huge values: they must not set the scale
     fig = plot.plot_activation_maps(maps)
-    cmaps = {ax.images[0].get_cmap().name for ax in fig.axes if ax.images}
-    assert "RdBu_r" in cmaps
-    with pytest.raises(ValueError, match="one image"):
-        plot.plot_activation_maps(pd.concat([maps, maps.assign(image="other")]))
+    images = [im for ax in fig.axes for im in ax.images if im.get_cmap().name == "viridis"]
+    assert images and all(im.norm.vmax <= 1.0 + 1e-12 for im in images)
+    assert "update_mask=False" in _texts(fig)
+    assert "update_mask=True" in _texts(plot.plot_activation_maps(maps, update_mask=True))
 
 
-def test_padding_sensitivity_on_a_real_run(tiny):
-    fig = plot.plot_padding_sensitivity(tiny.padding)
+# ------------------------------------------------------------------------------------------------ figure level
+def test_channel_stats_figure_names_the_stacks_in_words():
+    fig = plot.plot_channel_stats(_chain_stats())
     assert isinstance(fig, Figure)
-    panels = [ax for ax in fig.axes if ax.get_title()]
-    assert len(panels) == 2 and all(ax.get_yscale() == "log" for ax in panels)
-    texts = [t.get_text() for ax in panels for t in ax.texts]
-    assert any("float32 eps" in t for t in texts)
+    text = _texts(fig)
+    for stack in (*STACKS, "conv_alone"):
+        assert plot.STACK_LABELS[stack] in text
+    assert "plain convolution on each image alone" in text and "never over padding" in text
+    assert "level 2" in text
 
 
-def test_padding_sensitivity_bar_is_the_median_of_the_errors():
-    """The issue's case: errors [0, 0, 0.0086, 0.028] have median 0.0043 (the median of the drawn, floored
-    positions on a log axis would land near 1e-6); an all-zero median is drawn at the tick that reads 0."""
-    rows = [dict(stack=s, reference="alone", layer="act1", depth=1, kind="act", image=f"im{i}", rel_error=v,
-                 padded=True)
-            for s, values in (("conv", [0.0, 0.0, 0.0086, 0.028]), ("mconv", [0.0, 0.0, 0.0, 1e-7]))
-            for i, v in enumerate(values)]
-    fig = plot.plot_padding_sensitivity(pd.DataFrame(rows))
-    (ax,) = [ax for ax in fig.axes if ax.get_title()]
-    drawn = _drawn_medians(ax)
-    assert drawn["median conv depth 1"] == pytest.approx(0.0043)
-    zero = _zero_tick(ax)
-    assert zero is not None and drawn["median mconv depth 1"] == zero
-    assert zero < 1e-7 / 10  # the 0 band sits clear below the smallest non-zero error
-    assert ax.get_ylim()[0] < zero
-    assert set(drawn) == {"median conv depth 1", "median mconv depth 1"}
-
-
-def test_padding_sensitivity_medians_on_a_real_run(tiny):
-    fig = plot.plot_padding_sensitivity(tiny.padding)
-    data = plot.level_layers(tiny.padding)
-    data = data[data["padded"]] if data["padded"].any() else data
-    for ax in [ax for ax in fig.axes if ax.get_title()]:
-        ref = "alone" if "same stack" in ax.get_title() else "conv_alone"
-        expected = data[data["reference"] == ref].groupby(["stack", "depth"])["rel_error"].median()
-        drawn = _drawn_medians(ax)
-        zero = _zero_tick(ax)
-        assert len(drawn) == len(expected)
-        for (stack, depth), value in expected.items():
-            y = drawn[f"median {stack} depth {depth}"]
-            assert y == (zero if value == 0 else pytest.approx(value, rel=1e-12))
-
-
-def test_padding_sensitivity_hand_made_zeros_and_errors():
-    rows = [dict(stack=s, reference="alone", layer=f"act{d}", depth=d, kind="act", image=f"im{i}",
-                 rel_error=(0.0 if s != "conv" else 10.0 ** (-3 + d)), padded=True)
-            for s in ("conv", "mconv") for d in (1, 2) for i in range(3)]
-    frame = pd.DataFrame(rows)
-    fig = plot.plot_padding_sensitivity(frame)
-    assert len([ax for ax in fig.axes if ax.get_title()]) == 1
-    with pytest.raises(ValueError):
-        plot.plot_padding_sensitivity(frame.iloc[:0])
-
-
-def _png(dpi: int, fig) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
-
-
-def test_figures_are_reproducible_and_leave_numpy_rng_alone(tiny):
-    np.random.seed(123)
-    state = np.random.get_state()[1].copy()
-    first = [_png(50, plot.plot_channel_stats(tiny.stats)), _png(50, plot.plot_padding_sensitivity(tiny.padding))]
-    assert np.array_equal(np.random.get_state()[1], state)
-    second = [_png(50, plot.plot_channel_stats(tiny.stats)), _png(50, plot.plot_padding_sensitivity(tiny.padding))]
-    assert first == second
-
-
-# ------------------------------------------------------------------------------------------------ non-chain networks
-@pytest.fixture(scope="module")
-def resnet():
-    return model_frames("resnet18", n_images=4, max_side=48, batch_size=2, width=4, num_classes=3)
-
-
-@pytest.fixture(scope="module")
-def unet():
-    return model_frames("unet", n_images=3, max_side=40, batch_size=3, depth=2, width=4)
-
-
-def _layer_medians(ax, rows):
-    """{(stack, layer): y} of the lines tagged 'median <stack>' in a by-layer panel (x = order + a dodge
-    smaller than half a layer), NaN points skipped."""
-    by_order = dict(zip(rows["order"], rows["layer"]))
-    out = {}
-    for line in ax.lines:
-        gid = line.get_gid() or ""
-        if gid.startswith("median "):
-            for x, y in zip(line.get_xdata(), line.get_ydata()):
-                if not np.isnan(y):
-                    key = (gid[len("median "):], by_order[int(round(float(x)))])
-                    assert key not in out, key
-                    out[key] = float(y)
-    return out
-
-
-def _panels(fig):
-    return [ax for ax in fig.axes if ax.get_title()]
-
-
-def test_is_chain_and_level_outputs(tiny, resnet, unet):
-    assert plot.is_chain(tiny.stats)  # no order column: an older frame, the depth figure
-    stack_stats = model_frames("stack", n_images=2, max_side=24, batch_size=2, depth=2)[0]
-    assert plot.is_chain(stack_stats)  # with order and block: still one conv and one act per depth
-    assert not plot.is_chain(resnet[0]) and not plot.is_chain(unet[0])
-    assert plot.level_outputs(stack_stats) == ["act1", "act2"]
-    assert plot.level_outputs(stack_stats, first=True) == ["conv1", "act1", "act2"]
-    levels = plot.level_outputs(unet[0])  # down 0, 1, 2, up 1, 0 (the last run holds up2 and outc)
-    assert levels == ["inc.relu2", "down1.conv.relu2", "down2.conv.relu2", "up1.conv.relu2", "outc"]
-    assert plot.level_outputs(unet[0], 3) == ["inc.relu2", "down2.conv.relu2", "outc"]
-    assert plot.level_outputs(resnet[0]) == ["relu", "layer1.1.relu2", "layer2.1.relu2", "layer3.1.relu2",
-                                             "layer4.1.relu2"]
-
-
-def test_stack_frame_with_layer_columns_keeps_the_depth_figure():
-    stats = model_frames("stack", n_images=2, max_side=24, batch_size=2, depth=2)[0]
+def test_channel_stats_by_layer_for_a_network_that_is_not_a_chain():
+    stats = _net_stats()
+    assert not plot.is_chain(stats)
     fig = plot.plot_channel_stats(stats)
-    assert all(ax.get_xlabel() == "depth (level)" for ax in _panels(fig))
-    fig2 = plot.plot_channel_stats(stats, layout="layer")
-    assert all("execution order" in ax.get_xlabel() for ax in _panels(fig2)[-2:])
-    with pytest.raises(ValueError, match="layout"):
-        plot.plot_channel_stats(stats, layout="grid")
+    assert len([ax for ax in fig.axes if ax.get_ylabel()]) == 3 * 2  # conv, norm, act x mean, var
+    assert "in the order the network runs them" in _texts(fig)
+    fig2 = plot.plot_channel_stats_by_layer(stats, statistics=("var",), kinds=("act",))
+    assert len([ax for ax in fig2.axes if ax.get_ylabel()]) == 1
+    with pytest.raises(ValueError, match="kinds"):
+        plot.plot_channel_stats_by_layer(stats, kinds=("pool",))
 
 
-@pytest.mark.parametrize("which", ["resnet", "unet"])
-def test_channel_stats_by_layer_on_a_real_run(which, request):
-    stats = request.getfixturevalue(which)[0]
-    fig = plot.plot_channel_stats(stats)
-    panels = _panels(fig)
-    titles = [ax.get_title() for ax in panels]
-    assert len(panels) == 6  # (conv [+ transposed conv], norm, act) x (mean, var)
-    assert ("transposed-conv" in titles[0]) == (which == "unet")
-    rows = plot.layer_rows(stats)
-    for ax in panels:
-        stat = "var" if "variance" in ax.get_title() else "mean"
-        assert ax.get_yscale() == ("log" if stat == "var" else "linear")
-        kinds = ["conv", "upconv"] if ax.get_title().startswith("Conv") else (
-            ["norm"] if ax.get_title().startswith("Norm") else ["act"])
-        sub = stats[stats["kind"].isin(kinds)]
-        expected = sub.groupby(["stack", "layer"])[stat].median()
-        drawn = _layer_medians(ax, rows)
-        zero = _zero_tick(ax)
-        assert set(drawn) == set(expected.index)
-        for key, value in expected.items():
-            assert drawn[key] == (zero if value == 0 and zero is not None else pytest.approx(value, rel=1e-9)), key
-    # the block names are the tick labels of the bottom row; the depths over the top row
-    bottom = [t.get_text() for t in panels[-1].get_xticklabels() if t.get_visible() and t.get_text()]
-    assert set(bottom) <= set(rows["block"]) and len(bottom) >= 5
-    top = [t.get_text() for t in panels[0]._depth_axis.get_xticklabels() if t.get_visible()]
-    assert top[0] == "depth 1" if which == "resnet" else top[:3] == ["depth 0", "depth 1", "depth 2"]
+def test_padding_figure_says_what_is_compared_and_warns_when_the_reference_pads():
+    fig = plot.plot_padding_sensitivity(_padding_frame(reference_padded=True))
+    text = _texts(fig)
+    assert "same network on the image alone" in text and "plain network (conv) on the image alone" in text
+    assert "cannot run an image at its own size" in text and "up to 7 pixels" in text
+    assert "pconv: bit-identical for every image and layer" in text
+    assert "mconv: equal up to float32 rounding" in text
+    axes = [ax for ax in fig.axes if ax.get_yscale() == "symlog"]
+    assert len(axes) == 2 and _linthresh(axes[0]) == _linthresh(axes[1]) <= plot.ROUNDING / 100
+    fig2 = plot.plot_padding_sensitivity(_padding_frame(reference_padded=False))
+    assert "cannot run an image at its own size" not in _texts(fig2)
 
 
-def test_channel_stats_by_layer_band_is_the_interquartile_range():
-    """Hand-made: channels 0..4 valued 1..5 at one layer: median 3, band from 2 to 4 (numpy's percentiles)."""
-    rows = [dict(stack="mconv", layer=f"l{i}", order=i, depth=1 + i // 20, kind="conv", block=f"b{i // 2}",
-                 channel=c, mean=float(c + 1 + i), var=float(c + 1)) for i in range(30) for c in range(5)]
-    fig = plot.plot_channel_stats(pd.DataFrame(rows))
-    (mean_ax,) = [ax for ax in _panels(fig) if "mean" in ax.get_title()]
-    (band,) = [c for c in mean_ax.collections if (c.get_gid() or "") == "iqr mconv"]
-    verts = band.get_paths()[0].vertices
-    at0 = verts[np.isclose(verts[:, 0], 0)][:, 1]
-    assert sorted(set(np.round(at0, 12))) == [2.0, 4.0]
-    assert _layer_medians(mean_ax, plot.layer_rows(pd.DataFrame(rows)))[("mconv", "l0")] == 3.0
+def test_padding_figure_of_a_network_that_is_not_a_chain():
+    fig = plot.plot_padding_sensitivity(_padding_frame(chain=False))
+    text = _texts(fig)
+    assert "in the order the network runs them" in text
+    assert "1/4" in text  # the resolution over the top
 
 
-def _assert_no_overlap(boxes):
-    boxes = sorted(boxes, key=lambda b: b.x0)
-    for a, b in zip(boxes, boxes[1:]):
-        assert a.x1 <= b.x0 or a.y1 <= b.y0 or b.y1 <= a.y0, (a, b)
+def test_stats_vs_padding_figure_states_the_finding():
+    fig = plot.plot_stats_vs_padding(_image_stats())
+    text = _texts(fig)
+    assert "pconv: unchanged, exactly, for every image" in text
+    assert "conv: changes by up to" in text
+    assert "act3" in text and "1/8 resolution" in text  # titles in words
+    assert "÷" not in text and "×" not in text
 
 
-@pytest.mark.parametrize("layers_per_block", [1, 3])
-def test_a_fifty_layer_frame_draws_with_non_overlapping_ticks(layers_per_block):
-    """50 layers in 5 levels, a block name per layer (50 names) or per 3 layers (17): the names are upright if
-    they fit, else vertical, and thinned only where they would still overlap (extents as drawn); the depths
-    over the top; every layer keeps a tick."""
-    rng = np.random.default_rng(0)
-    rows = [dict(stack=s, layer=f"stage{i // 10}.block{i // layers_per_block}.conv{i}", order=i, depth=1 + i // 10,
-                 kind="conv", block=f"stage{i // 10}.{i // layers_per_block}", channel=c, mean=rng.normal(),
-                 var=float(rng.uniform(0.5, 2)) * 10.0 ** (-(i // 10)))
-            for s in ("conv", "pconv", "mconv") for i in range(50) for c in range(4)]
-    frame = pd.DataFrame(rows)
-    fig = plot.plot_channel_stats(frame, statistics=("var",))
-    (ax,) = _panels(fig)
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-
-    def boxes(axis):
-        return [t.get_window_extent(renderer) for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
-
-    bottom = boxes(ax.xaxis)
-    _assert_no_overlap(bottom)
-    n_blocks = frame["block"].nunique()
-    assert len(bottom) == n_blocks  # 50 vertical names fit a 50-layer axis
-    rotation = {t.get_rotation() for t in ax.get_xticklabels()}
-    assert rotation in ({0.0}, {90.0}) and (layers_per_block == 3 or rotation == {90.0})
-    _assert_no_overlap(boxes(ax._depth_axis.xaxis))
-    assert [t.get_text() for t in ax._depth_axis.get_xticklabels()] == [f"depth {d}" for d in range(1, 6)]
-    assert len(ax.xaxis.get_minorticklocs()) == 50  # every layer keeps its own tick
-
-
-def test_tick_labels_that_cannot_fit_are_thinned_without_overlap():
-    fig, ax = plt.subplots(figsize=(2, 2))
-    ax.set_xticks(range(40), [f"block number {i}" for i in range(40)])
-    hidden = plot.thin_tick_labels(fig, ax.xaxis)
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    kept = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_visible()]
-    assert hidden == 40 - len(kept) and 1 <= len(kept) < 5
-    _assert_no_overlap(kept)
-
-
-def test_channel_stats_by_layer_zero_variance_on_the_zero_band():
-    rows = [dict(stack=s, layer=f"l{i}", order=i, depth=1 + i // 8, kind="act", block=f"b{i // 4}", channel=c,
-                 mean=1.0, var=0.0 if (s == "conv" and i == 3) else 0.5 + c)
-            for s in ("conv", "mconv") for i in range(16) for c in range(4)]
-    frame = pd.DataFrame(rows)
-    fig = plot.plot_channel_stats(frame)
-    (ax,) = [ax for ax in _panels(fig) if "variance" in ax.get_title()]
-    zero = _zero_tick(ax)
-    drawn = _layer_medians(ax, plot.layer_rows(frame))
-    assert zero is not None and drawn[("conv", "l3")] == zero and drawn[("conv", "l4")] == 2.0
-    assert any("= 0" in t.get_text() for t in ax.texts)
-
-
-def test_padding_sensitivity_by_layer_on_a_real_run(resnet):
-    padding = resnet[2]
-    fig = plot.plot_padding_sensitivity(padding)
-    (ax,) = _panels(fig)
-    assert ax.get_yscale() == "log"
-    data = padding[(padding["kind"] == "act") & padding["padded"]]
-    expected = data.groupby(["stack", "layer"])["rel_error"].median()
-    drawn = _layer_medians(ax, plot.layer_rows(data))
-    zero = _zero_tick(ax)
-    assert set(drawn) == set(expected.index) and len(drawn) == 3 * 17
-    for key, value in expected.items():
-        assert drawn[key] == (zero if value == 0 else pytest.approx(value, rel=1e-9)), key
-
-
-def _image_frame():
-    """Two layers, three stacks, six images: conv's ratio grows with padding, mconv is exactly 1."""
-    rows = []
-    for layer, order, depth in (("conv1", 0, 1), ("act4", 7, 4)):
-        for i, pf in enumerate([0.0, 0.1, 0.3, 0.5, 0.7, 0.9]):
-            for s, ratio in (("conv", 1 + pf * (1 + order)), ("pconv", 1 / (1 + pf)), ("mconv", 1.0)):
-                rows.append(dict(stack=s, layer=layer, order=order, depth=depth, image=f"im{i}", pad_fraction=pf,
-                                 mean=0.0, var=2.0 * ratio, var_alone=2.0))
-    return pd.DataFrame(rows)
-
-
-def test_stats_vs_padding_axes_and_medians():
-    frame = _image_frame()
-    fig = plot.plot_stats_vs_padding(frame, bins=2)
-    panels = _panels(fig)
-    assert [ax.get_title().split()[0] for ax in panels] == ["conv1", "act4"]
-    ratio = frame["var"] / frame["var_alone"]
-    for ax in panels:
-        assert ax.get_yscale() == "log"
-        lo, hi = ax.get_ylim()
-        assert lo * hi == pytest.approx(1.0) and hi >= ratio.max() and lo <= ratio.min()  # centred on 1
-        labels = {ax.yaxis.get_major_formatter()(t, 0) for t in ax.get_yticks()}
-        assert "1" in labels and any(lb.startswith("×") for lb in labels) and any(lb.startswith("÷") for lb in labels)
-        layer = ax.get_title().split()[0]
-        for s in ("conv", "pconv", "mconv"):
-            (line,) = [ln for ln in ax.lines if ln.get_gid() == f"median {s}"]
-            sub = frame[(frame["layer"] == layer) & (frame["stack"] == s)]
-            r = (sub["var"] / sub["var_alone"]).to_numpy()
-            pf = sub["pad_fraction"].to_numpy()
-            low = pf < 0.45  # two equal-width bins of [0, 0.9]
-            assert list(line.get_ydata()) == pytest.approx([np.median(r[low]), np.median(r[~low])], rel=1e-12)
-            assert list(line.get_xdata()) == pytest.approx([np.median(pf[low]), np.median(pf[~low])])
-        assert [ln.get_ydata()[0] for ln in ax.lines if ln.get_gid() is None and len(ln.get_ydata()) == 2] == [1.0]
-    assert "batch canvas" in panels[-1].get_xlabel()
-
-
-def test_stats_vs_padding_all_ones_still_show_the_one_line_and_bad_ratios_are_counted():
-    frame = _image_frame()
-    frame["var"] = frame["var_alone"]
-    frame.loc[0, ["var", "var_alone"]] = [1.0, 0.0]  # the image alone had no variance: not finite, counted
-    fig = plot.plot_stats_vs_padding(frame)
-    ax = _panels(fig)[0]
-    lo, hi = ax.get_ylim()
-    assert lo < 1 < hi and hi == pytest.approx(1.1)
-    assert any("1 ratio(s) not finite" in t.get_text() for t in ax.texts)
-    assert plot.rel_var(pd.DataFrame(dict(var=[0.0, 2.0, 1.0], var_alone=[0.0, 1.0, 0.0]))).tolist() == [
-        1.0, 2.0, np.inf]
-
-
-def test_stats_vs_padding_errors():
-    frame = _image_frame()
-    with pytest.raises(ValueError, match="lacks columns"):
-        plot.plot_stats_vs_padding(frame.drop(columns="pad_fraction"))
-    with pytest.raises(ValueError, match=r"pad_fraction must be in \[0, 1\]"):
-        plot.plot_stats_vs_padding(frame.assign(pad_fraction=frame["pad_fraction"] * 2))
+def test_stats_vs_padding_counts_ratios_that_are_not_finite_and_rejects_bad_input():
+    frame = _image_stats(rel=lambda s, lay, i, r: np.inf if (s == "mconv" and i == 0) else r)
+    fig = plot.plot_stats_vs_padding(frame, layers=["act1"])
+    assert "1 image(s) without variance alone, left out" in _texts(fig)
+    with pytest.raises(ValueError, match="pad_fraction"):
+        plot.plot_stats_vs_padding(_image_stats().assign(pad_fraction=1.5))
     with pytest.raises(ValueError, match="not in the frame"):
-        plot.plot_stats_vs_padding(frame, layers=["nope"])
-    with pytest.raises(ValueError, match="empty"):
-        plot.plot_stats_vs_padding(frame.iloc[:0])
+        plot.plot_stats_vs_padding(_image_stats(), layers=["nope"])
 
 
-@pytest.mark.parametrize("which", ["resnet", "unet"])
-def test_stats_vs_padding_on_a_real_run(which, request):
-    """The facets: the first layer and each level's output, at most 6; masked stacks: the image's variance in
-    the batch is its variance alone (float32 rounding)."""
-    image_stats = request.getfixturevalue(which)[1]
-    fig = plot.plot_stats_vs_padding(image_stats)
-    panels = _panels(fig)
-    expected = plot.level_outputs(image_stats, 6, first=True)
-    assert [ax.get_title().split()[0] for ax in panels] == expected and len(expected) <= 6
-    masked = image_stats[image_stats["stack"] == "mconv"]
-    assert np.allclose(masked["rel_var"], 1.0, rtol=0, atol=1e-4)
-    assert (image_stats["pad_fraction"] > 0).any()
+@pytest.mark.parametrize("function", [plot.plot_activation_maps, plot.plot_channel_stats,
+                                      plot.plot_channel_stats_by_layer, plot.plot_padding_sensitivity,
+                                      plot.plot_stats_vs_padding])
+def test_an_empty_frame_is_one_clear_error(function):
+    with pytest.raises(ValueError, match=f"{function.__name__}: empty frame"):
+        function(pd.DataFrame(columns=["stack", "layer"]))
 
 
-def test_activation_maps_of_a_unet_one_column_per_level_output(unet):
-    maps = unet[3]
-    fig = plot.plot_activation_maps(maps)
-    titles = [ax.get_title() for ax in fig.axes if ax.images and "output mask" in ax.get_title()]
-    assert [t.split(":")[1].split(",")[0].strip() for t in titles] == plot.level_outputs(maps)
-    assert len([ax for ax in fig.axes if ax.images]) == 1 + 5 + 3 * 5
+def test_figures_are_saved_atomically_small_and_reproducible(tmp_path):
+    state = np.random.get_state()
+    paths = []
+    for k in range(2):
+        path = tmp_path / f"padding{k}.png"
+        assert isinstance(plot.plot_padding_sensitivity(_padding_frame(), path=path, dpi=60), Figure)
+        paths.append(path)
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[0].stat().st_size < 500_000
+    assert paths[0].read_bytes() == paths[1].read_bytes()  # seeded jitter: the same frame, the same PNG
+    assert np.array_equal(np.random.get_state()[1], state[1])  # numpy's global generator untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["padding0.png", "padding1.png"]  # no temporary files
+    with pytest.raises(OSError):
+        plot.plot_channel_stats(_chain_stats(), path=tmp_path / "missing" / "stats.png")
+    assert not (tmp_path / "missing").exists()
 
 
-def test_new_figures_are_reproducible_and_leave_numpy_rng_alone(resnet):
-    np.random.seed(7)
-    state = np.random.get_state()[1].copy()
-    first = [_png(40, plot.plot_padding_sensitivity(resnet[2])), _png(40, plot.plot_stats_vs_padding(resnet[1]))]
-    assert np.array_equal(np.random.get_state()[1], state)
-    assert first == [_png(40, plot.plot_padding_sensitivity(resnet[2])), _png(40, plot.plot_stats_vs_padding(resnet[1]))]
+def test_save_figure_lowers_the_resolution_to_fit_the_cap(tmp_path):
+    fig = plot.plot_activation_maps(_maps_frame())
+    plot.save_figure(fig, tmp_path / "maps.png", dpi=40)
+    cap = int(0.8 * (tmp_path / "maps.png").stat().st_size)  # over the cap at 40 dpi, under it at 34 or below
+    plot.save_figure(fig, tmp_path / "maps.png", dpi=40, cap=cap, min_dpi=10)
+    assert (tmp_path / "maps.png").stat().st_size <= cap
+    assert [p.name for p in tmp_path.iterdir()] == ["maps.png"]
+
+
+def test_a_folder_with_one_1x1_image_gives_every_figure(tmp_path):
+    """The 1x1 image: zero variances everywhere (the old log axis raised 'math domain error')."""
+    from PIL import Image
+
+    from masked_torch.analysis.run import Settings, run_experiment, write_outputs
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (1, 1), (10, 200, 30)).save(tmp_path / "img" / "a.png")
+    results = run_experiment(Settings(data=str(tmp_path / "img")), progress=False)
+    written = write_outputs(results, tmp_path / "out", dpi=50)
+    pngs = sorted(p.name for p in written if p.suffix == ".png")
+    assert pngs == ["activation_maps.png", "channel_stats.png", "padding_sensitivity.png", "stats_vs_padding.png"]
+    assert all(p.stat().st_size > 0 for p in written)
