@@ -23,7 +23,8 @@ from PIL import Image
 
 from masked_torch.analysis import cli, files
 from masked_torch.analysis import run as run_mod
-from masked_torch.analysis.files import (PADDING_FILE, RESULT_FILES, STATS_FILE, TEMP_PREFIX, StagedFiles,
+from masked_torch.analysis.files import (PADDING_FILE, RESULT_FILES, STATS_FILE, TEMP_PREFIX, TENSOR_STATS_FILE,
+                                         StagedFiles,
                                          InterruptedAfterWriting, out_problem, read_settings, recover, safe_text,
                                          write_parquet)
 from masked_torch.analysis.models import MAX_PARAMETERS, build_model, check_parameters
@@ -31,6 +32,7 @@ from masked_torch.analysis.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--depth", "2", "--max-side", "32", "--quiet"]
+RUN_FILES = sorted(n for n in RESULT_FILES if n != TENSOR_STATS_FILE)  # what a run writes (--preset seed: + tensor)
 
 
 def _one_error_line(capsys, *needles) -> str:
@@ -101,7 +103,7 @@ def test_a_file_name_that_is_not_utf8_just_works(latin1_folder, tmp_path, capsys
     assert sorted(im["name"] for im in meta["images"]) == sorted([stored, "ok.png"])
     maps = pd.read_parquet(out / STATS_FILE)
     assert len(maps) and not _ours(out)
-    for name in RESULT_FILES:
+    for name in RUN_FILES:
         assert (out / name).is_file(), name
 
 
@@ -163,7 +165,7 @@ def test_a_folder_holding_a_single_1x1_image_just_works(tmp_path, capsys):
     stats = pd.read_parquet(out / STATS_FILE)
     # the image is one position at every level (its 2x2, then 1x1 cell of the 4x4 canvas): nothing varies
     assert np.isfinite(stats["mean"]).all() and (stats["var"] == 0).all()
-    for name in RESULT_FILES:
+    for name in RUN_FILES:
         assert (out / name).is_file(), name
 
 
@@ -309,7 +311,7 @@ def test_a_failure_between_the_renames_puts_every_old_file_back(two_runs, tmp_pa
     old, new = two_runs
     run_mod.write_outputs(old, tmp_path)
     before = _contents(tmp_path)
-    assert sorted(before) == sorted(RESULT_FILES)
+    assert sorted(before) == RUN_FILES
     calls = _replace_failing_at(monkeypatch, 4, exc)  # the journal, then 2 files renamed in, the 3rd fails
     with pytest.raises(type(exc)):
         run_mod.write_outputs(new, tmp_path)
@@ -334,7 +336,7 @@ def test_ctrl_c_during_the_renames_finishes_the_new_set_and_says_so(two_runs, tm
     assert cli.main(["--out", str(tmp_path), "--data", "synthetic", "--quiet"]) == 130
     _one_error_line(capsys, "interrupted after the results were written", "complete")
     after = _contents(tmp_path)
-    assert after == staged and sorted(after) == sorted(RESULT_FILES)  # every file is this run's
+    assert after == staged and sorted(after) == RUN_FILES  # every file is this run's
     assert all(after[name] != before[name] for name in after if name.endswith(".parquet"))
     np.testing.assert_array_equal(pd.read_parquet(tmp_path / STATS_FILE)["mean"], new.stats["mean"])
 
