@@ -12,8 +12,10 @@ variants of one plain model (:mod:`~masked_torch.analysis.models`, identical wei
 every image in its batch with the same image run alone (:mod:`~masked_torch.analysis.run`). Writes, under
 ``--out``, the parquet files and figures of :func:`~masked_torch.analysis.run.write_outputs`.
 
-Bad flags, a missing extra or unusable images: exit status 2 and one line on stderr. Files are replaced
-atomically, so an interrupted run (exit status 130) keeps the previous results.
+Bad flags, a missing extra, unusable images, a depth too deep for the images or an ``--out`` that cannot take
+the results: exit status 2 and one line on stderr, before the experiment runs. The run's files are replaced
+all or nothing (:class:`~masked_torch.analysis.files.StagedFiles`), so an interrupted run (exit status 130)
+keeps the previous results, or, interrupted while its files are swapped in, finishes writing its own.
 """
 from __future__ import annotations
 
@@ -112,8 +114,9 @@ examples:
   {PROG} sweep --out /tmp/sweep --vary depth=2,3,4 --set data=synthetic
 
 Writes activation_stats.parquet, padding_sensitivity.parquet and figures/*.png under --out.
-Exit status 2 with one line on stderr for a bad flag or unusable images; 130 when interrupted
-(the previous results are kept)."""
+Exit status 2 with one line on stderr, before any work, for a bad flag, unusable images, a depth
+too deep for the images or an --out that cannot take the results; 130 when interrupted (the previous
+results are kept whole, or, interrupted while writing, this run's are written whole)."""
 
 _SWEEP_DESCRIPTION = f"""\
 Run many configurations (a grid of settings) in worker processes into one tidy parquet.
@@ -225,6 +228,11 @@ def sweep_main(argv) -> int:
     from masked_torch.analysis.sweep import SweepError, expand_grid, load_grid, parse_vary, run_sweep
 
     prog = parser.prog
+    from masked_torch.analysis.files import out_problem
+
+    problem = out_problem(os.path.expanduser(args.out))
+    if problem:
+        parser.error(f"--out: {problem}")
     try:
         grid, fixed = load_grid(args.grid) if args.grid else ({}, {})
         grid.update(parse_vary(args.vary))
@@ -298,6 +306,7 @@ def main(argv=None) -> int:
                  and getattr(args, a.dest) != a.default]
         if fixed:
             parser.error(f"--preset {args.preset} fixes the images and the network; drop {', '.join(fixed)}")
+    from masked_torch.analysis.files import out_problem, safe_text
     from masked_torch.analysis.settings import Settings, SettingsError
 
     try:
@@ -306,11 +315,18 @@ def main(argv=None) -> int:
             data=os.path.expanduser(args.data) if args.data not in ("synthetic", "photos") else args.data,
             depth=args.depth, num_images=args.num_images, batch_size=args.batch_size, bucket=args.bucket,
             mask=args.mask, seed=args.seed, bias=args.bias, activation=args.activation, init=args.init,
-            stacks=args.stacks, max_side=args.max_side, normalize=args.normalize, figure_image=args.figure_image,
+            stacks=args.stacks, max_side=args.max_side, normalize=args.normalize,
+            figure_image=args.figure_image and safe_text(args.figure_image),  # named as the images are
             workers=args.workers, strict=args.strict, threads=args.threads, device=args.device,
         )
     except SettingsError as exc:
         parser.error(str(exc))
+
+    # before any work: a --out that cannot take the results is one line now, not after the experiment
+    # (under torchrun only rank 0 writes)
+    problem = out_problem(os.path.expanduser(args.out)) if os.environ.get("RANK", "0") == "0" else None
+    if problem:
+        parser.error(f"--out: {problem}")
     from masked_torch.analysis._extras import MissingExtraError, require
 
     try:
@@ -325,6 +341,7 @@ def main(argv=None) -> int:
 
     from masked_torch.analysis.data import DataError
     from masked_torch.analysis.distributed import init_from_env, shutdown
+    from masked_torch.analysis.files import InterruptedAfterWriting
     from masked_torch.analysis.run import run_experiment, write_outputs
     from masked_torch.analysis.seed import run_seed, seed_settings
 
@@ -355,9 +372,15 @@ def main(argv=None) -> int:
     except (DataError, SettingsError) as exc:
         return _error(prog, str(exc))
     except OSError as exc:
-        return _error(prog, f"cannot write to {args.out}: {exc.strerror or exc}")
+        return _error(prog, f"cannot write to {safe_text(args.out)}: {exc.strerror or exc}; files already there "
+                            f"were left as they were")
+    except InterruptedAfterWriting:
+        print(f"{prog}: interrupted after the results were written; {safe_text(args.out)} holds this run's "
+              f"complete results", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; files already in {args.out} were left as they were", file=sys.stderr)
+        print(f"{prog}: interrupted; nothing was written, files already in {safe_text(args.out)} were left as "
+              f"they were", file=sys.stderr)
         return 130
     if not args.quiet and rank == 0:
         total = time.perf_counter() - start
@@ -369,7 +392,7 @@ def main(argv=None) -> int:
         print(f"{results.num_images} images{skipped}{padding}; model {settings.model}, stacks "
               f"{','.join(settings.stacks)}{procs}: experiment {results.seconds:.1f} s, total {total:.1f} s")
         for path in written:
-            print(f"  wrote {path} ({os.path.getsize(path) / 1024:.0f} KB)")
+            print(f"  wrote {safe_text(str(path))} ({os.path.getsize(path) / 1024:.0f} KB)")
     return 0
 
 

@@ -610,7 +610,10 @@ def list_images(root: Union[str, os.PathLike]) -> list[str]:
 
 class FolderSource(ImageSource):
     """The images under a folder (recursively, see :func:`list_images`), or the single image file ``path``;
-    the first ``num_images`` of them. Names are the paths relative to the folder (the file name for a file)."""
+    the first ``num_images`` of them. Names are the paths relative to the folder (the file name for a file),
+    as valid UTF-8 text: a byte of a file name that is not UTF-8 is written ``\\xNN``
+    (:func:`~masked_torch.analysis.files.safe_text`: ``b'caf\\xe9.png'`` is named ``caf\\xe9.png``); the file
+    is opened by its own name."""
 
     kind = "folder"
 
@@ -627,12 +630,14 @@ class FolderSource(ImageSource):
             raise DataError(f"{p} is neither a folder nor an image file")
         else:
             raise DataError(f"no such folder or image file: {p}")
+        from .files import safe_text
+
         self.root = root
-        super().__init__(_first(names, num_images, f"images are in {p}"), max_side=max_side,
-                         normalize=normalize, strict=strict)
+        self.files = _first(names, num_images, f"images are in {p}")
+        super().__init__([safe_text(n) for n in self.files], max_side=max_side, normalize=normalize, strict=strict)
 
     def path(self, i: int) -> Path:
-        return self.root / self.names[i]
+        return self.root / self.files[i]
 
     def location(self, i: int) -> str:
         return str(self.path(i))

@@ -36,11 +36,12 @@ from masked_torch.nn import ELEMENTWISE, Masked, MaskedModule, Unmasked
 
 from .choices import INITS
 from .data import DataError
+from .settings import SettingsError
 from .stacks import ACTIVATIONS, build_plain, build_variants
 
 from .selection import select_layers
 
-__all__ = ["MODEL_NAMES", "build_model", "build_variants", "canvas_multiple", "reference_multiple", "load_weights",
+__all__ = ["MODEL_NAMES", "MAX_PARAMETERS", "build_model", "check_parameters", "build_variants", "canvas_multiple", "reference_multiple", "load_weights",
            "layer_table",
            "LAYER_TABLE_COLUMNS", "module_kind", "default_block", "ResNet", "BasicBlock", "UNet", "resnet18", "unet"]
 
@@ -290,6 +291,36 @@ def build_model(name: str = "stack", *, depth: int = 4, bias: bool = True, activ
     if weights is not None:
         load_weights(model, weights)
     return model
+
+
+#: The most parameters a run's plain model may have: 2**27, 512 MiB of float32 weights, of which a run holds four
+#: copies (the plain model and its conv, pconv and mconv stacks). ResNet-18 has 11.7 M, the stack at depth 8
+#: 1.6 M, the U-Net 7.8 M at depth 4 and 124 M at depth 6 (its width doubles at each level: 498 M at depth 7).
+MAX_PARAMETERS = 2**27
+
+
+def _parameters(name: str, depth: int, **kwargs) -> int:
+    with torch.device("meta"):  # shapes only: nothing is allocated, nothing drawn
+        model = build_model(name, depth=depth, **kwargs)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_parameters(name: str = "stack", *, depth: int = 4, bias: bool = True, activation: str = "relu",
+                     **options) -> None:
+    """:class:`~masked_torch.analysis.settings.SettingsError` (one line, with the limit) if plain model ``name``
+    has more than :data:`MAX_PARAMETERS` parameters, counted on the ``meta`` device before any weight is
+    allocated. The ResNet-18's size does not depend on ``depth`` (and its init on ``meta`` would load the
+    compiler): nothing to check."""
+    if name == "resnet18":
+        return
+    count = _parameters(name, depth, bias=bias, activation=activation, **options)
+    if count > MAX_PARAMETERS:
+        fits = [d for d in range(depth - 1, 0, -1)
+                if _parameters(name, d, bias=bias, activation=activation, **options) <= MAX_PARAMETERS]
+        raise SettingsError(
+            f"setting 'depth' {depth} gives the {name} {count:,} parameters, more than the limit of "
+            f"{MAX_PARAMETERS:,} (2**27: 512 MiB of float32 weights, and a run holds four copies)"
+            + (f"; the deepest {name} within it is {fits[0]}" if fits else ""))
 
 
 # ------------------------------------------------------------------------------------------------ weights

@@ -33,13 +33,14 @@ import torch
 from .data import DataError, open_source
 from .distributed import gather_objects, rank_and_world
 from .files import (FIGURES, IMAGE_STATS_FILE, METADATA_KEY, PADDING_FILE, STATS_FILE, TENSOR_STATS_FILE,
-                    read_settings, tmp_path, write_parquet, write_parquet_atomic)
+                    StagedFiles, read_settings, safe_text, write_parquet, write_parquet_atomic)
 from .loader import crop_alone, make_loader
 from .masks import apply_holes
-from .models import build_model, build_variants, canvas_multiple, layer_table, reference_multiple
+from .models import (build_model, build_variants, canvas_multiple, check_parameters, layer_table,
+                     reference_multiple)
 from .passes import (REFERENCE, ImageStatsPass, MapsPass, PaddingPass, StatsPass, capture_outputs, map_layers)
 from .selection import select_layers
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, check_depth
 
 __all__ = [
     "Settings", "SettingsError", "Results", "METADATA_KEY", "STATS_FILE", "PADDING_FILE", "IMAGE_STATS_FILE",
@@ -89,7 +90,8 @@ def stats_frame(frame: pd.DataFrame, settings: Settings, table: pd.DataFrame) ->
     network, and the settings as columns (the network's depth setting is ``net_depth``)."""
     stats = _with_layers(frame, table)
     for key in _SETTING_COLUMNS:
-        stats[key] = getattr(settings, key)
+        value = getattr(settings, key)
+        stats[key] = safe_text(value) if isinstance(value, str) else value  # a folder name need not be UTF-8
     stats["net_depth"] = settings.depth
     return stats
 
@@ -102,6 +104,18 @@ def _forward(model, x, mask, names, recorder=None) -> dict:
             with recorder:
                 model(x, mask)
     return store
+
+
+def _check_images(settings: Settings, source) -> None:
+    """One line before any batch runs: no image can be read (their headers), or, where ``max_side`` does not
+    bound the images (``None``), the depth is too deep for the largest (:func:`~.settings.check_depth`)."""
+    unreadable = source.unreadable
+    if len(unreadable) == len(source):
+        i, reason = next(iter(unreadable.items()))
+        raise DataError(f"none of the {len(source)} image file(s) can be read ({source.location(i)}: {reason})")
+    if settings.max_side is None:
+        side = source.max_side or max(max(size) for size in source.sizes)
+        check_depth(settings.model, settings.depth, side, "max_side" if source.max_side else "the largest image")
 
 
 def run_experiment(settings: Settings, *, progress: bool = True, plain: Optional[torch.nn.Module] = None,
@@ -119,8 +133,14 @@ def run_experiment(settings: Settings, *, progress: bool = True, plain: Optional
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"device {settings.device!r} asked for, but CUDA is not available here")
     rank, world = rank_and_world()  # under torchrun batch i goes to rank i % world
+    if source is None:
+        source = open_source(settings.data, num_images=settings.num_images, max_side=settings.max_side,
+                             seed=settings.seed, normalize=settings.normalize, strict=settings.strict)
+    _check_images(settings, source)  # before any model is built
 
     if plain is None:
+        # counted on the meta device: a network too large is refused before any weight is allocated
+        check_parameters(settings.model, depth=settings.depth, bias=settings.bias, activation=settings.activation)
         plain = build_model(settings.model, depth=settings.depth, bias=settings.bias,
                             activation=settings.activation, init=settings.init, seed=settings.seed,
                             weights=settings.weights)
@@ -134,9 +154,6 @@ def run_experiment(settings: Settings, *, progress: bool = True, plain: Optional
     table = layer_table(plain, torch.zeros(1, 3, 2 * multiple, 2 * multiple))
     table = table[table["layer"].isin(names)]
 
-    if source is None:
-        source = open_source(settings.data, num_images=settings.num_images, max_side=settings.max_side,
-                             seed=settings.seed, normalize=settings.normalize, strict=settings.strict)
     if settings.figure_image is not None and settings.figure_image in [
             source.names[i] for i in source.unreadable]:
         raise DataError(f"figure image {settings.figure_image!r} cannot be read")
@@ -242,24 +259,17 @@ def run_metadata(results: Results) -> dict:
 def write_outputs(results: Results, out, *, dpi: int = 120) -> list[Path]:
     """Write the parquet files and the figures under ``out``; returns the paths written.
 
-    Every file is first written completely to a temporary file beside it; only when all are there are they
-    renamed into place (``os.replace``) one after the other. An error or Ctrl-C while writing leaves the
-    previous results untouched and no temporary file behind."""
-    import os
-
+    All or nothing (:class:`~masked_torch.analysis.files.StagedFiles`): every file is first written completely
+    to a temporary file beside it, then the set is swapped in; result files of an earlier run that this one
+    does not write are removed in the same swap. An error or Ctrl-C before the swap leaves ``out`` as it was,
+    with no temporary file; an error during it puts the old files back; Ctrl-C during it is held until the
+    swap is done (:class:`~masked_torch.analysis.files.InterruptedAfterWriting`)."""
     import matplotlib.pyplot as plt
 
     from . import plot
 
-    out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    files = StagedFiles(out)  # also rolls back / removes what a killed run left in out
     meta = run_metadata(results)
-    staged: list[tuple[Path, Path]] = []  # (temporary, final)
-
-    def stage(final: Path) -> Path:
-        staged.append((tmp_path(final), final))
-        return staged[-1][0]
-
     figs = {}
     try:
         figs["maps"] = plot.plot_activation_maps(results.maps, rgb=results.rgb,
@@ -270,21 +280,18 @@ def write_outputs(results: Results, out, *, dpi: int = 120) -> list[Path]:
         if not results.image_stats.empty:
             figs["image_stats"] = plot.plot_stats_vs_padding(results.image_stats)
         for key, fig in figs.items():
-            plot.save_png(fig, stage(out / "figures" / FIGURES[key]), dpi=dpi)  # under plot.PNG_CAP bytes
-        write_parquet(results.stats, stage(out / STATS_FILE), meta)
+            plot.save_png(fig, files.stage(f"figures/{FIGURES[key]}"), dpi=dpi)  # under plot.PNG_CAP bytes
+        write_parquet(results.stats, files.stage(STATS_FILE), meta)
         if not results.padding.empty:
-            write_parquet(results.padding, stage(out / PADDING_FILE), meta)
+            write_parquet(results.padding, files.stage(PADDING_FILE), meta)
         if not results.image_stats.empty:
-            write_parquet(results.image_stats, stage(out / IMAGE_STATS_FILE), meta)
+            write_parquet(results.image_stats, files.stage(IMAGE_STATS_FILE), meta)
         if not results.tensor_stats.empty:
-            write_parquet(results.tensor_stats, stage(out / TENSOR_STATS_FILE), meta)
+            write_parquet(results.tensor_stats, files.stage(TENSOR_STATS_FILE), meta)
     except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+        files.discard()
         raise
     finally:
         for fig in figs.values():
             plt.close(fig)
-    for tmp, final in staged:
-        os.replace(tmp, final)
-    return [final for _, final in staged]
+    return files.commit()

@@ -14,11 +14,37 @@ from typing import Any, Mapping, Optional
 
 from .choices import ACTIVATION_NAMES, INITS, MASKS, MODEL_NAMES, NORMALIZE, STACKS
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["Settings", "SettingsError", "check_depth", "deepest"]
 
 
 class SettingsError(ValueError):
     """A setting with a value it does not take (one line: the setting, the value, what it takes)."""
+
+
+#: Models whose ``depth`` halves the image ``depth`` times (the canvas is a multiple of ``2**depth``).
+_HALVING = ("stack", "unet")
+
+
+def deepest(side: int) -> int:
+    """The deepest ``depth`` for images of at most ``side`` pixels a side: the level at which such an image
+    is one position (``2**depth >= side``), at least 1. Every level deeper only doubles the padded canvas."""
+    return max(1, (int(side) - 1).bit_length())
+
+
+def check_depth(model: str, depth: int, side: int, what: str = "max_side") -> None:
+    """:class:`SettingsError` (one line, with the limit) if ``depth`` is deeper than :func:`deepest` for
+    ``side``, the longest side an image of the run can have (``max_side``, or the largest image's when nothing
+    shrinks them). The stack and the U-Net halve the image ``depth`` times, so every batch canvas is a multiple
+    of ``2**depth`` pixels a side: beyond the images' own size a canvas is padding and grows as ``4**depth``
+    (``--depth 20``: 2**20 pixels a side, terabytes). The ResNet-18's depth is fixed: nothing to check."""
+    limit = deepest(side)
+    if model not in _HALVING or depth <= limit:
+        return
+    raise SettingsError(
+        f"setting 'depth' {depth} is too deep for images of at most {side} pixels a side ({what}): the {model} "
+        f"halves the image at each level, at depth {limit} such an image is one position and each level "
+        f"deeper only doubles the padded canvas (2**{depth} = {2**depth} pixels a side); the deepest for "
+        f"{side} pixels is {limit}")
 
 
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
@@ -85,6 +111,8 @@ class Settings:
                 raise SettingsError(f"setting {name!r} takes a non-empty text; got {getattr(self, name)!r}")
         if self.weights is not None and not isinstance(self.weights, str):
             raise SettingsError(f"setting 'weights' takes a file path; got {self.weights!r}")
+        if self.max_side is not None:  # without max_side the run checks against its largest image
+            check_depth(self.model, self.depth, self.max_side)
 
     def to_dict(self) -> dict:
         d = asdict(self)
