@@ -31,7 +31,7 @@ def make_batches(count=5):
 
 
 def record(model, batches):
-    with ActivationRecorder(model, compile=False) as rec:
+    with ActivationRecorder(model) as rec:
         with torch.no_grad():
             for x, m in batches:
                 model(x, m)
