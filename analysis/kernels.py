@@ -32,23 +32,23 @@ more than ``sqrt(K)`` of its own standard deviations from that reference (the fi
 moved) is reduced again around its own mean (up to 3 times, each with a better estimate of it).
 
 **Precision.** Let ``u = 2**-24`` (float32 outputs; half of ``torch.finfo(torch.float32).eps``; ``2**-53``
-for float64 outputs) and ``B`` = :data:`BLOCK` = 64. Every float32 sum in the kernel has at most ``B``
+for float64 outputs) and ``B`` = :data:`BLOCK` = 128. Every float32 sum in the kernel has at most ``B``
 terms, in whatever order a CPU's vector width or thread count adds them, so a block's sum of
 ``d = fl(x - shift)`` is within ``gamma_B * sum|x - shift|`` of the exact one and its sum of squares within
 ``gamma_(B+4) * sum (x - shift)**2`` (``gamma_k = k u / (1 - k u)``; the subtraction, the square, the norm's
 square root and its square included); the blocks' sums, the merge of batches (and of ranks) are float64.
 Per channel, over ``n`` kept positions of any number of batches, with ``eps = (B + 4) u + n 2**-53``
-(``<= (B + 12) u = 76 u`` for float32 and ``n <= 2**32``), ``mean`` and population ``var`` against the exact
+(``<= (B + 12) u = 140 u`` for float32 and ``n <= 2**32``), ``mean`` and population ``var`` against the exact
 values of the output's numbers satisfy::
 
     |var - var_exact|   <= C_VAR  * eps * var_exact,                             C_VAR  = 13.94
     |mean - mean_exact| <= C_MEAN * eps * std_exact + 2**-52 * |mean_exact|,     C_MEAN = 2.24
 
 with ``C_VAR = (1 + K) + 2 sqrt(K (1 + K))`` and ``C_MEAN = sqrt(1 + K)``, the price of summing within
-``sqrt(K)`` standard deviations of the mean rather than at it. For float32: ``var`` to 1060 ``u`` = 6.3e-5
-relative, ``mean`` to 170 ``u`` = 1.0e-5 standard deviations (:func:`error_bound`). It is a worst case
+``sqrt(K)`` standard deviations of the mean rather than at it. For float32: ``var`` to 1952 ``u`` = 1.2e-4
+relative, ``mean`` to 313 ``u`` = 1.9e-5 standard deviations (:func:`error_bound`). It is a worst case
 over every summation order: it does not grow with ``N``, ``L``, the number of batches or threads, it grows
-linearly with ``B`` (shorter blocks cost more passes of bookkeeping), and errors seen in practice are far
+linearly with ``B`` (shorter blocks make PyTorch's reductions slower), and errors seen in practice are far
 smaller (about ``sqrt(B) u``). Two runs over the same positions, in other batches, on other machines or
 ranks, differ by at most twice the bound. Counts, min, max and zero fractions are exact. (Assumes finite
 sums of squares in float32, i.e. ``|x - shift| < 1e19``; the exact kernel takes over otherwise; and

@@ -15,8 +15,8 @@ without a mask; :mod:`masked_torch.analysis.kernels`) and add the result to a fl
 :class:`~masked_torch.analysis.moments.Moments` (count, mean, centred sum of squares ``m2``, min, max,
 number of exact zeros). No activation is kept, so memory does not grow with the number of batches. The
 reduction is eager PyTorch ops, the same on every machine (:mod:`~masked_torch.analysis.kernels`, whose
-docstring states the precision: a worst-case bound, for float32 outputs ``var`` to 6.3e-5 relative and
-``mean`` to 1e-5 standard deviations, whatever the CPU, its vector width or the thread count; typical errors
+docstring states the precision: a worst-case bound, for float32 outputs ``var`` to 1.2e-4 relative and
+``mean`` to 1.9e-5 standard deviations, whatever the CPU, its vector width or the thread count; typical errors
 are about 1e-7): each batch is summed around 0 where the layer's mean is within 2 standard deviations of
 it, else around the layer's running mean (and again around the batch's own mean where that is far from
 either), so that ``m2`` stays a well-conditioned sum even for activations on a large mean. Counts, min, max

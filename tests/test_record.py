@@ -755,3 +755,43 @@ def test_recording_under_inference_mode_and_on_a_negated_view():
     m, yd = batch_moments(y), y.double()
     assert_moments_close(m.mean.numpy(), m.var.numpy(), yd.mean(dim=(0, 2)).numpy(),
                          yd.var(dim=(0, 2), unbiased=False).numpy())
+
+
+# ------------------------------------------------------------- blocks of positions, threads: the documented bound
+
+
+@pytest.mark.parametrize("length", [1, 7, 127, 128, 129, 300, 1000, 4099, 9216])
+def test_any_length_is_summed_in_blocks_within_the_bound(length):
+    """Rows shorter than a block, a multiple of a block, a length with a divisor below BLOCK, a prime (blocks
+    of BLOCK and a shorter last one): every float32 sum has at most BLOCK terms, and the moments are within
+    the documented bound of float64, around 0 and on a large mean."""
+    from masked_torch.analysis.kernels import BLOCK, _blocking
+
+    block, blocks = _blocking(length)
+    assert 1 <= block <= BLOCK and block * blocks <= length and length - block * blocks < BLOCK
+    g = torch.Generator().manual_seed(length)
+    for offset in (0.0, 3.0, -1e3):
+        x = offset + torch.randn(3, 4, length, generator=g) * torch.rand(1, 4, 1, generator=g) * 10
+        mask = (torch.rand(3, 1, length, generator=g) > 0.3).float()
+        mask[0, 0, 0] = 1  # at least one kept position
+        m = batch_moments(x, mask)
+        want = reference([(x.double().numpy(), mask.double().numpy())])
+        np.testing.assert_array_equal(m.count.numpy(), want["count"])
+        assert_moments_close(m.mean.numpy(), m.var.numpy(), want["mean"], want["var"], what=f"offset {offset}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_bound_holds_with_any_thread_count(threads):
+    """Thread counts change how PyTorch splits a reduction; the documented bound holds for any split."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = build_stacks(2, seed=5)["conv"]
+        with Capture(model, ["conv1", "act1", "conv2", "act2"]) as cap, ActivationRecorder(model) as rec, \
+                torch.no_grad():
+            for n, h, w, seed in BATCHES:
+                x, mask = padded_batch(n, h, w, seed)
+                model(x + 2.0, mask)
+        check_against(rec.to_frame(), cap.got)
+    finally:
+        torch.set_num_threads(before)
