@@ -156,7 +156,10 @@ class Workspace:
             else:
                 valid = scratch.view(-1)[:mask.numel()].view(mask.shape)
                 torch.ne(mask, 0, out=valid)  # 1 where kept (NaN counts as kept, as in exact_sums)
-            self._counts = valid.sum(dim=2).cpu().numpy().sum(axis=0, dtype=np.float64)
+            if mask.shape[0] * mask.shape[2] < _MAX_EXACT_F32:  # a float32 count is exact
+                self._counts = valid.sum(dim=(0, 2)).cpu().numpy().astype(np.float64)
+            else:
+                self._counts = valid.sum(dim=2).cpu().numpy().sum(axis=0, dtype=np.float64)
         return self._counts
 
     def valid(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -299,15 +302,18 @@ def _reduce(x: Tensor, mask: Optional[Tensor], shift: Optional[Tensor], workspac
     n, c, length = x.shape
     block, blocks = _blocking(length)
     blocks += block * blocks < length
-    small = [(2, n, c, blocks), (3, n, c)]  # block sums and roots of block sums of squares; min, max, nonzero
+    # per sample only where a float32 count over the whole batch could be inexact
+    per_channel = n * length < _MAX_EXACT_F32
+    small = [(2, n, c, blocks), (3, c) if per_channel else (3, n, c)]  # block sums, roots of block sums of
+    # squares; min, max, non-zeros
     if mask is None or zeroed:  # a masked module's output: already exactly 0 where its mask is 0
         xz = x
         if shift is None:
-            scratch, parts, per_sample = workspace.take([tuple(x.shape)] + small, x)
+            scratch, parts, extrema = workspace.take([tuple(x.shape)] + small, x)
         else:
-            d, scratch, parts, per_sample = workspace.take([tuple(x.shape)] * 2 + small, x)
+            d, scratch, parts, extrema = workspace.take([tuple(x.shape)] * 2 + small, x)
     else:
-        xz, scratch, parts, per_sample = workspace.take([tuple(x.shape)] * 2 + small, x)
+        xz, scratch, parts, extrema = workspace.take([tuple(x.shape)] * 2 + small, x)
         d = scratch
     sums = np.empty((6, c))
     if mask is not None:
@@ -325,16 +331,20 @@ def _reduce(x: Tensor, mask: Optional[Tensor], shift: Optional[Tensor], workspac
     else:
         torch.addcmul(xz, valid, shift, value=-1, out=d)  # x - shift where kept, 0 elsewhere
     _block_sums(d, parts)
-    torch.amin(xz, dim=2, out=per_sample[0])
-    torch.amax(xz, dim=2, out=per_sample[1])
-    torch.sum(torch.ne(xz, 0, out=scratch), dim=2, out=per_sample[2])  # exact: fewer than 2**24 per sample
+    dims = (0, 2) if per_channel else 2
+    torch.amin(xz, dim=dims, out=extrema[0])
+    torch.amax(xz, dim=dims, out=extrema[1])
+    torch.sum(torch.ne(xz, 0, out=scratch), dim=dims, out=extrema[2])  # exact: fewer than 2**24 terms
     host = parts.cpu().numpy().astype(np.float64)  # exact
     np.square(host[1], out=host[1])  # exact: a float32 squared in float64
     sums[1:3] = host.sum(axis=(1, 3))
-    host = per_sample.cpu().numpy()
-    sums[3] = host[0].min(axis=0)
-    sums[4] = host[1].max(axis=0)
-    sums[5] = host[2].sum(axis=0, dtype=np.float64)
+    host = extrema.cpu().numpy()
+    if per_channel:
+        sums[3:] = host
+    else:
+        sums[3] = host[0].min(axis=0)
+        sums[4] = host[1].max(axis=0)
+        sums[5] = host[2].sum(axis=0, dtype=np.float64)
     return sums
 
 
@@ -390,9 +400,9 @@ def shifted_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray, workspace
     shift_used = rounded.astype(np.float64)  # ... and the same value added back
     shift_x = torch.from_numpy(rounded).to(device=x.device, dtype=x.dtype).view(1, c, 1) if rounded.any() else None
     sums = _reduce(x, mask, shift_x, workspace if workspace is not None else Workspace(), zeroed)
-    if not np.isfinite(sums).all():
+    if not math.isfinite(sums[1:3].sum()):  # NaN or Inf in x (kept, or multiplied by a 0 of the mask)
         return _exact_sums(x, mask, shift_used)
-    if mask is not None:
+    if mask is not None and (sums[3] == 0).any() | (sums[4] == 0).any():
         _fix_ambiguous_extrema(sums, x, mask)
     return sums, shift_used
 
@@ -416,7 +426,7 @@ def _centred_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray, workspac
     shift (:func:`_centred_enough`), up to :data:`_RECENTRES` times."""
     for _ in range(_RECENTRES + 1):
         sums, shift = shifted_sums(x, mask, shift, workspace, zeroed=zeroed)
-        if not np.isfinite(sums[1:3]).all() or _centred_enough(sums[0], sums[1], sums[2]):
+        if _centred_enough(sums[0], sums[1], sums[2]) or not math.isfinite(sums[1:3].sum()):
             break
         shift = shift + sums[1] / np.maximum(sums[0], 1.0)
     return sums, shift

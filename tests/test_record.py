@@ -795,3 +795,24 @@ def test_the_bound_holds_with_any_thread_count(threads):
         check_against(rec.to_frame(), cap.got)
     finally:
         torch.set_num_threads(before)
+
+
+def test_counts_per_sample_where_a_batch_has_2_to_the_24_positions(monkeypatch):
+    """Counts of kept positions and of non-zeros are float32 sums of 0/1, exact below 2**24 terms: a batch
+    with more positions per channel is counted per sample first. Lowering that threshold shows the per-sample
+    path gives exactly the same sums (only exact counts, min and max differ in how they are taken)."""
+    from masked_torch.analysis import kernels
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(4, 3, 60, generator=g).relu()
+    mask = (torch.rand(4, 3, 60, generator=g) > 0.3).float()
+    for zeroed in (False, True):
+        xs = x * mask if zeroed else x
+        whole, _ = kernels.shifted_sums(xs, mask, np.zeros(3), kernels.Workspace(), zeroed=zeroed)
+        with monkeypatch.context() as m:
+            m.setattr(kernels, "_MAX_EXACT_F32", 100)  # 4 * 60 positions: per sample
+            per_sample, _ = kernels.shifted_sums(xs, mask, np.zeros(3), kernels.Workspace(), zeroed=zeroed)
+        np.testing.assert_array_equal(per_sample, whole)
+        kept = mask.numpy() != 0
+        np.testing.assert_array_equal(whole[0], kept.sum(axis=(0, 2)))
+        np.testing.assert_array_equal(whole[5], (kept & (xs.numpy() != 0)).sum(axis=(0, 2)))
