@@ -104,9 +104,9 @@ def test_cli_under_torchrun_writes_the_single_process_frame(tmp_path):
              "--max-side", "96"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single, multi = tmp_path / "single", tmp_path / "multi"
-    # the single process with 2 threads, each rank with 1: the bound holds for any split of a reduction
-    subprocess.run([sys.executable, script, "--out", str(single), *flags], check=True,
-                   env={**env, "OMP_NUM_THREADS": "2"}, cwd=tmp_path)
+    # one thread everywhere: the forward's own float32 rounding may depend on the thread count (min and max
+    # are compared exactly); the kernel's bound holds for any count (test_record.py)
+    subprocess.run([sys.executable, script, "--out", str(single), *flags], check=True, env=env, cwd=tmp_path)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-addr=127.0.0.1",
                 f"--master-port={free_port()}"]
     proc = subprocess.run([*torchrun, script, "--out", str(multi), *flags], env=env, cwd=tmp_path,
