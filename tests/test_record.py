@@ -106,6 +106,20 @@ def padded_batch(n, h, w, seed, c=3, mask_channels=1):
 BATCHES = [(3, 32, 48, 1), (1, 16, 16, 2), (4, 48, 32, 3), (2, 32, 32, 4)]  # different N and sizes
 
 
+@pytest.fixture
+def shifts(monkeypatch):
+    """The shift of every pass of the kernel over a batch (kernels.shifted_sums calls), in order."""
+    calls = []
+    real = kernels_mod.shifted_sums
+
+    def spy(x, mask, shift, *args, **kwargs):
+        calls.append(np.asarray(shift).copy())
+        return real(x, mask, shift, *args, **kwargs)
+
+    monkeypatch.setattr(kernels_mod, "shifted_sums", spy)
+    return calls
+
+
 def hooks_of(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
@@ -415,33 +429,21 @@ def test_layers_that_never_fire_while_others_do_raise():
     assert list(rec.to_frame(strict=False)["layer"].unique()) == ["act"]
 
 
-def test_batch_moments_over_all_positions_and_around_a_given_shift():
+def test_batch_moments_over_all_positions_and_around_a_given_shift(shifts):
     """Without a mask: every position; ``shift`` is the reference of the first pass (a batch on a large mean
     summed around a shift near it needs no second pass)."""
-    from masked_torch.analysis import kernels
-
     x = torch.randn(4, 3, 10)
     m = batch_moments(x)
     xd = x.double()
     assert_moments_close(m.mean.numpy(), m.var.numpy(), xd.mean(dim=(0, 2)).numpy(),
                          xd.var(dim=(0, 2), unbiased=False).numpy())
     y = 1e4 + x
-    calls = []
-    real = kernels.shifted_sums
-
-    def spy(x, mask, shift, *args, **kwargs):
-        calls.append(np.asarray(shift).copy())
-        return real(x, mask, shift, *args, **kwargs)
-
-    kernels.shifted_sums = spy
-    try:
-        shifted = batch_moments(y, shift=torch.full((3,), 1e4))
-        calls_shifted, calls[:] = list(calls), []
-        around_zero = batch_moments(y)
-    finally:
-        kernels.shifted_sums = real
-    assert len(calls_shifted) == 1 and (calls_shifted[0] == 1e4).all()  # centred enough: one pass
-    assert len(calls) == 2 and not calls[0].any()  # around 0, then again around the batch's own mean
+    shifts.clear()
+    shifted = batch_moments(y, shift=torch.full((3,), 1e4))
+    assert len(shifts) == 1 and (shifts[0] == 1e4).all()  # centred enough: one pass
+    shifts.clear()
+    around_zero = batch_moments(y)
+    assert len(shifts) == 2 and not shifts[0].any()  # around 0, then again around the batch's own mean
     yd = y.double()
     for mom in (shifted, around_zero):
         assert_moments_close(mom.mean.numpy(), mom.var.numpy(), yd.mean(dim=(0, 2)).numpy(),
@@ -654,7 +656,7 @@ def test_the_reference_point_keeps_the_variance_precise_at_any_offset(offset):
     assert_moments_close(got["mean"], got["var"], want_mean, want)
 
 
-def test_a_batch_far_from_zero_after_batches_near_it_is_reduced_again_around_its_own_mean():
+def test_a_batch_far_from_zero_after_batches_near_it_is_reduced_again_around_its_own_mean(shifts):
     """The running moments say "near 0" (so the next batch is summed around 0), but the batch sits at 1e4:
     the kernel sees it is not centred enough and reduces it again around the batch's own mean."""
     from masked_torch.analysis.kernels import advance, first_moments
@@ -663,18 +665,9 @@ def test_a_batch_far_from_zero_after_batches_near_it_is_reduced_again_around_its
     a = torch.randn(2, 3, 4000, generator=g)
     b = 1e4 + torch.randn(2, 3, 4000, generator=g)
     state = first_moments(None, a, None)
-    calls = []
-    real = kernels_mod.shifted_sums
-
-    def spy(x, mask, shift, *args, **kwargs):
-        calls.append(np.asarray(shift).copy())
-        return real(x, mask, shift, *args, **kwargs)
-
-    kernels_mod.shifted_sums = spy
-    try:
-        state = advance(state, b, None)
-    finally:
-        kernels_mod.shifted_sums = real
+    calls = shifts
+    calls.clear()
+    state = advance(state, b, None)
     assert len(calls) == 2 and not calls[0].any()  # around 0, then around the batch's own mean
     # the batch's mean from sums around 0: within the documented bound in units of sqrt(mean**2 + var) (the
     # spread around the reference 0), far closer than the sqrt(4) standard deviations asked for
