@@ -104,7 +104,7 @@ class Workspace:
 
     def __init__(self) -> None:
         self._flat: Optional[Tensor] = None
-        self._views: tuple = ((), [])  # (key, views) of the last request: the same shapes come back every batch
+        self._views: dict = {}  # views of _flat by request: each layer's shapes come back every batch
         self._alias: tuple = (None, -1, None)  # (weakref to the caller's mask, its version, its (N, C, L) alias)
         self._mask: tuple = (None, -1)  # (weakref to the mask _counts and _valid are of, its version)
         self._counts: Optional[np.ndarray] = None
@@ -114,16 +114,19 @@ class Workspace:
     def take(self, shapes: list[tuple[int, ...]], like: Tensor) -> list[Tensor]:
         """Tensors of these shapes in ``like``'s dtype and device (contents undefined), views of one buffer."""
         key = (tuple(shapes), like.dtype, like.device)
-        if self._views[0] == key:
-            return self._views[1]
+        views = self._views.get(key)
+        if views is not None:
+            return views
         sizes = [math.prod(shape) for shape in shapes]
-        flat = self._flat = _at_least(self._flat, sum(sizes), like.dtype, like.device)
-        out, start = [], 0
+        flat = _at_least(self._flat, sum(sizes), like.dtype, like.device)
+        if flat is not self._flat or len(self._views) >= 64:  # views of an old buffer go; as many shapes as
+            self._flat, self._views = flat, {}  # a model has layers, not one per canvas size seen
+        views, start = [], 0
         for shape, numel in zip(shapes, sizes):
-            out.append(flat[start:start + numel].view(shape))
+            views.append(flat[start:start + numel].view(shape))
             start += numel
-        self._views = (key, out)
-        return out
+        self._views[key] = views
+        return views
 
     def alias(self, mask: Tensor, make: Callable[[], Tensor]) -> Tensor:
         """``make()``, or the tensor it returned for the same ``mask`` object last time if ``mask`` has not
