@@ -119,8 +119,9 @@ class Workspace:
             return views
         sizes = [math.prod(shape) for shape in shapes]
         flat = _at_least(self._flat, sum(sizes), like.dtype, like.device)
-        if flat is not self._flat or len(self._views) >= 64:  # views of an old buffer go; as many shapes as
-            self._flat, self._views = flat, {}  # a model has layers, not one per canvas size seen
+        # views of an old buffer go with it; at most 64 kept (a model's layers, not every canvas size seen)
+        if flat is not self._flat or len(self._views) >= 64:
+            self._flat, self._views = flat, {}
         views, start = [], 0
         for shape, numel in zip(shapes, sizes):
             views.append(flat[start:start + numel].view(shape))
