@@ -306,10 +306,10 @@ def _reduce(x: Tensor, mask: Optional[Tensor], shift: Optional[Tensor], workspac
     n, c, length = x.shape
     block, blocks = _blocking(length)
     blocks += block * blocks < length
-    # per sample only where a float32 count over the whole batch could be inexact
+    # min, max and non-zeros per sample only where a float32 count over the whole batch could be inexact
     per_channel = n * length < _MAX_EXACT_F32
-    small = [(2, n, c, blocks), (3, c) if per_channel else (3, n, c)]  # block sums, roots of block sums of
-    # squares; min, max, non-zeros
+    # the block sums and the roots of the blocks' sums of squares; min, max and non-zeros
+    small = [(2, n, c, blocks), (3, c) if per_channel else (3, n, c)]
     if mask is None or zeroed:  # a masked module's output: already exactly 0 where its mask is 0
         xz = x
         if shift is None:
