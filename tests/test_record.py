@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import masked_torch.analysis.kernels as kernels_mod
@@ -809,3 +811,24 @@ def test_counts_per_sample_where_a_batch_has_2_to_the_24_positions(monkeypatch):
         kept = mask.numpy() != 0
         np.testing.assert_array_equal(whole[0], kept.sum(axis=(0, 2)))
         np.testing.assert_array_equal(whole[5], (kept & (xs.numpy() != 0)).sum(axis=(0, 2)))
+
+
+@given(offset=st.floats(-1e4, 1e4), log_scale=st.floats(-3, 3), n=st.integers(1, 4),
+       length=st.integers(1, 700), kept=st.floats(0.05, 1.0), seed=st.integers(0, 2**16))
+def test_the_documented_bound_holds_for_any_offset_scale_and_shape(offset, log_scale, n, length, kept, seed):
+    """The kernels module's bound, as a property: any mean, spread, batch and row length (blocks, short last
+    blocks), any share of kept positions; two batches so that the second is summed around the running mean
+    or around 0 as the first decides."""
+    from masked_torch.analysis.kernels import Workspace, as_ncl, first_moments
+
+    g = torch.Generator().manual_seed(seed)
+    ws, state, pairs = Workspace(), None, []
+    for _ in range(2):
+        x = offset + 10.0**log_scale * torch.randn(n, 3, length, generator=g)
+        mask = (torch.rand(n, 1, length, generator=g) < kept).float()
+        mask[0, 0, 0] = 1
+        state = first_moments(state, *as_ncl(x, mask, "test", ws), ws)
+        pairs.append((x.double().numpy(), mask.double().numpy()))
+    want = reference(pairs)
+    np.testing.assert_array_equal(state[0], want["count"])
+    assert_moments_close(state[1], state[2] / state[0], want["mean"], want["var"])
