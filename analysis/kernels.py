@@ -1,44 +1,63 @@
-"""Per-batch reduction of one layer output to per-channel sums over its kept positions.
+"""Per-batch reduction of one layer output to per-channel sums over its kept positions, in eager PyTorch ops.
 
 :func:`shifted_sums` reduces an output ``x`` ``(N, C, L)`` and its mask ``(N, 1 or C, L)`` (``None``: every
 position) to, per channel: the number of kept positions (``mask != 0``), the sums of ``x - shift`` and of
 its square, min, max and the number of non-zero values, as one ``(6, C)`` float64 numpy array.
 :func:`advance` adds them to a running state (:func:`~masked_torch.analysis.moments.add_shifted_sums`),
-:func:`first_moments` to a state whose channels have no running mean yet (the first batch);
-:func:`batch_moments` is the one-call form for a single output.
+:func:`first_moments` to a state that may not exist yet (the first batch); :func:`batch_moments` is the
+one-call form for a single output.
 
-Two kernels, one result (plus an exact fall-back):
+One kernel, the same on every machine and device (plus an exact fall-back):
 
-* compiled (:mod:`masked_torch.analysis.native`; the default where it applies and builds): one fused pass
-  in C over a float32 output on the CPU and its float32 mask, no scratch written, the shift subtracted on
-  the fly; float32 sums within blocks of 512 positions, float64 across them. Built with the system's C
-  compiler on first use (about 0.2 s, then cached on disk). ``compiled=None`` (the default) uses it where
-  it can and the eager kernel elsewhere (no compiler, other dtypes or devices); ``True`` also warns once
-  where it cannot be built; ``False`` never uses it.
-* eager (:func:`_eager_per_sample`): vectorised multiply, compare, sum and min/max kernels into reused
-  scratch tensors, in ``x``'s dtype (float32 for half types and integers): five to seven passes over an
-  output (on CPU ``torch.where``, ``aminmax``, ``var_mean``, ``count_nonzero`` and fresh temporaries are
-  several times slower). Sums over each sample's positions in that dtype, then over samples in float64 on
-  the host; the shift is rounded to ``x``'s dtype and that same value is added back. The kept positions of
-  a mask are counted once per mask object (:meth:`Workspace.counts`): an activation after a masked
-  convolution passes the same mask on.
-* exact (:func:`exact_sums`): float64 with ``torch.where``, values under the mask never read: the fall-back
-  of both when anything is not finite (NaN or Inf anywhere, also under the mask), and of the eager kernel
-  when a sample has 2**24 positions or more.
+* :func:`_reduce`: a handful of vectorised PyTorch reductions over the output, in its dtype (float32 for
+  half types and integers, which converts them exactly below 2**24): sums of ``x - shift`` and of its
+  square within blocks of :data:`BLOCK` consecutive positions (``sum`` and ``linalg.vector_norm`` over the
+  last dimension of a blocked view: one read each, nothing written), the blocks' sums added in float64;
+  ``amin``/``amax`` per channel; non-zeros counted as 0/1 in a reused scratch tensor. The mask enters as a
+  0/1 factor (written once into scratch), or not at all for the output of a masked module, which is already
+  0 wherever its mask is 0 (``zeroed``). The kept positions of a mask are counted once per mask object
+  (:meth:`Workspace.counts`): an activation after a masked convolution passes the same mask on.
+* :func:`exact_sums`: float64 with ``torch.where``, values under the mask never read: the fall-back when
+  anything is not finite (NaN or Inf anywhere, also under the mask, where a multiply would let it leak), and
+  for a sample of 2**24 positions or more (float32 counts of 0/1 are exact below that).
 
-Reference point and precision: the compiled kernel sums around the running mean. The eager kernel sums
-around 0 where that loses little, else around the running mean (:func:`advance`): around 0 saves it the
-pass that subtracts the shift; it is taken where every channel's squared mean is at most ``_AROUND_ZERO``
-(4) times its variance, judged from the running moments. A batch whose mean is far from the reference for
-its spread (more than 2 of its standard deviations: the first batch, a batch that moved) is reduced again
-around its own mean (both kernels), so ``mean`` and ``var`` keep about 1e-7 relative
-precision (float32 sums; float64 exact) however far the mean is from 0 or drifts; around 0 the
-float32 sums lose at most a factor ``1 + _AROUND_ZERO`` of that to cancellation (about 6e-7 at worst).
-Counts, min, max and zeros are exact.
+Nothing is compiled at run time: ``torch.compile`` would build C++ with the system's compiler, for the CPU
+it runs on (its float32 rounding would then depend on the machine).
+
+**Reference point.** Each batch is summed around 0 where the layer's running moments say that loses little
+(every channel's squared mean at most ``K`` = 4 times its variance, i.e. the mean within 2 standard
+deviations of 0, as after a ReLU; this saves the pass that subtracts the shift), else around the running
+mean (rounded to the dtype the kernel works in; that same value is added back). A batch whose own mean is
+more than ``sqrt(K)`` of its own standard deviations from that reference (the first batch, a batch that
+moved) is reduced again around its own mean (up to 3 times, each with a better estimate of it).
+
+**Precision.** Let ``u = 2**-24`` (float32 outputs; half of ``torch.finfo(torch.float32).eps``; ``2**-53``
+for float64 outputs) and ``B`` = :data:`BLOCK` = 128. Every float32 sum in the kernel has at most ``B``
+terms, in whatever order a CPU's vector width or thread count adds them, so a block's sum of
+``d = fl(x - shift)`` is within ``gamma_B * sum|x - shift|`` of the exact one and its sum of squares within
+``gamma_(B+4) * sum (x - shift)**2`` (``gamma_k = k u / (1 - k u)``; the subtraction, the square, the norm's
+square root and its square included); the blocks' sums, the merge of batches (and of ranks) are float64.
+Per channel, over ``n`` kept positions of any number of batches, with ``eps = (B + 4) u + n 2**-53``
+(``<= (B + 12) u = 140 u`` for float32 and ``n <= 2**32``), ``mean`` and population ``var`` against the exact
+values of the output's numbers satisfy::
+
+    |var - var_exact|   <= C_VAR  * eps * var_exact,                             C_VAR  = 13.94
+    |mean - mean_exact| <= C_MEAN * eps * std_exact + 2**-52 * |mean_exact|,     C_MEAN = 2.24
+
+with ``C_VAR = (1 + K) + 2 sqrt(K (1 + K))`` and ``C_MEAN = sqrt(1 + K)``, the price of summing within
+``sqrt(K)`` standard deviations of the mean rather than at it. For float32: ``var`` to 1952 ``u`` = 1.2e-4
+relative, ``mean`` to 313 ``u`` = 1.9e-5 standard deviations (:func:`error_bound`). It is a worst case
+over every summation order: it does not grow with ``N``, ``L``, the number of batches or threads, it grows
+linearly with ``B`` (shorter blocks make PyTorch's reductions slower), and errors seen in practice are far
+smaller (about ``sqrt(B) u``). Two runs over the same positions, in other batches, on other machines or
+ranks, differ by at most twice the bound. Counts, min, max and zero fractions are exact. (Assumes finite
+sums of squares in float32, i.e. ``|x - shift| < 1e19``; the exact kernel takes over otherwise; and
+squares that do not underflow, ``|x - shift| > 1e-19`` or 0.)
 """
 from __future__ import annotations
 
-import warnings
+import functools
+import math
 import weakref
 from typing import Callable, Optional
 
@@ -48,15 +67,30 @@ from torch import Tensor
 
 from .moments import ACC, Moments, add_shifted_sums, empty_state
 
-__all__ = ["Workspace", "as_ncl", "shifted_sums", "exact_sums", "empty_sums", "advance", "first_moments",
-           "batch_moments", "native_for"]
+__all__ = ["BLOCK", "error_bound", "Workspace", "as_ncl", "shifted_sums", "exact_sums", "empty_sums", "advance",
+           "first_moments", "batch_moments"]
 
-_MAX_EXACT_F32 = 2**24  # float32 counts and sums of 0/1 are exact below this many positions per sample
-#: Sums are taken around 0 rather than around the running mean where every channel's squared mean is at most
-#: this many times its variance (the mean within 2 standard deviations of 0: a ReLU's output, a convolution
-#: without a large bias): float32 sums of ``x`` and ``x**2`` then keep ``m2`` to within a factor
-#: ``1 + _AROUND_ZERO`` of the centred sums' relative precision (about 6e-7 at worst instead of 1e-7).
+#: Consecutive positions of one sample and channel summed in float32 before the sums go to float64.
+BLOCK = 128
+#: ``K`` of the module docstring: a batch is summed around 0 (not around the running mean) where every
+#: channel's squared mean is at most this many times its variance, and a batch's own mean may be at most
+#: ``sqrt(K)`` of its standard deviations from the reference it was summed around.
 _AROUND_ZERO = 4.0
+_RECENTRES = 3  # how many times a batch is summed again around (a better estimate of) its own mean
+_MAX_EXACT_F32 = 2**24  # float32 counts and sums of 0/1 are exact below this many positions per sample
+_C_VAR = (1 + _AROUND_ZERO) + 2 * math.sqrt(_AROUND_ZERO * (1 + _AROUND_ZERO))
+_C_MEAN = math.sqrt(1 + _AROUND_ZERO)
+
+
+def error_bound(dtype: torch.dtype = torch.float32, positions: int = 2**32) -> tuple[float, float]:
+    """The documented worst-case error (module docstring) for outputs of ``dtype`` and up to ``positions``
+    kept positions per channel: ``(var_rtol, mean_tol)``, so that ``|var - var_exact| <= var_rtol *
+    var_exact`` and ``|mean - mean_exact| <= mean_tol * std_exact + 2**-52 * |mean_exact|``."""
+    u = 2.0**-53 if dtype == torch.float64 else 2.0**-24  # half types and integers are reduced in float32
+    eps = (BLOCK + 4) * u + positions * 2.0**-53
+    return _C_VAR * eps, _C_MEAN * eps
+
+
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
@@ -70,7 +104,7 @@ class Workspace:
 
     def __init__(self) -> None:
         self._flat: Optional[Tensor] = None
-        self._views: tuple = ((), [])  # (key, views) of the last request: the same shapes come back every batch
+        self._views: dict = {}  # views of _flat by request: each layer's shapes come back every batch
         self._alias: tuple = (None, -1, None)  # (weakref to the caller's mask, its version, its (N, C, L) alias)
         self._mask: tuple = (None, -1)  # (weakref to the mask _counts and _valid are of, its version)
         self._counts: Optional[np.ndarray] = None
@@ -78,17 +112,22 @@ class Workspace:
         self._valid_flat: Optional[Tensor] = None
 
     def take(self, shapes: list[tuple[int, ...]], like: Tensor) -> list[Tensor]:
+        """Tensors of these shapes in ``like``'s dtype and device (contents undefined), views of one buffer."""
         key = (tuple(shapes), like.dtype, like.device)
-        if self._views[0] == key:
-            return self._views[1]
-        sizes = [_numel(shape) for shape in shapes]
-        flat = self._flat = _at_least(self._flat, sum(sizes), like.dtype, like.device)
-        out, start = [], 0
+        views = self._views.get(key)
+        if views is not None:
+            return views
+        sizes = [math.prod(shape) for shape in shapes]
+        flat = _at_least(self._flat, sum(sizes), like.dtype, like.device)
+        # views of an old buffer go with it; at most 64 kept (a model's layers, not every canvas size seen)
+        if flat is not self._flat or len(self._views) >= 64:
+            self._flat, self._views = flat, {}
+        views, start = [], 0
         for shape, numel in zip(shapes, sizes):
-            out.append(flat[start:start + numel].view(shape))
+            views.append(flat[start:start + numel].view(shape))
             start += numel
-        self._views = (key, out)
-        return out
+        self._views[key] = views
+        return views
 
     def alias(self, mask: Tensor, make: Callable[[], Tensor]) -> Tensor:
         """``make()``, or the tensor it returned for the same ``mask`` object last time if ``mask`` has not
@@ -121,7 +160,10 @@ class Workspace:
             else:
                 valid = scratch.view(-1)[:mask.numel()].view(mask.shape)
                 torch.ne(mask, 0, out=valid)  # 1 where kept (NaN counts as kept, as in exact_sums)
-            self._counts = valid.sum(dim=2).cpu().numpy().sum(axis=0, dtype=np.float64)
+            if mask.shape[0] * mask.shape[2] < _MAX_EXACT_F32:  # a float32 count is exact
+                self._counts = valid.sum(dim=(0, 2)).cpu().numpy().astype(np.float64)
+            else:
+                self._counts = valid.sum(dim=2).cpu().numpy().sum(axis=0, dtype=np.float64)
         return self._counts
 
     def valid(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -150,18 +192,11 @@ def _at_least(flat: Optional[Tensor], numel: int, dtype: torch.dtype, device: to
     return flat
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    numel = 1
-    for s in shape:
-        numel *= s
-    return numel
-
-
 def as_ncl(output: Tensor, mask: Optional[Tensor], where: str,
            workspace: Optional[Workspace] = None) -> tuple[Tensor, Optional[Tensor]]:
     """``(N, C, *S)`` or ``(N, C)`` output and its mask as ``(N, C, L)`` and ``(N, 1 or C, L)``, detached;
     ``where`` names the caller in errors. With a ``workspace``, the same unmodified mask object gives the
-    same ``(N, 1 or C, L)`` tensor as last time (so :meth:`Workspace.kept` computes its kept positions once)."""
+    same ``(N, 1 or C, L)`` tensor as last time (so :meth:`Workspace.counts` counts its kept positions once)."""
     if not isinstance(output, Tensor):
         raise TypeError(f"{where}: expected a tensor output, got {type(output).__name__}")
     if output.dim() < 2:
@@ -193,14 +228,11 @@ def _canonical(t: Tensor, n: int, c: int) -> Tensor:
     """``t`` (N, C, *S) as a contiguous (N, C, L) view, detached, its memory holding its values (a lazily
     negated view is materialised); copies only such a tensor or a non-contiguous one (channels-last,
     expanded)."""
-    length = 1
-    for s in t.shape[2:]:
-        length *= s
-    return t.detach().resolve_neg().contiguous().view(n, c, length)
+    return t.detach().resolve_neg().contiguous().view(n, c, math.prod(t.shape[2:]))
 
 
 # --------------------------------------------------------------------------------------------------------
-# The exact kernel (float64, torch.where) and the eager one (cheap passes)
+# The exact kernel (float64, torch.where) and the blocked one
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -210,7 +242,7 @@ def exact_sums(x: Tensor, mask: Optional[Tensor], shift: Tensor) -> Tensor:
     used as it is.
 
     In float64 with ``torch.where``, so values under the mask are never read (NaN there cannot leak): the
-    other kernels' fall-back for outputs that are not finite, and for any device and dtype.
+    fall-back of :func:`shifted_sums` for outputs that are not finite, and for any device and dtype.
     """
     n, c, length = x.shape
     d = x.to(ACC) - shift
@@ -228,64 +260,101 @@ def exact_sums(x: Tensor, mask: Optional[Tensor], shift: Tensor) -> Tensor:
     return torch.stack([t.to(ACC) for t in (count, d.sum(dim=(0, 2)), (d * d).sum(dim=(0, 2)), lo, hi, nonzero)])
 
 
-def _eager_per_sample(x: Tensor, mask: Optional[Tensor], shift: Optional[Tensor], workspace: Workspace,
-                      zeroed: bool = False) -> tuple[Tensor, Optional[np.ndarray]]:
-    """Per sample and channel ``(5, N, C)`` in ``x``'s dtype: sum of ``x - shift`` and of its square, min,
-    max and number of non-zero values, from cheap vectorised passes (``shift`` ``(1, C, 1)`` in ``x``'s
-    dtype; ``None``: 0, which saves the pass that subtracts it); and the kept positions per mask channel
-    (``(1 or C,)`` float64, :meth:`Workspace.counts`; ``None`` without a mask).
+@functools.lru_cache(maxsize=256)
+def _blocking(length: int) -> tuple[int, int]:
+    """``(block, blocks)``: ``length`` positions as ``blocks`` blocks of ``block`` (at most :data:`BLOCK`)
+    consecutive positions, plus a shorter last block of the ``length - block * blocks`` left over. The
+    block is the longest divisor of ``length`` up to :data:`BLOCK` where that is at least a quarter of it
+    (no left-over block: one reduction instead of two), else :data:`BLOCK`."""
+    if length <= BLOCK:
+        return length, 1
+    for block in range(BLOCK, BLOCK // 4 - 1, -1):
+        if length % block == 0:
+            return block, length // block
+    return BLOCK, length // BLOCK
+
+
+def _block_sums(d: Tensor, out: Tensor) -> None:
+    """The sums of ``d`` ``(N, C, L)`` and the root of the sums of its squares over blocks of at most
+    :data:`BLOCK` consecutive positions (:func:`_blocking`), float32 (``d``'s dtype), into ``out``
+    ``(2, N, C, blocks)``: ``sum`` and ``linalg.vector_norm`` over the last dimension of a blocked view, one
+    read of ``d`` each, nothing else written."""
+    n, c, length = d.shape
+    block, blocks = _blocking(length)
+    head = block * blocks
+    if head == length:
+        view = d.view(n, c, blocks, block)
+        torch.sum(view, dim=3, out=out[0])
+        torch.linalg.vector_norm(view, dim=3, out=out[1])
+    else:  # blocks of BLOCK and a shorter last one: out (2, N, C, blocks + 1)
+        view = d[..., :head].view(n, c, blocks, block)
+        torch.sum(view, dim=3, out=out[0, ..., :blocks])
+        torch.linalg.vector_norm(view, dim=3, out=out[1, ..., :blocks])
+        torch.sum(d[..., head:], dim=2, out=out[0, ..., blocks])
+        torch.linalg.vector_norm(d[..., head:], dim=2, out=out[1, ..., blocks])
+
+
+def _reduce(x: Tensor, mask: Optional[Tensor], shift: Optional[Tensor], workspace: Workspace,
+            zeroed: bool = False) -> np.ndarray:
+    """``(6, C)`` float64 sums (rows as :func:`shifted_sums`) of ``x`` ``(N, C, L)`` (float32 or float64)
+    around ``shift`` (``(1, C, 1)`` in ``x``'s dtype; ``None``: 0, which saves the pass that subtracts it).
 
     The mask enters as a 0/1 factor: masked positions are 0 in the tensor min, max and the non-zero count are
     taken of, so the count is of kept non-zeros but a min (max) of 0 may come from a masked position
-    (:func:`_fix_ambiguous_extrema`); values that are not finite there turn the sums into NaN (caught by
-    the caller)."""
-    counts = None
+    (:func:`_fix_ambiguous_extrema`); values that are not finite there turn the sums into NaN (the caller
+    then takes :func:`exact_sums`)."""
+    n, c, length = x.shape
+    block, blocks = _blocking(length)
+    blocks += block * blocks < length
+    # min, max and non-zeros per sample only where a float32 count over the whole batch could be inexact
+    per_channel = n * length < _MAX_EXACT_F32
+    # the block sums and the roots of the blocks' sums of squares; min, max and non-zeros
+    small = [(2, n, c, blocks), (3, c) if per_channel else (3, n, c)]
     if mask is None or zeroed:  # a masked module's output: already exactly 0 where its mask is 0
-        (d,) = workspace.take([tuple(x.shape)], x)
         xz = x
+        if shift is None:
+            scratch, parts, extrema = workspace.take([tuple(x.shape)] + small, x)
+        else:
+            d, scratch, parts, extrema = workspace.take([tuple(x.shape)] * 2 + small, x)
     else:
-        d, xz = workspace.take([tuple(x.shape), tuple(x.shape)], x)
+        xz, scratch, parts, extrema = workspace.take([tuple(x.shape)] * 2 + small, x)
+        d = scratch
+    sums = np.empty((6, c))
     if mask is not None:
-        # the 0/1 kept positions only where they multiply; else the counts alone, counted in d (still in cache)
+        # the 0/1 kept positions only where they multiply; else the counts alone, counted in the scratch
         valid = workspace.valid(mask, x.dtype) if shift is not None or not zeroed else None
-        counts = workspace.counts(mask, d)
+        sums[0] = workspace.counts(mask, scratch)  # (1,) broadcasts over the channels
         if not zeroed:
             torch.mul(x, valid, out=xz)  # x where kept, 0 elsewhere
-    out = torch.empty((5,) + tuple(x.shape[:2]), dtype=x.dtype, device=x.device)
-    s1, s2, lo, hi, nonzero = out.unbind(0)
-    if shift is None:
-        torch.sum(xz, dim=2, out=s1)
-        torch.sum(torch.mul(xz, xz, out=d), dim=2, out=s2)
     else:
-        if mask is None:
-            torch.sub(x, shift, out=d)
-        else:
-            torch.addcmul(xz, valid, shift, value=-1, out=d)  # x - shift where kept, 0 elsewhere
-        torch.sum(d, dim=2, out=s1)
-        torch.sum(d.square_(), dim=2, out=s2)
-    torch.amin(xz, dim=2, out=lo)
-    torch.amax(xz, dim=2, out=hi)
-    torch.sum(torch.ne(xz, 0, out=d), dim=2, out=nonzero)
-    return out, counts
-
-
-def _over_samples(per_sample: Tensor, counts: Optional[np.ndarray], positions: int) -> np.ndarray:
-    """``(5, N, C)`` partial sums and the kept positions per mask channel (``None``: ``positions`` in every
-    channel) -> ``(6, C)`` float64 sums (rows count, s1, s2, min, max, nonzero) on the host: one copy, then
-    a handful of numpy reductions (float64 accumulators)."""
-    host = per_sample.cpu().numpy()
-    sums = np.empty((6, host.shape[2]))
-    sums[0] = positions if counts is None else counts  # (1,) broadcasts over the channels
-    np.sum(host[:2], axis=1, dtype=np.float64, out=sums[1:3])
-    sums[3] = host[2].min(axis=0)
-    sums[4] = host[3].max(axis=0)
-    np.sum(host[4], axis=0, dtype=np.float64, out=sums[5])
+        sums[0] = n * length
+    if shift is None:
+        d = xz
+    elif mask is None:
+        torch.sub(x, shift, out=d)
+    else:
+        torch.addcmul(xz, valid, shift, value=-1, out=d)  # x - shift where kept, 0 elsewhere
+    _block_sums(d, parts)
+    dims = (0, 2) if per_channel else 2
+    torch.amin(xz, dim=dims, out=extrema[0])
+    torch.amax(xz, dim=dims, out=extrema[1])
+    torch.sum(torch.ne(xz, 0, out=scratch), dim=dims, out=extrema[2])  # exact: fewer than 2**24 terms
+    host = parts.cpu().numpy().astype(np.float64)  # exact
+    np.square(host[1], out=host[1])  # exact: a float32 squared in float64
+    sums[1:3] = host.sum(axis=(1, 3))
+    host = extrema.cpu().numpy()
+    if per_channel:
+        sums[3:] = host
+    else:
+        sums[3] = host[0].min(axis=0)
+        sums[4] = host[1].max(axis=0)
+        sums[5] = host[2].sum(axis=0, dtype=np.float64)
     return sums
 
 
 def _fix_ambiguous_extrema(sums: np.ndarray, x: Tensor, mask: Tensor) -> None:
-    """After :func:`_eager_per_sample`, a min (max) of 0 is ambiguous where a channel has masked positions but
-    no kept zero (also a channel without kept positions). Takes those channels' min and max again with
+    """After :func:`_reduce`, a min (max) of 0 is ambiguous where a channel has masked positions but no kept
+    zero (also a channel without kept positions). Takes those channels' min and max again with
     ``torch.where``, in place."""
     n, _, length = x.shape
     count, lo, hi, nonzero = sums[0], sums[3], sums[4], sums[5]
@@ -301,43 +370,6 @@ def _fix_ambiguous_extrema(sums: np.ndarray, x: Tensor, mask: Tensor) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# The compiled kernel (native.py), where it applies and builds
-# --------------------------------------------------------------------------------------------------------
-
-
-_warned_unavailable = False
-
-
-def native_for(x: Tensor, mask: Optional[Tensor], compiled: Optional[bool]):
-    """The compiled kernel (:class:`~masked_torch.analysis.native.Library`) if ``compiled`` asks for it
-    (``True`` or ``None``) and it applies to these tensors and builds here; else ``None`` (the eager
-    kernel)."""
-    if compiled is False:
-        return None
-    from . import native
-
-    return _compiled_fn(required=compiled is True) if native.applies(x, mask) else None
-
-
-def _compiled_fn(required: bool):
-    """The compiled kernel, or ``None`` (eager): it could not be built here, which ``required``
-    (``compiled=True``) says once per process in a warning; ``compiled=None`` (auto) falls back quietly."""
-    global _warned_unavailable
-    from . import native  # builds on first use only
-
-    fn = native.load()
-    if fn is None and required and not _warned_unavailable:
-        _warned_unavailable = True
-        warnings.warn(
-            f"masked_torch.analysis: the compiled statistics kernel is not available ({native.unavailable()}); "
-            f"using the eager kernel (same results up to float32 rounding, slower)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return fn
-
-
-# --------------------------------------------------------------------------------------------------------
 # Sums, and a running state advanced by them
 # --------------------------------------------------------------------------------------------------------
 
@@ -350,31 +382,20 @@ def empty_sums(channels: int) -> np.ndarray:
 
 
 def shifted_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray, workspace: Optional[Workspace] = None,
-                 *, compiled: Optional[bool] = False, zeroed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 *, zeroed: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel sums of ``x`` (N, C, L) over the positions where ``mask`` (N, 1 or C, L; any dtype;
     ``None``: all) is non-zero, around ``shift`` (C,): ``(sums, shift_used)``, float64 numpy arrays.
 
     ``sums`` ``(6, C)``: rows count, ``s1`` = sum of ``x - shift_used``, ``s2`` = sum of its square, min,
     max (``+inf``/``-inf`` in a channel without positions), number of non-zero values: what
     :func:`~masked_torch.analysis.moments.add_shifted_sums` takes. ``shift_used`` is ``shift`` as it was
-    subtracted (rounded to ``x``'s dtype). ``compiled``: the compiled kernel where it applies (a float32
-    output on the CPU) and builds; ``None``: the same, quietly falling back to the eager kernel where it
-    cannot be built; ``True`` warns once then; ``False``: the eager kernel (see the module docstring). ``zeroed``: ``x`` is already exactly 0 wherever ``mask`` is 0 (the output of a
-    masked module), which saves the eager kernel one pass.
+    subtracted (rounded to the dtype the kernel works in). ``zeroed``: ``x`` is already exactly 0 wherever
+    ``mask`` is 0 (the output of a masked module), which saves a pass. Precision: the module docstring.
     """
     n, c, length = x.shape
     shift = np.asarray(shift, dtype=np.float64)
     if n * length == 0:
         return empty_sums(c), shift
-    fn = native_for(x, mask, compiled)
-    if fn is not None:
-        from .native import channel_sums
-
-        rounded = shift.astype(np.float32)  # the shift actually subtracted, and added back
-        sums = channel_sums(fn, x, mask, rounded)
-        if np.isfinite(sums[1:3]).all():
-            return sums, rounded.astype(np.float64)
-        return _exact_sums(x, mask, rounded.astype(np.float64))
     if length >= _MAX_EXACT_F32:
         return _exact_sums(x, mask, shift)
     if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
@@ -382,12 +403,10 @@ def shifted_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray, workspace
     rounded = shift.astype(_NUMPY_DTYPES.get(x.dtype, np.float64))  # the shift actually subtracted ...
     shift_used = rounded.astype(np.float64)  # ... and the same value added back
     shift_x = torch.from_numpy(rounded).to(device=x.device, dtype=x.dtype).view(1, c, 1) if rounded.any() else None
-    per_sample, counts = _eager_per_sample(x, mask, shift_x, workspace if workspace is not None else Workspace(),
-                                           zeroed)
-    sums = _over_samples(per_sample, counts, n * length)
-    if not np.isfinite(sums).all():
+    sums = _reduce(x, mask, shift_x, workspace if workspace is not None else Workspace(), zeroed)
+    if not math.isfinite(sums[1:3].sum()):  # NaN or Inf in x (kept, or multiplied by a 0 of the mask)
         return _exact_sums(x, mask, shift_used)
-    if mask is not None:
+    if mask is not None and (sums[3] == 0).any() | (sums[4] == 0).any():
         _fix_ambiguous_extrema(sums, x, mask)
     return sums, shift_used
 
@@ -398,65 +417,59 @@ def _exact_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray) -> tuple[n
 
 def _centred_enough(count: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> bool:
     """Whether sums of ``x - shift`` (``s1``) and of its square (``s2``) over ``count`` positions per channel
-    lose at most a factor ``1 + _AROUND_ZERO`` of their relative precision to cancellation in the centred
-    sum of squares ``m2 = s2 - s1**2 / count``: ``(mean - shift)**2 <= _AROUND_ZERO * m2 / count`` in every
-    channel, i.e. ``(1 + k) * s1**2 <= k * count * s2`` (no subtraction needed to check it)."""
+    are taken within ``sqrt(_AROUND_ZERO)`` standard deviations of the positions' mean in every channel:
+    ``(mean - shift)**2 <= _AROUND_ZERO * m2 / count`` with ``m2 = s2 - s1**2 / count``, i.e.
+    ``(1 + k) * s1**2 <= k * count * s2`` (no subtraction needed to check it)."""
     return bool(np.all((1.0 + _AROUND_ZERO) * s1 * s1 <= _AROUND_ZERO * count * s2))
 
 
+def _centred_sums(x: Tensor, mask: Optional[Tensor], shift: np.ndarray, workspace: Optional[Workspace],
+                  zeroed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`shifted_sums` around ``shift``, again around the batch's own mean (known from the previous
+    pass) while the batch's mean is more than ``sqrt(_AROUND_ZERO)`` of its standard deviations from the
+    shift (:func:`_centred_enough`), up to :data:`_RECENTRES` times."""
+    for _ in range(_RECENTRES + 1):
+        sums, shift = shifted_sums(x, mask, shift, workspace, zeroed=zeroed)
+        if _centred_enough(sums[0], sums[1], sums[2]) or not math.isfinite(sums[1:3].sum()):
+            break
+        shift = shift + sums[1] / np.maximum(sums[0], 1.0)
+    return sums, shift
+
+
 def advance(state: np.ndarray, x: Tensor, mask: Optional[Tensor], workspace: Optional[Workspace] = None,
-            *, compiled: Optional[bool] = False, zeroed: bool = False) -> np.ndarray:
+            *, zeroed: bool = False) -> np.ndarray:
     """A packed state (:func:`~masked_torch.analysis.moments.add_shifted_sums`) plus the positions of one batch
-    (``x`` (N, C, L), ``mask`` (N, 1 or C, L) or ``None``), in one pass: around 0 where the running moments
-    say that loses no precision (every channel's mean within ``sqrt(_AROUND_ZERO)`` standard deviations of 0,
-    as after a ReLU or a convolution without a large bias; the eager kernel then skips a pass), else around
-    the running mean. A batch whose own mean is more than 2 of its standard deviations from the reference
-    (:func:`_centred_enough`) is reduced again around its own mean (known from the first pass)."""
+    (``x`` (N, C, L), ``mask`` (N, 1 or C, L) or ``None``): summed around 0 where the running moments say
+    that loses little (every channel's mean within ``sqrt(_AROUND_ZERO)`` standard deviations of 0, as after
+    a ReLU or a convolution without a large bias; saves a pass), else around the running mean; again around
+    the batch's own mean where that is too far from the reference (:func:`_centred_sums`)."""
     count, mean = state[0], state[1]
-    # around 0 saves the eager kernel a pass; the compiled one subtracts the shift for free
-    if native_for(x, mask, compiled) is None and np.all(count * mean * mean <= _AROUND_ZERO * state[2]):
-        shift = np.zeros(x.shape[1])
-    else:
-        shift = mean
-    sums, shift = shifted_sums(x, mask, shift, workspace, compiled=compiled, zeroed=zeroed)
-    if np.isfinite(sums[1:3]).all() and not _centred_enough(sums[0], sums[1], sums[2]):
-        # too far from the reference for the batch's spread: again around the batch's own mean
-        sums, shift = shifted_sums(x, mask, shift + sums[1] / np.maximum(sums[0], 1.0), workspace,
-                                   compiled=compiled, zeroed=zeroed)
+    shift = np.zeros(x.shape[1]) if np.all(count * mean * mean <= _AROUND_ZERO * state[2]) else mean
+    sums, shift = _centred_sums(x, mask, shift, workspace, zeroed)
     return add_shifted_sums(state, shift, sums)
 
 
 def first_moments(state: Optional[np.ndarray], x: Tensor, mask: Optional[Tensor],
-                  workspace: Optional[Workspace] = None, *, compiled: Optional[bool] = False,
-                  zeroed: bool = False) -> np.ndarray:
-    """:func:`advance` from ``state``, or from no positions (``None``: the first batch). A channel without
-    a running mean is summed around 0 first, and again around the batch's own mean where that is not
-    centred enough."""
+                  workspace: Optional[Workspace] = None, *, zeroed: bool = False) -> np.ndarray:
+    """:func:`advance` from ``state``, or from no positions (``None``: the first batch)."""
     if state is None:
         state = empty_state(x.shape[1])
-    return advance(state, x, mask, workspace, compiled=compiled, zeroed=zeroed)
+    return advance(state, x, mask, workspace, zeroed=zeroed)
 
 
-def batch_moments(
-    output: Tensor, mask: Optional[Tensor] = None, shift: Optional[Tensor] = None, *,
-    compile: Optional[bool] = None
-) -> Moments:
+def batch_moments(output: Tensor, mask: Optional[Tensor] = None, shift: Optional[Tensor] = None) -> Moments:
     """Per-channel :class:`~masked_torch.analysis.moments.Moments` of one output ``(N, C, *S)`` or
     ``(N, C)`` over the positions where ``mask`` (``(N, 1 or C, *S)``, any dtype) is non-zero, or over all
-    positions for ``mask=None``, on the output's device.
+    positions for ``mask=None``, on the output's device; precision as in the module docstring.
 
-    ``shift`` (``(C,)``) is a per-channel reference subtracted before squaring; near the mean keeps ``m2``
-    exact for activations on a large mean. ``None`` takes two passes: the batch's own mean first.
-    ``compile``: the compiled kernel where it applies and builds (``None``, the default: quietly the eager
-    one elsewhere; ``True``: warn once when it cannot be built; ``False``: the eager kernel).
+    ``shift`` (``(C,)``): a per-channel reference to sum around first (near the mean saves a second pass);
+    ``None``: 0. Either way the batch is summed again around its own mean where the reference is too far
+    from it.
     """
     x, m = as_ncl(output, mask, "batch_moments")
+    c = x.shape[1]
+    start = np.zeros(c) if shift is None else \
+        torch.as_tensor(shift).detach().to(device="cpu", dtype=ACC).expand(c).numpy()
     with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-        if shift is None:
-            state = first_moments(None, x, m, compiled=compile)
-        else:
-            c = x.shape[1]
-            state = empty_state(c)
-            state[1] = torch.as_tensor(shift).detach().to(device="cpu", dtype=ACC).expand(c).numpy()
-            state = advance(state, x, m, compiled=compile)
-    return Moments.from_tensor(torch.from_numpy(state)).to(x.device)
+        sums, used = _centred_sums(x, m, start, None, False)
+    return Moments.from_tensor(torch.from_numpy(add_shifted_sums(empty_state(c), used, sums))).to(x.device)

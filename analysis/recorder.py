@@ -13,15 +13,14 @@ Forward hooks on the selected layers (:mod:`masked_torch.analysis.selection`) re
 channel, over the positions the layer's *output* mask keeps (``mask != 0``; all positions for an output
 without a mask; :mod:`masked_torch.analysis.kernels`) and add the result to a float64 running
 :class:`~masked_torch.analysis.moments.Moments` (count, mean, centred sum of squares ``m2``, min, max,
-number of exact zeros). No activation is kept, so memory does not grow with the number of batches. Each
-batch is summed around the layer's running mean (the first batch, or one whose mean moved far from it:
-around its own mean, an extra pass; the eager kernel sums around 0 where the layer's mean is within 2
-standard deviations of it), so that ``m2`` stays a well-conditioned sum even for activations on a large
-mean: mean and variance to about 1e-7 relative in float32 (6e-7 at worst around 0), counts, min, max and
-zeros exact. The reduction is a fused kernel in C
-(:mod:`~masked_torch.analysis.native`, built with the system's C compiler on first use, about 0.2 s, and
-cached) where it applies (float32 outputs on the CPU) and builds, else eager PyTorch ops
-(:mod:`~masked_torch.analysis.kernels`; ``benchmarks/recorder.py`` compares them).
+number of exact zeros). No activation is kept, so memory does not grow with the number of batches. The
+reduction is eager PyTorch ops, the same on every machine (:mod:`~masked_torch.analysis.kernels`, whose
+docstring states the precision: a worst-case bound, for float32 outputs ``var`` to 1.2e-4 relative and
+``mean`` to 1.9e-5 standard deviations, whatever the CPU, its vector width or the thread count; typical errors
+are about 1e-7): each batch is summed around 0 where the layer's mean is within 2 standard deviations of
+it, else around the layer's running mean (and again around the batch's own mean where that is far from
+either), so that ``m2`` stays a well-conditioned sum even for activations on a large mean. Counts, min, max
+and zeros are exact. ``benchmarks/recorder.py`` measures the overhead in a recording's forward.
 
 Compiled *models* cannot be recorded: PyTorch silently ignores hooks added to a model after
 ``torch.compile``. The recorder refuses an ``OptimizedModule`` (or a model holding compiled submodules)
@@ -31,7 +30,6 @@ rather than return a frame that lacks layers which never fired.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from typing import Callable, Optional
 
@@ -42,31 +40,14 @@ from torch import Tensor, nn
 from masked_torch.nn import MaskedModule, Unmasked
 
 from .distributed import reduce_moments
-from .kernels import Workspace, as_ncl, first_moments, native_for
-from .moments import Moments, empty_state
-from .native import update as native_update
+from .kernels import Workspace, as_ncl, first_moments
+from .moments import Moments
 from .selection import Include, refuse_compiled, select_layers
 
 __all__ = ["ActivationRecorder", "COLUMNS"]
 
 #: Columns of :meth:`ActivationRecorder.to_frame`, in order.
 COLUMNS = ("layer", "channel", "count", "mean", "var", "std", "min", "max", "zero_frac")
-
-_ENV_COMPILE = "MASKED_TORCH_RECORD_COMPILE"
-
-
-def _compile_enabled(compile: Optional[bool]) -> Optional[bool]:
-    """``compile`` if given, else ``MASKED_TORCH_RECORD_COMPILE``: 1/true/yes/on -> ``True``, 0/false/no/off
-    -> ``False``, unset -> ``None`` (the compiled kernel where it builds, quietly the eager one elsewhere)."""
-    if compile is not None:
-        return bool(compile)
-    value = os.environ.get(_ENV_COMPILE, "").strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    return None
-
 
 def _not_traced(fn: Callable) -> Callable:
     """``torch._dynamo.disable(fn)``: a hook that runs eagerly under ``torch.compile`` (dynamo breaks the
@@ -97,22 +78,17 @@ class ActivationRecorder:
     ``model``: any ``nn.Module`` (masked modules return ``(output, mask)``, plain ones a tensor).
     ``include``: ``None`` (every convolution, normalisation, ``Masked`` wrapper and activation; see
     :func:`select_layers`), a list of ``named_modules()`` names, or a predicate ``(name, module) -> bool``.
-    ``compile``: the compiled statistics kernel (:mod:`masked_torch.analysis.native`): ``None`` (the default,
-    unless ``MASKED_TORCH_RECORD_COMPILE`` is set to 1 or 0) where it applies (float32 outputs on the CPU)
-    and builds, quietly the eager kernel elsewhere; ``True``: the same, but a one-line warning where it
-    cannot be built; ``False``: always the eager kernel. Counts, min, max and zero fractions are identical
-    either way; mean and variance agree to float32 rounding (about 1e-7 relative, 6e-7 at worst).
 
     Hooks are registered on ``__enter__`` and always removed on ``__exit__`` (also on an exception or
     ``KeyboardInterrupt``). Statistics accumulate over every forward pass inside the block and stay
     readable after it: :meth:`to_frame`, :meth:`moments`; :meth:`reduce` merges ``torch.distributed``
     ranks. Entering again continues to accumulate; :meth:`reset` clears. A compiled model is refused (hooks
     on it would be ignored), and :meth:`to_frame` raises rather than return a frame without the selected
-    layers that never fired. While recording, the eager kernel keeps scratch space of up to three times the
-    largest recorded output.
+    layers that never fired. While recording, the kernel keeps scratch space of up to three times the largest
+    recorded output.
     """
 
-    def __init__(self, model: nn.Module, include: Include = None, *, compile: Optional[bool] = None) -> None:
+    def __init__(self, model: nn.Module, include: Include = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"ActivationRecorder: model must be an nn.Module, got {type(model).__name__}")
         refuse_compiled(model)
@@ -126,12 +102,11 @@ class ActivationRecorder:
         # per layer: the running Moments packed as a (6, C) float64 numpy array (moments.add_shifted_sums),
         # and the device of its outputs (where moments() returns them)
         self._state: dict[str, np.ndarray] = {}
-        self.compile = _compile_enabled(compile)
         self._device: dict[str, torch.device] = {}
         self._calls: dict[str, int] = {name: 0 for name, _ in self.layers}
         self._model_calls = 0
         self._handles: list = []
-        self._workspace = Workspace()  # eager kernel scratch, dropped on __exit__
+        self._workspace = Workspace()  # the kernel's scratch, dropped on __exit__
 
     # -- hooks ------------------------------------------------------------------------------------------
 
@@ -163,8 +138,7 @@ class ActivationRecorder:
     def _update(self, name: str, output: Tensor, mask: Optional[Tensor], where: str, zeroed: bool = False) -> None:
         x, m = as_ncl(output, mask, where, self._workspace)
         if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
-            # untracked, in the output's own dtype, one grad/autocast state for the compiled kernel (entered
-            # only when needed: cheap)
+            # untracked, in the output's own dtype (entered only when needed: cheap)
             with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
                 self._accumulate(name, x, m, where, zeroed)
         else:
@@ -175,13 +149,7 @@ class ActivationRecorder:
         state = self._state.get(name)
         if state is not None and state.shape[1] != c:
             raise ValueError(f"{where}: output has {c} channels, earlier batches had {state.shape[1]}")
-        lib = native_for(x, m, self.compile)
-        if lib is not None and state is None:
-            state = empty_state(c)
-        if lib is not None and native_update(lib, x, m, state):
-            pass  # the compiled kernel: sums and merge in one call, in place
-        else:  # around 0 or the running mean, again around the batch's own mean where needed
-            state = first_moments(state, x, m, self._workspace, compiled=self.compile, zeroed=zeroed)
+        state = first_moments(state, x, m, self._workspace, zeroed=zeroed)
         self._state[name] = state
         self._device[name] = x.device
         self._calls[name] += 1
@@ -313,5 +281,5 @@ class ActivationRecorder:
 
     def __repr__(self) -> str:
         names = [name for name, _ in self.layers]
-        return (f"ActivationRecorder({type(self.model).__name__}, layers={names}, compile={self.compile}, "
+        return (f"ActivationRecorder({type(self.model).__name__}, layers={names}, "
                 f"recording={self.recording})")

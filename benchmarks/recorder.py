@@ -1,31 +1,30 @@
-"""ActivationRecorder overhead: forward time with the recorder on vs off, interleaved in one run.
+"""ActivationRecorder overhead as a recording runs: forward time with the recorder on vs off, interleaved.
 
-Target (issue): <= 1.15x for a depth-4 mconv stack, N=8, 192x192 images with per-image masks, forward
-under ``torch.no_grad()``, 2 threads. Variants: the compiled statistics kernel (``compile=True``; C, built
-with the system's compiler; the default where it builds) and the eager one (``compile=False``).
+Target (issue 16): <= 1.15x for a depth-4 mconv stack, N=8, 192x192 images with per-image masks, forward
+under ``torch.no_grad()``, 2 threads, glibc's default allocator.
 
-As a recording runs (``run.py``): each variant's recorder is entered once, on its own copy of the model
-(same weights), and stays entered for the whole run, so a forward pays for the hooks and the statistics,
-not for registering hooks or allocating scratch. "off" is the same forward on the unrecorded copy.
+As a recording runs (``run.py``): one recorder is entered once, on its own copy of the model (same
+weights), and stays entered while many batches go through it, so a forward pays for the hooks and the
+statistics, not for registering hooks or allocating scratch. "off" is the same forward on the identical
+copy without hooks. Each round runs the next of ``--batches`` different batches (other images and masks,
+same shape) through both copies back to back, alternating which goes first; the figure is the median over
+rounds of the per-round ratio on / off (quartiles show the noise; median times for scale).
 
-The machine is noisy, so each round times, for every variant in turn, a pair with the recorder off and on
-back to back (alternating which goes first), and the table quotes the median over pairs of the per-pair
-ratios (median times for scale only; quartiles of the ratios to show the noise).
+``--allocator steady`` (glibc only) is an option for studying the kernel alone: it fixes glibc's mmap and
+trim thresholds so that the forward's multi-megabyte tensors are served from the heap every time. With
+glibc's default (dynamic) thresholds, the default here and what a user gets, whether a large tensor is
+mapped afresh (and page-faulted in) or reused depends on the history of frees, which moves the plain
+forward's own time from run to run.
 
-``--allocator steady`` (the default, glibc only) fixes glibc's mmap and trim thresholds so that the
-forward's multi-megabyte tensors are served from the heap every time. With glibc's default (dynamic)
-thresholds, ``--allocator default``, whether each large tensor is mapped afresh (and page-faulted in) or
-reused depends on the history of frees, which moved the plain forward's own time between 16 and 33 ms
-here from run to run, and the ratio with it (0.94-1.46x): that noise is the allocator's, not the recorder's.
-
-    python benchmarks/recorder.py [--repeats 60] [--stack mconv] [--batch 8] [--size 192] [--allocator steady]
+    python benchmarks/recorder.py [--repeats 60] [--stack mconv] [--batch 8] [--size 192] [--allocator default]
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import ctypes
-import contextlib
+import os
+import platform
 import statistics
 import sys
 import time
@@ -66,6 +65,17 @@ def steady_allocator() -> bool:
         return False
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stack", default="mconv", choices=STACKS)
@@ -73,12 +83,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=192)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=60, help="timed off/on pairs per variant")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds after compilation")
-    parser.add_argument("--no-eager", action="store_true", help="skip the eager variant")
-    parser.add_argument("--no-compiled", action="store_true", help="skip the compiled variant")
-    parser.add_argument("--allocator", choices=("steady", "default"), default="steady",
-                        help="steady: fixed glibc thresholds, large tensors reused from the heap (see above)")
+    parser.add_argument("--repeats", type=int, default=60, help="timed rounds (one off/on pair each)")
+    parser.add_argument("--batches", type=int, default=8, help="different batches, cycled through")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
+    parser.add_argument("--allocator", choices=("default", "steady"), default="default",
+                        help="default: glibc's own thresholds (as a user runs); steady: see above")
     args = parser.parse_args(argv)
 
     allocator = "default (glibc's dynamic thresholds)"
@@ -86,70 +95,41 @@ def main(argv=None) -> int:
         allocator = "steady (glibc mmap threshold 32 MiB, no trim)" if steady_allocator() else "default (not glibc)"
     torch.set_num_threads(args.threads)
     model = build_stacks(args.depth, stacks=(args.stack,))[args.stack]
-    x, mask = make_batch(args.batch, args.size)
+    recorded = copy.deepcopy(model)  # identical weights; only this copy has hooks
+    batches = [make_batch(args.batch, args.size, seed) for seed in range(args.batches)]
 
-    names = ([] if args.no_compiled else ["compiled"]) + ([] if args.no_eager else ["eager"])
-    if not names:
-        parser.error("nothing to time: --no-eager and --no-compiled")
-    # each variant records its own copy of the model, entered once for the whole run (as a recording is)
-    copies = {name: copy.deepcopy(model) for name in names}
-    variants = {name: ActivationRecorder(copies[name], compile=name == "compiled") for name in names}
-    recording = contextlib.ExitStack()
-    for rec in variants.values():
-        recording.enter_context(rec)
-
-    def run(name) -> float:
-        net = model if name is None else copies[name]
+    def run(net, batch) -> float:
         with torch.no_grad():
             t = time.perf_counter()
-            net(x, mask)
+            net(*batch)
             return time.perf_counter() - t
 
-    compile_s = None
-    if "compiled" in variants:
-        from masked_torch.analysis import native
-
-        t = time.perf_counter()
-        run("compiled")  # builds the compiled kernel, or loads it from the cache (first batch: two passes)
-        run("compiled")
-        compile_s = time.perf_counter() - t
-        if native.load() is None:
-            print(f"the compiled kernel is not available ({native.unavailable()}): its rows are the eager kernel")
-    for _ in range(args.warmup):
-        run(None)
-        for name in variants:
-            run(name)
-
-    # rounds of one off/on pair per variant: off and on alternate (off-on, on-off, ...), ratio = on / off
-    off_times, on_times, ratios = [], {name: [] for name in variants}, {name: [] for name in variants}
-    for r in range(args.repeats):
-        for name in variants:
+    off_times, on_times, ratios = [], [], []
+    with ActivationRecorder(recorded) as rec:  # entered once, as a recording is
+        for r in range(args.warmup + args.repeats):
+            batch = batches[r % len(batches)]
             if r % 2:
-                on, off = run(name), run(None)
+                on, off = run(recorded, batch), run(model, batch)
             else:
-                off, on = run(None), run(name)
-            off_times.append(off)
-            on_times[name].append(on)
-            ratios[name].append(on / off)
-    recording.close()
-    for rec in variants.values():
-        rec.to_frame()  # the recorded statistics are complete (raises otherwise)
+                off, on = run(model, batch), run(recorded, batch)
+            if r >= args.warmup:
+                off_times.append(off)
+                on_times.append(on)
+                ratios.append(on / off)
+    rec.to_frame()  # the recorded statistics are complete (raises otherwise)
 
-    print(f"ActivationRecorder overhead: {args.stack} depth {args.depth}, N={args.batch}, "
-          f"{args.size}x{args.size}, {args.threads} threads, {args.repeats} rounds of off/on pairs, "
-          f"torch {torch.__version__}; allocator {allocator}")
-    if compile_s is not None:
-        print(f"first compiled calls (build or load + 2 forwards): {compile_s:.2f} s")
-    print(f"{'variant':<10} {'median ms':>10} {'median ratio':>13} {'q25 ratio':>10} {'q75 ratio':>10} "
-          f"{'min/min':>8}")
-    fastest_off = min(off_times)
-    print(f"{'off':<10} {statistics.median(off_times) * 1e3:>10.2f} {'1':>13} {'':>10} {'':>10} {'1':>8}")
-    for name in variants:
-        q = statistics.quantiles(ratios[name], n=4)
-        print(f"{name:<10} {statistics.median(on_times[name]) * 1e3:>10.2f} {statistics.median(ratios[name]):>13.3f} "
-              f"{q[0]:>10.3f} {q[2]:>10.3f} {min(on_times[name]) / fastest_off:>8.3f}")
-    print("ratio = on / off of each back-to-back pair; the median over pairs is the figure to quote (min/min: "
-          "the fastest on over the fastest off, for reference on a busy machine)")
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"ActivationRecorder overhead: {args.stack} depth {args.depth}, N={args.batch}, {args.size}x{args.size}, "
+          f"{args.threads} threads, {args.repeats} rounds over {args.batches} batches, one recorder entered once")
+    print(f"CPU {cpu_model()} ({os.cpu_count()} logical CPUs), torch {torch.__version__} "
+          f"(CPU capability {torch.backends.cpu.get_cpu_capability()}), allocator {allocator}, load average "
+          f"at the end {load}")
+    q = statistics.quantiles(ratios, n=4)
+    print(f"{'':<4} {'median ms':>10}")
+    print(f"{'off':<4} {statistics.median(off_times) * 1e3:>10.2f}")
+    print(f"{'on':<4} {statistics.median(on_times) * 1e3:>10.2f}")
+    print(f"median ratio on/off {statistics.median(ratios):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}; "
+          f"fastest on / fastest off {min(on_times) / min(off_times):.3f})")
     return 0
 
 

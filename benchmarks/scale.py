@@ -45,7 +45,7 @@ def _worker(rank, world, port, threads, args, result):
     torch.set_num_threads(threads)
     images = load_images("synthetic", num_images=args.images, max_side=args.max_side, seed=0)
     stacks = build_stacks(args.depth, seed=0)
-    recorders = {name: ActivationRecorder(model, compile=False) for name, model in stacks.items()}
+    recorders = {name: ActivationRecorder(model) for name, model in stacks.items()}
     mine = [b for i, b in enumerate(batches(images, args.batch_size, args.depth)) if i % world == rank]
     if world > 1:
         dist.barrier()

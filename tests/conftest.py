@@ -1,5 +1,4 @@
 import os
-import tempfile
 
 import matplotlib
 import pytest
@@ -8,8 +7,6 @@ from hypothesis import HealthCheck, settings
 
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# the recorder's compiled kernel is built on first use: into a directory of this run, not the user's cache
-os.environ.setdefault("MASKED_TORCH_CACHE_DIR", tempfile.mkdtemp(prefix="masked_torch_test_cache_"))
 
 settings.register_profile(
     "ci", deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow], derandomize=True

@@ -269,7 +269,7 @@ def test_recorder_hooks_stay_eager_when_the_compiler_loads_later():
         "from masked_torch.analysis.recorder import ActivationRecorder\n"
         "assert 'torch._dynamo' not in sys.modules\n"
         "model = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3, padding=1), relu=nn.ReLU()))\n"
-        "with ActivationRecorder(model, compile=False) as rec:\n"
+        "with ActivationRecorder(model) as rec:\n"
         "    model(torch.randn(2, 3, 8, 8))\n"
         "    fn = torch.compile(lambda x: model(x), backend='eager')\n"
         "    fn(torch.randn(2, 3, 8, 8)); fn(torch.randn(2, 3, 8, 8))\n"

@@ -7,8 +7,26 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from masked_torch.analysis.kernels import error_bound
 from masked_torch.analysis.recorder import ActivationRecorder
 from masked_torch.analysis.stacks import build_stacks
+
+#: Merged ranks and one process sum the same positions in other batches (and around other references): each
+#: is within the kernel's documented bound of the exact moments, so they differ by at most twice the bound
+#: (kernels.error_bound; the merge's float64 rounding is inside it); tests allow that with this margin.
+MARGIN = 2.0
+
+
+def assert_same_moments(mean, var, want_mean, want_var, want_std):
+    """Two recordings of the same positions (float32 outputs): within twice the documented bound, with MARGIN."""
+    import numpy as np
+
+    var_rtol, mean_tol = error_bound()
+    k = 2 * MARGIN
+    mean, var, want_mean, want_var, want_std = (np.asarray(a, dtype=np.float64)
+                                                for a in (mean, var, want_mean, want_var, want_std))
+    assert np.all(np.abs(var - want_var) <= k * var_rtol * want_var), np.max(np.abs(var / want_var - 1))
+    assert np.all(np.abs(mean - want_mean) <= k * (mean_tol * want_std + 2.0**-52 * np.abs(want_mean)))
 
 
 def free_port() -> int:
@@ -31,7 +49,7 @@ def make_batches(count=5):
 
 
 def record(model, batches):
-    with ActivationRecorder(model, compile=False) as rec:
+    with ActivationRecorder(model) as rec:
         with torch.no_grad():
             for x, m in batches:
                 model(x, m)
@@ -62,10 +80,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     assert (got["count"].to_numpy() == want["count"].to_numpy()).all()
     for col in ("min", "max", "zero_frac"):
         assert (got[col].to_numpy() == want[col].to_numpy()).all(), col
-    for col in ("mean", "var"):
-        a, b = got[col].to_numpy(), want[col].to_numpy()
-        scale = abs(b).max()
-        assert (abs(a - b) <= 1e-6 * abs(b) + 1e-12 * scale).all(), col
+    assert_same_moments(got["mean"], got["var"], want["mean"], want["var"], want["std"])
 
 
 def test_reduce_without_process_group_is_identity():
@@ -76,14 +91,9 @@ def test_reduce_without_process_group_is_identity():
     assert before.equals(rec.to_frame())
 
 
-def _close(a, b, scale, rel=1e-6):
-    import numpy as np
-
-    return bool(np.all(np.abs(a - b) <= rel * (np.abs(b) + scale)))
-
-
 def test_cli_under_torchrun_writes_the_single_process_frame(tmp_path):
-    """torchrun --nproc_per_node=2: rank 0 writes the same frame as one process; other ranks write nothing."""
+    """torchrun --nproc_per_node=2: rank 0 writes the same frame as one process (counts, min, max, zeros
+    exactly; mean and variance within twice the kernel's documented bound); other ranks write nothing."""
     import subprocess
     import sys
     from pathlib import Path
@@ -94,6 +104,8 @@ def test_cli_under_torchrun_writes_the_single_process_frame(tmp_path):
              "--max-side", "96"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single, multi = tmp_path / "single", tmp_path / "multi"
+    # one thread everywhere: the forward's own float32 rounding may depend on the thread count (min and max
+    # are compared exactly); the kernel's bound holds for any count (test_record.py)
     subprocess.run([sys.executable, script, "--out", str(single), *flags], check=True, env=env, cwd=tmp_path)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-addr=127.0.0.1",
                 f"--master-port={free_port()}"]
@@ -106,8 +118,7 @@ def test_cli_under_torchrun_writes_the_single_process_frame(tmp_path):
     assert a[keys].equals(b[keys]) and (a["count"] == b["count"]).all()
     for col in ("min", "max", "zero_frac"):
         assert (a[col] == b[col]).all(), col
-    assert _close(b["mean"].to_numpy(), a["mean"].to_numpy(), a["std"].to_numpy())
-    assert _close(b["var"].to_numpy(), a["var"].to_numpy(), 0.0)
+    assert_same_moments(b["mean"], b["var"], a["mean"], a["var"], a["std"])
     pa, pb = (pd.read_parquet(d / "padding_sensitivity.parquet") for d in (single, multi))
     assert pa.drop(columns=["rel_error", "max_abs_error"]).equals(pb.drop(columns=["rel_error", "max_abs_error"]))
     # only rank 0 wrote: exactly the files of a single-process run, no stray temporary files
