@@ -34,13 +34,9 @@ standard deviation per channel over all images of the source: :func:`dataset_sta
 streamed pass, and :meth:`ImageSource.set_stats` hands them to the source (``make_loader`` does both).
 ``"none"`` keeps [0, 1] (synthetic: N(0, 1)).
 
-The in-memory helpers of earlier versions (:func:`load_images`, :func:`batches`, :func:`pad_batch`,
-:func:`pad_alone`, :func:`synthetic_images`, :func:`photo_images`, :func:`folder_images`) are kept and are
-thin uses of the sources; they hold every image, so a run over a large collection should use
-:func:`masked_torch.analysis.loader.make_loader` instead. :func:`pad_batch` puts each image at the top-left
-corner of a zero canvas as large as the largest image, rounded up to a multiple of ``2**depth``, with a
-``(N, 1, H, W)`` float mask that is 1 inside the image and 0 in the padding; :func:`pad_alone` gives one image
-padded only to its own size rounded up to ``2**depth``: the reference a padded batch is compared against.
+Batches: :func:`masked_torch.analysis.loader.make_loader` streams a source in padded batches
+(:func:`masked_torch.utils.pad_batch`), and :func:`~masked_torch.analysis.loader.crop_alone` gives an image of a
+batch alone; ``[source.load(i) for i in range(len(source))]`` holds a (small) source's images in memory.
 """
 from __future__ import annotations
 
@@ -49,20 +45,20 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .choices import NORMALIZE
+from .moments import Moments, merge_moments
 
 __all__ = [
     "DataError", "SkippedImageWarning", "Image", "Skipped", "Batch", "PHOTOS", "IMAGE_SUFFIXES", "NORMALIZE",
     "round_up", "shrunk_size", "to_rgb_float", "read_image", "resize_max_side", "standardize",
-    "normalize_images", "paste_masks", "ImageSource", "SyntheticSource", "PhotoSource", "FolderSource", "open_source",
+    "paste_masks", "ImageSource", "SyntheticSource", "PhotoSource", "FolderSource", "open_source",
     "list_images", "dataset_stats",
-    "synthetic_images", "photo_images", "folder_images", "load_images", "pad_batch", "pad_alone", "batches",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
@@ -292,21 +288,6 @@ def standardize(pixels: np.ndarray, eps: float = EPS) -> np.ndarray:
 def _apply_stats(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray, eps: float = EPS) -> np.ndarray:
     std = np.maximum(np.asarray(std, np.float64), eps)
     return ((pixels - np.asarray(mean, np.float64)[:, None, None]) / std[:, None, None]).astype(np.float32)
-
-
-def normalize_images(images: list[Image], how: str = "image", eps: float = EPS) -> list[Image]:
-    """Standardise a list of images held in memory (see the module docstring); returns new :class:`Image`
-    objects. For a source that streams, set ``normalize=`` on :func:`open_source` instead."""
-    if how not in NORMALIZE:
-        raise DataError(f"normalize must be one of {NORMALIZE}, got {how!r}")
-    if how == "none" or not images:
-        return list(images)
-    if how == "image":
-        return [Image(im.name, standardize(im.pixels, eps)) for im in images]
-    total = sum(im.pixels.shape[1] * im.pixels.shape[2] for im in images)
-    mean = sum(im.pixels.astype(np.float64).sum(axis=(1, 2)) for im in images) / total
-    var = sum(((im.pixels.astype(np.float64) - mean[:, None, None]) ** 2).sum(axis=(1, 2)) for im in images) / total
-    return [Image(im.name, _apply_stats(im.pixels, mean, np.sqrt(var), eps)) for im in images]
 
 
 # ------------------------------------------------------------------------------------------------- sources
@@ -677,26 +658,18 @@ def open_source(
 
 
 # ------------------------------------------------------------------------------------------- dataset stats
-def _image_moments(pixels: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """``(n, mean[3], M2[3])`` of one ``(3, H, W)`` image, float64 (``M2``: sum of squared deviations)."""
+def _image_moments(pixels: np.ndarray) -> np.ndarray:
+    """The per-channel moments of one ``(C, H, W)`` image, float64, packed as
+    :meth:`~masked_torch.analysis.moments.Moments.to_tensor` lays them out (``(6, C)``: count, mean, m2, min,
+    max, zeros), as numpy: a worker hands it over pickled, not as a shared-memory tensor."""
     p = pixels.reshape(pixels.shape[0], -1).astype(np.float64)
     mean = p.mean(axis=1)
-    return p.shape[1], mean, ((p - mean[:, None]) ** 2).sum(axis=1)
-
-
-def _merge_moments(a: tuple, b: tuple) -> tuple:
-    """Chan et al.'s merge of two ``(n, mean, M2)``."""
-    na, ma, m2a = a
-    nb, mb, m2b = b
-    n = na + nb
-    if nb == 0:
-        return a
-    delta = mb - ma
-    return n, ma + delta * (nb / n), m2a + m2b + delta**2 * (na * nb / n)
+    return np.stack([np.full_like(mean, p.shape[1]), mean, ((p - mean[:, None]) ** 2).sum(axis=1),
+                     p.min(axis=1), p.max(axis=1), (p == 0).sum(axis=1).astype(np.float64)])
 
 
 class _MomentsCollate:
-    """Collate for :func:`dataset_stats`: per image its moments (computed in the worker) or its record."""
+    """Collate for :func:`dataset_stats`: per image its packed moments (computed in the worker) or its record."""
 
     def __call__(self, items: list) -> list:
         return [item if isinstance(item, Skipped) else _image_moments(item.pixels) for item in items]
@@ -725,102 +698,13 @@ def dataset_stats(
     loader = DataLoader(raw, batch_size=batch_size, sampler=readable, collate_fn=_MomentsCollate(),
                         num_workers=workers, persistent_workers=False, prefetch_factor=2 if workers else None,
                         multiprocessing_context=start_method if workers else None)
-    total = (0, np.zeros(3), np.zeros(3))
+    total = Moments.empty(3)
     for part in loader:
         for item in part:
             if isinstance(item, Skipped):
                 raw.report(item, on_skip)
             else:
-                total = _merge_moments(total, item)
-    n, mean, m2 = total
-    if n == 0:
+                total = merge_moments(total, Moments.from_tensor(torch.from_numpy(item)))
+    if not bool((total.count > 0).all()):
         raise DataError(f"no readable image to compute dataset statistics from ({len(raw)} images, all skipped)")
-    return mean, np.sqrt(m2 / n)
-
-
-# ------------------------------------------------------------------------------- in-memory helpers (older)
-def _all(source: ImageSource) -> list[Image]:
-    return [source.load(i) for i in range(len(source))]
-
-
-def synthetic_images(
-    num_images: int, *, seed: int = 0, max_side: int = 256, min_side: Optional[int] = None
-) -> list[Image]:
-    """``num_images`` N(0, 1) noise images (float32, 3 channels), each side uniform in ``[min_side, max_side]``
-    (``min_side`` defaults to ``max_side // 4``, at least 1), as :class:`SyntheticSource` draws them."""
-    return _all(SyntheticSource(num_images, seed=seed, max_side=max_side, min_side=min_side, normalize="none"))
-
-
-def photo_images(
-    names: Optional[Sequence[str]] = None, *, num_images: Optional[int] = None, max_side: Optional[int] = None
-) -> list[Image]:
-    """The bundled photos (all of :data:`PHOTOS`, or ``names``), the first ``num_images`` of them, in [0, 1]."""
-    return _all(PhotoSource(names, num_images=num_images, max_side=max_side, normalize="none", strict=True))
-
-
-def folder_images(
-    path: Union[str, os.PathLike], *, num_images: Optional[int] = None, max_side: Optional[int] = None
-) -> list[Image]:
-    """The images under the folder ``path`` (recursively) or the single image file ``path``, in [0, 1]; a file
-    that cannot be read is a :class:`DataError` naming it."""
-    return _all(FolderSource(path, num_images=num_images, max_side=max_side, normalize="none", strict=True))
-
-
-def load_images(
-    data: str,
-    *,
-    num_images: Optional[int] = None,
-    max_side: Optional[int] = 256,
-    seed: int = 0,
-    normalize: str = "image",
-) -> list[Image]:
-    """Every image of ``open_source(data, ..., strict=True)``, decoded and normalised, held in memory."""
-    source = open_source(data, num_images=num_images, max_side=max_side, seed=seed, normalize=normalize,
-                         strict=True)
-    if normalize == "dataset":
-        source.set_stats(*dataset_stats(source))
-    return _all(source)
-
-
-def pad_batch(
-    images: Sequence[Image], depth: int, *, size: Optional[tuple[int, int]] = None,
-    index: Optional[Sequence[int]] = None,
-) -> Batch:
-    """Pad ``images`` top-left onto one zero canvas: the largest height and width, each rounded up to a
-    multiple of ``2**depth`` (or ``size``, which must fit them and be such multiples). Mask 1 inside each image."""
-    if not images:
-        raise ValueError("pad_batch: no images")
-    if depth < 0:
-        raise ValueError(f"depth must be >= 0, got {depth}")
-    m = 2**depth
-    hmax = max(im.size[0] for im in images)
-    wmax = max(im.size[1] for im in images)
-    if size is None:
-        size = (round_up(hmax, m), round_up(wmax, m))
-    H, W = size
-    if H < hmax or W < wmax or H % m or W % m:
-        raise ValueError(f"pad_batch: size {size} must hold {hmax}x{wmax} and be multiples of 2**depth={m}")
-    x = torch.zeros(len(images), 3, H, W, dtype=torch.float32)
-    mask = torch.zeros(len(images), 1, H, W, dtype=torch.float32)
-    for i, im in enumerate(images):
-        h, w = im.size
-        x[i, :, :h, :w] = torch.from_numpy(np.ascontiguousarray(im.pixels, dtype=np.float32))
-        mask[i, :, :h, :w] = 1.0
-    return Batch(x, mask, [im.name for im in images], [im.size for im in images],
-                 list(range(len(images))) if index is None else list(index))
-
-
-def pad_alone(image: Image, depth: int, *, index: int = 0) -> Batch:
-    """One image "alone": a batch of 1 padded only to its own size rounded up to ``2**depth``."""
-    return pad_batch([image], depth, index=[index])
-
-
-def batches(images: Sequence[Image], batch_size: int, depth: int) -> Iterator[Batch]:
-    """Consecutive padded batches of ``batch_size`` images (the last may be smaller), in order."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for start in range(0, len(images), batch_size):
-        chunk = list(images[start:start + batch_size])
-        batch = pad_batch(chunk, depth, index=range(start, start + len(chunk)))
-        batch.batch_index = start // batch_size
-        yield batch
+    return total.mean.numpy(), total.std.numpy()

@@ -28,9 +28,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-MASKS = ("padding", "holes")
-"""The ``--mask`` choices: ``padding`` (only the padding of a batch is invalid) and ``holes`` (also holes)."""
-
 DEFAULT_COVERAGE = (0.1, 0.3)
 _MAX_SHAPES = 400  # strokes and ellipses before the rest is filled around the last point (never reached in practice)
 _ELLIPSE_P = 0.15  # chance that a shape is an ellipse rather than a brush stroke

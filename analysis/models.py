@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from masked_torch.nn import ELEMENTWISE, Masked, MaskedModule, Unmasked
 
-from .choices import INITS
+from .choices import INITS, MODEL_NAMES
 from .data import DataError
 from .settings import SettingsError
 from .stacks import ACTIVATIONS, build_plain, build_variants
@@ -44,9 +44,6 @@ from .selection import select_layers
 __all__ = ["MODEL_NAMES", "MAX_PARAMETERS", "build_model", "check_parameters", "build_variants", "canvas_multiple", "reference_multiple", "load_weights",
            "layer_table",
            "LAYER_TABLE_COLUMNS", "module_kind", "default_block", "ResNet", "BasicBlock", "UNet", "resnet18", "unet"]
-
-#: The models :func:`build_model` offers (the first is the default).
-MODEL_NAMES = ("stack", "resnet18", "unet")
 
 #: Columns of :func:`layer_table`, in order.
 LAYER_TABLE_COLUMNS = ("layer", "order", "depth", "kind", "block", "channels", "stride")

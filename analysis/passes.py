@@ -189,7 +189,7 @@ class ImageStatsPass(_PerImagePass):
                 mean_a, var_a, _ = _valid_moments(aout[0], None if amask is None else amask[0],
                                                   region(aout[0], size, alone_canvas))
                 self.rows.append(dict(
-                    stack=s, layer=layer, **cols, count=n, mean=mean, var=var, mean_alone=mean_a, var_alone=var_a,
+                    stack=s, layer=layer, **cols, values=n, mean=mean, var=var, mean_alone=mean_a, var_alone=var_a,
                     rel_var=_ratio(var, var_a)))
 
 

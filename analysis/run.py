@@ -6,12 +6,14 @@ figures.
 runs every stack once on each padded batch and once on each of its images alone, and hands the outputs to
 the passes of :mod:`~masked_torch.analysis.passes`; each returns one frame of :class:`Results`:
 
-* ``stats``       -- one row per (stack, layer, channel): ``count, mean, var, std, min, max, zero_frac`` over
-  the valid positions of every image; besides the stacks asked for, ``conv_alone`` is the plain model on
-  each image alone (padded only to its own size rounded up to the canvas multiple);
+* ``stats``       -- one row per (stack, layer, channel): ``count`` (the channel's valid positions, over every
+  image), ``mean, var, std, min, max, zero_frac`` over them; besides the stacks asked for, ``conv_alone`` is
+  the plain model on each image alone (padded only to its own size rounded up to the canvas multiple); the
+  settings as columns, ``<NA>`` where the model does not use one (:func:`with_settings`);
 * ``padding``     -- one row per (stack, reference, layer, image): ``rel_error = ||batch - ref|| / ||ref||``;
-* ``image_stats`` -- one row per (stack, layer, image): mean and variance in the batch and alone, and
-  ``pad_fraction``, the padded share of the image's batch canvas;
+* ``image_stats`` -- one row per (stack, layer, image): mean and variance in the batch and alone over the
+  image's ``values`` (its valid positions times channels: all channels together), and ``pad_fraction``, the
+  padded share of the image's batch canvas;
 * ``maps``        -- channel-mean maps of a few layers for one image (figure 1).
 
 Every frame carries each layer's place in the network (:func:`~masked_torch.analysis.models.layer_table`):
@@ -24,7 +26,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,12 +42,12 @@ from .models import (build_model, build_variants, canvas_multiple, check_paramet
                      reference_multiple)
 from .passes import (REFERENCE, ImageStatsPass, MapsPass, PaddingPass, StatsPass, capture_outputs, map_layers)
 from .selection import select_layers
-from .settings import Settings, SettingsError, check_depth
+from .settings import IGNORED_BY_MODEL, Settings, SettingsError, check_depth
 
 __all__ = [
     "Settings", "SettingsError", "Results", "METADATA_KEY", "STATS_FILE", "PADDING_FILE", "IMAGE_STATS_FILE",
     "FIGURES", "run_experiment", "write_outputs", "write_parquet_atomic", "read_settings", "capture_outputs",
-    "stats_frame", "recorded_layers",
+    "stats_frame", "with_settings", "recorded_layers",
 ]
 
 _SETTING_COLUMNS = ("model", "data", "activation", "bias", "init", "seed", "normalize", "mask")
@@ -69,6 +71,19 @@ class Results:
     tensor_stats: pd.DataFrame = field(default_factory=pd.DataFrame)  # "seed": the seed's whole-tensor statistics
 
 
+class _RankPart(NamedTuple):
+    """What one process of a run hands to the others (``gather_objects``) besides its recorders' moments."""
+
+    padding: list[dict]  # PaddingPass rows
+    image_stats: list[dict]  # ImageStatsPass rows
+    maps: list[dict]  # MapsPass rows (one process has them: the one that ran the figure image)
+    rgb: Optional[np.ndarray]  # the figure image's display picture, with the maps
+    images: list[dict]  # name, h, w, batch of every image it ran
+    skipped: list[tuple[str, str]]  # (name, reason) of every file it could not read
+    canvas_px: int  # pixels of its batch canvases
+    image_px: int  # pixels of its images
+
+
 def recorded_layers(model: torch.nn.Module) -> list[str]:
     """Names of the layers a run records: the recorder's default selection."""
     return [name for name, _ in select_layers(model)]
@@ -85,15 +100,32 @@ def _with_layers(frame: pd.DataFrame, table: pd.DataFrame, at: int = 2) -> pd.Da
     return frame
 
 
+#: The nullable dtype of each setting some model ignores (``<NA>`` there), for every model, so that runs concatenate.
+_NULLABLE = {key: "boolean" if isinstance(getattr(Settings(), key), bool) else "Int64"
+             for keys in IGNORED_BY_MODEL.values() for key in keys}
+
+
+def with_settings(frame: pd.DataFrame, settings: Settings, keys) -> pd.DataFrame:
+    """``frame`` with one column per setting in ``keys``, in place: the network's depth setting is ``net_depth``
+    (``depth`` is the layer's), stacks are joined with ``+``; a setting the run's model does not use
+    (:meth:`Settings.applies`) is ``<NA>``, in a nullable column (``Int64``, ``boolean``) for every model; a text
+    is made writable (:func:`~masked_torch.analysis.files.safe_text`: a folder name need not be UTF-8)."""
+    for key in keys:
+        value = getattr(settings, key)
+        value = "+".join(value) if isinstance(value, (list, tuple)) else value
+        value = safe_text(value) if isinstance(value, str) else value
+        column = "net_depth" if key == "depth" else key
+        if key in _NULLABLE:
+            frame[column] = pd.array([value if settings.applies(key) else pd.NA] * len(frame), dtype=_NULLABLE[key])
+        else:
+            frame[column] = value
+    return frame
+
+
 def stats_frame(frame: pd.DataFrame, settings: Settings, table: pd.DataFrame) -> pd.DataFrame:
     """The recorders' frame (with a ``stack`` column) as the tidy stats frame: the layers' place in the
-    network, and the settings as columns (the network's depth setting is ``net_depth``)."""
-    stats = _with_layers(frame, table)
-    for key in _SETTING_COLUMNS:
-        value = getattr(settings, key)
-        stats[key] = safe_text(value) if isinstance(value, str) else value  # a folder name need not be UTF-8
-    stats["net_depth"] = settings.depth
-    return stats
+    network, and the settings as columns (:func:`with_settings`)."""
+    return with_settings(_with_layers(frame, table), settings, (*_SETTING_COLUMNS, "depth"))
 
 
 def _forward(model, x, mask, names, recorder=None) -> dict:
@@ -205,27 +237,27 @@ def run_experiment(settings: Settings, *, progress: bool = True, plain: Optional
     if bar is not None:
         bar.close()
 
-    parts = [(padding.rows, per_image.rows, maps.rows, maps.rgb, images, loader.skipped, canvas_px, image_px)]
+    parts = [_RankPart(padding.rows, per_image.rows, maps.rows, maps.rgb, images, loader.skipped, canvas_px,
+                       image_px)]
     if world > 1:
         stats.reduce()
         parts = gather_objects(parts[0])
 
-    def in_run_order(i: int) -> list:  # the ranks' rows, in the order of a single-process run
-        rows = [row for p in parts for row in p[i]]
-        return sorted(rows, key=lambda row: row["batch"]) if i in (0, 1) else rows
+    def in_run_order(field: str) -> list:  # the ranks' rows, in the order of a single-process run
+        return sorted((row for p in parts for row in getattr(p, field)), key=lambda row: row["batch"])
 
-    rows = [in_run_order(i) for i in (0, 1)]
-    maps_rows, rgb = next(((p[2], p[3]) for p in parts if p[2]), ([], None))
-    images = sorted((im for p in parts for im in p[4]), key=lambda im: im["batch"])
-    skipped = sorted({sk for p in parts for sk in p[5]})
-    canvas_px, image_px = sum(p[6] for p in parts), sum(p[7] for p in parts)
+    padding_rows, image_rows = in_run_order("padding"), in_run_order("image_stats")
+    maps_rows, rgb = next(((p.maps, p.rgb) for p in parts if p.maps), ([], None))
+    images = in_run_order("images")
+    skipped = sorted({sk for p in parts for sk in p.skipped})
+    canvas_px, image_px = sum(p.canvas_px for p in parts), sum(p.image_px for p in parts)
     if not maps_rows:  # the figure image was in no batch that ran (it failed to decode)
         raise DataError(f"figure image {settings.figure_image!r} could not be decoded; no activation maps")
     return Results(
         settings=settings,
         stats=stats_frame(stats.frame(), settings, table),
-        padding=_with_layers(pd.DataFrame(rows[0]), table, at=3),
-        image_stats=_with_layers(pd.DataFrame(rows[1]), table),
+        padding=_with_layers(pd.DataFrame(padding_rows), table, at=3),
+        image_stats=_with_layers(pd.DataFrame(image_rows), table),
         maps=_with_layers(pd.DataFrame(maps_rows), table),
         rgb=rgb,
         images=images[:_MAX_LISTED_IMAGES],

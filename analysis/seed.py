@@ -130,7 +130,8 @@ class SeedSource(ImageSource):
 
 
 def tensor_moments(t: torch.Tensor) -> dict:
-    """The seed's printed statistics of one sample's tensor, over every entry, in float64: ``count``, ``mean``,
+    """The seed's printed statistics of one sample's tensor, over every entry, in float64: ``values`` (the number of
+    entries: positions x channels; ``count`` is kept for positions per channel, as in the stats frame), ``mean``,
     population ``std``, ``skewness`` and ``kurtosis`` (standardised 3rd and 4th moments; NaN where ``std`` is 0)."""
     x = t.detach().double().flatten()
     mean = x.mean()
@@ -139,7 +140,7 @@ def tensor_moments(t: torch.Tensor) -> dict:
     std = math.sqrt(var)
     skew = float((d**3).mean()) / std**3 if std > 0 else float("nan")
     kurt = float((d**4).mean()) / var**2 if std > 0 else float("nan")
-    return dict(count=x.numel(), mean=float(mean), std=std, skewness=skew, kurtosis=kurt)
+    return dict(values=x.numel(), mean=float(mean), std=std, skewness=skew, kurtosis=kurt)
 
 
 class TensorStatsPass:

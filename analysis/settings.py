@@ -14,7 +14,13 @@ from typing import Any, Mapping, Optional
 
 from .choices import ACTIVATION_NAMES, INITS, MASKS, MODEL_NAMES, NORMALIZE, STACKS
 
-__all__ = ["Settings", "SettingsError", "check_depth", "deepest"]
+__all__ = ["Settings", "SettingsError", "IGNORED_BY_MODEL", "check_depth", "deepest"]
+
+#: The settings a model does not use, by model. A run's rows carry ``<NA>`` for them (the parquet metadata
+#: keeps the settings as given). The ResNet-18's depth is fixed (five resolution levels); its ``bias`` is only
+#: that of ``fc``, which is not a recorded layer (the recorder takes convolutions, norms and activations), so no
+#: row depends on it.
+IGNORED_BY_MODEL: dict[str, tuple[str, ...]] = {"resnet18": ("depth", "bias")}
 
 
 class SettingsError(ValueError):
@@ -113,6 +119,10 @@ class Settings:
             raise SettingsError(f"setting 'weights' takes a file path; got {self.weights!r}")
         if self.max_side is not None:  # without max_side the run checks against its largest image
             check_depth(self.model, self.depth, self.max_side)
+
+    def applies(self, name: str) -> bool:
+        """Whether setting ``name`` changes anything for this run's model (:data:`IGNORED_BY_MODEL`)."""
+        return name not in IGNORED_BY_MODEL.get(self.model, ())
 
     def to_dict(self) -> dict:
         d = asdict(self)

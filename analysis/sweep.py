@@ -39,7 +39,7 @@ from typing import Iterable, Optional, Sequence
 import pandas as pd
 
 from .files import write_parquet_atomic
-from .run import run_experiment
+from .run import run_experiment, with_settings
 from .settings import Settings, SettingsError
 
 __all__ = ["SweepError", "SweepResult", "load_grid", "parse_vary", "expand_grid", "config_id", "run_sweep"]
@@ -114,13 +114,9 @@ def config_id(settings: Settings) -> str:
 
 
 def _setting_columns(frame: pd.DataFrame, settings: Settings, cid: str) -> pd.DataFrame:
-    """One column per setting; the network's ``depth`` setting is ``net_depth`` (``depth`` is the layer's)."""
-    frame = frame.copy()
-    for key, value in settings.to_dict().items():
-        if key in _NOT_IN_RESULTS:
-            continue
-        value = "+".join(value) if isinstance(value, list) else value
-        frame["net_depth" if key == "depth" else key] = value
+    """One column per setting (:func:`~masked_torch.analysis.run.with_settings`: ``net_depth`` for the network's
+    depth, ``<NA>`` where the model does not use a setting)."""
+    frame = with_settings(frame.copy(), settings, [k for k in Settings.names() if k not in _NOT_IN_RESULTS])
     frame["config"] = cid
     return frame
 

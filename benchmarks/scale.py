@@ -27,7 +27,8 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from masked_torch.analysis.data import batches, load_images  # noqa: E402
+from masked_torch.analysis.data import open_source  # noqa: E402
+from masked_torch.analysis.loader import make_loader  # noqa: E402
 from masked_torch.analysis.recorder import ActivationRecorder  # noqa: E402
 from masked_torch.analysis.stacks import build_stacks  # noqa: E402
 
@@ -43,10 +44,11 @@ def _worker(rank, world, port, threads, args, result):
     if world > 1:
         dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(threads)
-    images = load_images("synthetic", num_images=args.images, max_side=args.max_side, seed=0)
+    source = open_source("synthetic", num_images=args.images, max_side=args.max_side, seed=0)
     stacks = build_stacks(args.depth, seed=0)
     recorders = {name: ActivationRecorder(model) for name, model in stacks.items()}
-    mine = [b for i, b in enumerate(batches(images, args.batch_size, args.depth)) if i % world == rank]
+    # batch i on rank i % world, every batch decoded and padded before the timing starts
+    mine = list(make_loader(source, batch_size=args.batch_size, multiple=2**args.depth, rank=rank, world=world))
     if world > 1:
         dist.barrier()
     start = time.perf_counter()

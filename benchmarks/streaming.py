@@ -11,7 +11,8 @@ fresh Python process, for the first ``--small`` images and for all of them:
   on every batch, under ``torch.no_grad()`` (one thread, as the suite runs);
 * ``stream+conv+limit`` -- the same, with :func:`masked_torch.analysis.loader.limit_heap_growth` called in
   the main process too (the workers always call it);
-* ``in-memory+conv`` -- the older way, for comparison: ``load_images`` (every image held) then ``batches``.
+* ``in-memory+conv`` -- the older way, for comparison: every image decoded and held first, then padded in
+  consecutive batches (``masked_torch.utils.pad_batch``).
 
 Each child prints its peak resident memory (``getrusage``: ``ru_maxrss`` of the process, and of its largest
 finished child, i.e. one DataLoader worker) and images per second (from opening the source to the last
@@ -52,7 +53,7 @@ def write_folder(folder: Path, n: int, seed: int = 0) -> None:
 def child(args) -> None:
     import torch
 
-    from masked_torch.analysis.data import batches, load_images, open_source
+    from masked_torch.analysis.data import Batch, open_source
     from masked_torch.analysis.loader import limit_heap_growth, make_loader
     from masked_torch.analysis.stacks import build_stacks
 
@@ -64,12 +65,15 @@ def child(args) -> None:
         limit_heap_growth()
     start = time.perf_counter()
     images = batches_seen = 0
+    source = open_source(args.folder, num_images=args.num_images, max_side=256)
     if args.mode.startswith("stream"):
-        source = open_source(args.folder, num_images=args.num_images, max_side=256)
         it = make_loader(source, batch_size=args.batch_size, multiple=2**depth, workers=workers)
-    else:
-        held = load_images(args.folder, num_images=args.num_images, max_side=256)
-        it = batches(held, args.batch_size, depth)
+    else:  # every image decoded first and held, then padded in consecutive batches
+        from masked_torch.utils import pad_batch
+
+        held = [torch.from_numpy(source.load(i).pixels) for i in range(len(source))]
+        it = (Batch(*pad_batch(held[s:s + args.batch_size], 2**depth), [], [])
+              for s in range(0, len(held), args.batch_size))
     with torch.no_grad():
         for b in it:
             if model is not None:

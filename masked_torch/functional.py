@@ -58,6 +58,7 @@ __all__ = [
     "masked_var",
     "masked_max_dim",
     "masked_stack",
+    "valid_extents",
 ]
 
 _Size = Union[int, Sequence[int]]
@@ -487,15 +488,8 @@ def masked_batch_norm(
     zero = torch.zeros((), dtype=dtype, device=input.device)
     x = torch.where(valid, input.to(dtype), zero)  # garbage under the mask: selected away, never 0 * x
     if training or running_mean is None:
-        dims = (0,) + tuple(range(2, x.dim()))
-        xs = x
-        count = valid.to(dtype).sum(dim=dims)
-        if count.numel() == 1:
-            count = count.expand(c)
-        denom = count.clamp_min(1)
-        mean = xs.sum(dim=dims) / denom
-        centred = torch.where(valid, x - mean.view(shape), zero)
-        var = (centred * centred).sum(dim=dims) / denom
+        count, mean, _, var = _valid_moments(x, valid, (0,) + tuple(range(2, x.dim())))
+        count, mean, var = count.reshape(-1).expand(c), mean.reshape(c), var.reshape(c)
         if training and running_mean is not None and running_var is not None:
             with torch.no_grad():
                 # a channel with no valid position leaves both running stats as they are; with one, the
@@ -726,6 +720,20 @@ def _count(valid: Tensor, shape: Sequence[int], dims: tuple[int, ...], dtype: to
     return count * math.prod(shape[d] for d in dims if valid.shape[d] == 1)
 
 
+def _valid_moments(x: Tensor, valid: Tensor, dims: tuple[int, ...], correction: float = 0
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The one masked mean and variance: ``(count, mean, centred, var)`` over the valid entries of ``dims``
+    (kept as size-1 dims). ``x`` is already in the dtype to compute in and 0 where not ``valid`` (which
+    broadcasts against it: a dim where it has size 1 counts every entry); ``centred`` is ``x - mean`` at the
+    valid entries and 0 elsewhere; ``var`` is the sum of squared deviations over ``count - correction``
+    (Bessel's correction as ``torch.var``; 0 where no entry is valid)."""
+    count = _count(valid, x.shape, dims, x.dtype, True)
+    mean = x.sum(dim=dims, keepdim=True) / count.clamp_min(1)
+    centred = torch.where(valid, x - mean, torch.zeros((), dtype=x.dtype, device=x.device))
+    var = (centred * centred).sum(dim=dims, keepdim=True) / (count - correction).clamp_min(1e-30)
+    return count, mean, centred, var
+
+
 def _no_batch(dims: tuple[int, ...], name: str) -> None:
     if 0 in dims:
         raise ValueError(f"{name}: a reduction over the batch dim mixes the samples of a padded batch")
@@ -804,12 +812,8 @@ def masked_var(input: Tensor, mask: Optional[Tensor], dim=None, correction: floa
     else:
         valid = mask != 0
         dtype = torch.promote_types(input.dtype, torch.float32)
-        zero = torch.zeros((), dtype=dtype, device=input.device)
-        x = torch.where(valid, input.to(dtype), zero)
-        count = _count(valid, input.shape, dims, dtype, True)
-        mean = x.sum(dim=dims, keepdim=True) / count.clamp_min(1)
-        centred = torch.where(valid, x - mean, zero)
-        y = (centred * centred).sum(dim=dims, keepdim=True) / (count - correction).clamp_min(1e-30)
+        x = torch.where(valid, input.to(dtype), torch.zeros((), dtype=dtype, device=input.device))
+        y = _valid_moments(x, valid, dims, correction)[3]
         y = (y.sqrt() if std else y).to(input.dtype)
         if not keepdim:
             y = y.squeeze(dims)
@@ -855,10 +859,7 @@ def _normalize(x: Tensor, valid: Tensor, dims: tuple[int, ...], eps: float) -> T
     (``valid`` broadcasts against ``x``); 0 where not valid. Computed in float32 at least."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     xs = torch.where(valid, x.to(dtype), torch.zeros((), dtype=dtype, device=x.device))
-    count = _count(valid, x.shape, dims, dtype, True)
-    mean = xs.sum(dim=dims, keepdim=True) / count.clamp_min(1)
-    centred = torch.where(valid, xs - mean, torch.zeros((), dtype=dtype, device=x.device))
-    var = (centred * centred).sum(dim=dims, keepdim=True) / count.clamp_min(1)
+    _, _, centred, var = _valid_moments(xs, valid, dims)
     return centred * torch.rsqrt(var + eps)
 
 
@@ -1299,22 +1300,26 @@ def _left_pad_region(t: Tensor, pad: Sequence[int]) -> Tensor:
     return region
 
 
-def _extents(mask: Tensor) -> list[Optional[tuple[int, ...]]]:
-    """Per sample, the extent of its valid region from the origin (last valid index + 1 along each spatial
-    dim), or ``None`` for a sample with no valid position."""
-    nd = mask.dim() - 2
+def valid_extents(mask: Tensor) -> list[tuple[int, ...]]:
+    """Per sample of a mask ``(N, C, *S)``, the size of the bounding box of ``mask != 0`` (any channel) from
+    the origin: last valid index + 1 along each spatial dim; 0 along every dim for a sample with no valid
+    position (and along a dim of size 0)."""
     valid = (mask != 0).any(dim=1)  # (N, *S)
-    out = []
-    per_dim = []
-    for d in range(nd):
-        other = tuple(1 + e for e in range(nd) if e != d)
-        along = valid.any(dim=other) if other else valid  # (N, S_d)
-        idx = torch.arange(1, along.shape[1] + 1, device=mask.device)
-        per_dim.append((along * idx).amax(dim=1))
-    ends = torch.stack(per_dim, dim=1).tolist() if nd else [[] for _ in range(mask.shape[0])]
-    for row in ends:
-        out.append(tuple(int(e) for e in row) if all(e > 0 for e in row) else None)
-    return out
+    n, spatial = valid.shape[0], valid.shape[1:]
+    if n == 0:
+        return []
+    columns = []
+    for d, s in enumerate(spatial):
+        if s == 0 or valid.numel() == 0:
+            columns.append(torch.zeros(n, dtype=torch.long, device=mask.device))
+            continue
+        others = [k + 1 for k in range(len(spatial)) if k != d]
+        along = valid.any(dim=others) if others else valid  # (N, s)
+        index = torch.arange(1, s + 1, device=mask.device)
+        columns.append((along * index).amax(dim=1))
+    if not columns:
+        return [() for _ in range(n)]
+    return [tuple(row) for row in torch.stack(columns, dim=1).tolist()]
 
 
 def interpolate_to(input: Tensor, mask: Optional[Tensor], like_mask: Optional[Tensor], size, mode: str = "nearest",
@@ -1333,7 +1338,7 @@ def interpolate_to(input: Tensor, mask: Optional[Tensor], like_mask: Optional[Te
         raise ValueError(f"{name}: size {size} is not the spatial size of the tensor it was read from "
                          f"(mask {tuple(like_mask.shape)})")
     out = input.new_zeros(input.shape[:2] + size)
-    src, dst = _extents(mask), _extents(like_mask)
+    src, dst = ([e if all(v > 0 for v in e) else None for e in valid_extents(m)] for m in (mask, like_mask))
     for k, (a, b) in enumerate(zip(src, dst)):
         if a is None or b is None:
             continue

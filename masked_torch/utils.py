@@ -30,6 +30,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import default_collate
 
+from .functional import valid_extents
+
 __all__ = ["pad_batch", "unpad", "PadCollate", "collate"]
 
 _Multiple = Union[int, Sequence[int]]
@@ -134,24 +136,6 @@ def pad_batch(
     return x, mask
 
 
-def _extents(mask: Tensor) -> list[tuple[int, ...]]:
-    """Per sample, the size of the bounding box of ``mask != 0`` from the origin: last valid index + 1."""
-    valid = (mask != 0).any(dim=1)  # (N, *S)
-    n, spatial = valid.shape[0], valid.shape[1:]
-    if n == 0:
-        return []
-    columns = []
-    for d, s in enumerate(spatial):
-        if s == 0 or valid.numel() == 0:
-            columns.append(torch.zeros(n, dtype=torch.long, device=mask.device))
-            continue
-        others = [k + 1 for k in range(len(spatial)) if k != d]
-        along = valid.any(dim=others) if others else valid  # (N, s)
-        index = torch.arange(1, s + 1, device=mask.device)
-        columns.append((along * index).amax(dim=1))
-    return [tuple(row) for row in torch.stack(columns, dim=1).tolist()]
-
-
 def _unpad_tensor(output: Tensor, mask: Optional[Tensor], where: str) -> list[Tensor]:
     if not isinstance(output, Tensor) or not (mask is None or isinstance(mask, Tensor)):
         raise ValueError(f"unpad: {where}expected a tensor output and a tensor mask (or None), got "
@@ -168,7 +152,7 @@ def _unpad_tensor(output: Tensor, mask: Optional[Tensor], where: str) -> list[Te
         raise ValueError(f"unpad: {where}mask {tuple(mask.shape)} does not fit output {tuple(output.shape)}: "
                          f"expected (N, 1, *S) or (N, C, *S) with the output's N, C and spatial size S, "
                          f"or (N, 1) / (N,) for an output without spatial dimensions")
-    return [output[(i, slice(None), *(slice(0, e) for e in ext))] for i, ext in enumerate(_extents(mask))]
+    return [output[(i, slice(None), *(slice(0, e) for e in ext))] for i, ext in enumerate(valid_extents(mask))]
 
 
 def _unpad(output: Any, mask: Any, where: str) -> list[Any]:

@@ -1,6 +1,6 @@
 """masked_torch.analysis.data: lazy sources (synthetic, photos, folders read recursively), pixel modes and their
-scaling, header sizes, unreadable files, streamed dataset statistics; the older in-memory helpers (conversion,
-resizing, normalisation, padding and masks, folder errors)."""
+scaling, header sizes, unreadable files, streamed dataset statistics; conversion, resizing, normalisation, folder
+errors."""
 import io
 import pickle
 import struct
@@ -14,10 +14,14 @@ from PIL import Image as PILImage
 
 import masked_torch.analysis.data as data_mod
 from masked_torch.analysis.data import (
-    PHOTOS, DataError, Image, Skipped, SkippedImageWarning, batches, dataset_stats, folder_images, load_images,
-    normalize_images, open_source, pad_alone, pad_batch, photo_images, resize_max_side, round_up,
-    synthetic_images, to_rgb_float,
+    PHOTOS, DataError, FolderSource, Image, PhotoSource, Skipped, SkippedImageWarning, SyntheticSource, dataset_stats,
+    open_source, resize_max_side, round_up, standardize, to_rgb_float,
 )
+
+
+def _held(source):
+    """Every image of ``source``, decoded (a file that cannot be read is a DataError naming it)."""
+    return [source.load(i) for i in range(len(source))]
 
 
 def _save(path, array):
@@ -62,92 +66,47 @@ def test_resize_max_side_keeps_aspect_and_never_enlarges():
 
 
 def test_synthetic_seeded_sizes_and_distribution():
-    a = synthetic_images(6, seed=3, max_side=64)
-    b = synthetic_images(6, seed=3, max_side=64)
-    c = synthetic_images(6, seed=4, max_side=64)
+    a = _held(SyntheticSource(6, seed=3, max_side=64, normalize="none"))
+    b = _held(SyntheticSource(6, seed=3, max_side=64, normalize="none"))
+    c = _held(SyntheticSource(6, seed=4, max_side=64, normalize="none"))
     assert [im.size for im in a] == [im.size for im in b]
     assert all(np.array_equal(x.pixels, y.pixels) for x, y in zip(a, b))
     assert [im.size for im in a] != [im.size for im in c]
     assert all(16 <= s <= 64 for im in a for s in im.size)
-    big = np.concatenate([im.pixels.ravel() for im in synthetic_images(4, seed=0, max_side=128)])
+    big = np.concatenate([im.pixels.ravel() for im in _held(SyntheticSource(4, seed=0, max_side=128,
+                                                                               normalize="none"))])
     assert abs(big.mean()) < 0.02 and abs(big.std() - 1) < 0.02
     with pytest.raises(DataError):
-        synthetic_images(0)
+        SyntheticSource(0)
 
 
-def test_normalisation_per_image_and_dataset():
+def test_per_image_standardisation():
     rng = np.random.default_rng(0)
-    ims = [Image("a", (rng.random((3, 8, 9)) * 5 + 2).astype(np.float32)),
-           Image("b", (rng.random((3, 4, 6)) * 0.1).astype(np.float32)),
-           Image("flat", np.full((3, 3, 3), 0.5, np.float32))]
-    per_image = normalize_images(ims, "image")
-    for im in per_image[:2]:
-        assert abs(im.pixels.mean()) < 1e-5 and abs(im.pixels.std() - 1) < 1e-4
-    assert np.all(per_image[2].pixels == 0)  # constant image: no division by zero
-    ds = normalize_images(ims, "dataset")
-    allpix = np.concatenate([im.pixels.reshape(3, -1) for im in ds], axis=1)
-    np.testing.assert_allclose(allpix.mean(axis=1), 0, atol=1e-5)
-    np.testing.assert_allclose(allpix.std(axis=1), 1, atol=1e-4)
-    assert normalize_images(ims, "none")[0] is ims[0]
+    for pixels in ((rng.random((3, 8, 9)) * 5 + 2).astype(np.float32), (rng.random((3, 4, 6)) * 0.1).astype(np.float32)):
+        out = standardize(pixels)
+        assert out.dtype == np.float32
+        p = pixels.astype(np.float64)
+        np.testing.assert_allclose(out, (p - p.mean()) / p.std(), rtol=1e-6, atol=1e-6)  # float32 rounding
+    assert np.all(standardize(np.full((3, 3, 3), 0.5, np.float32)) == 0)  # constant image: no division by zero
     with pytest.raises(DataError):
-        normalize_images(ims, "batch")
+        open_source("synthetic", normalize="batch")
 
 
 def test_photos_are_offline_and_rgb():
-    ims = photo_images(num_images=3, max_side=64)
+    ims = _held(PhotoSource(num_images=3, max_side=64, normalize="none", strict=True))
     assert [im.name for im in ims] == list(PHOTOS)[:3]
     for im in ims:
         assert im.pixels.shape[0] == 3 and max(im.size) == 64 and im.pixels.dtype == np.float32
     with pytest.raises(DataError, match="only"):
-        photo_images(num_images=len(PHOTOS) + 1)
+        PhotoSource(num_images=len(PHOTOS) + 1)
     with pytest.raises(DataError, match="unknown"):
-        photo_images(["nope"])
+        PhotoSource(["nope"])
 
 
-def test_load_images_photos_normalised():
-    ims = load_images("photos", num_images=2, max_side=48)
+def test_photos_normalised():
+    ims = _held(open_source("photos", num_images=2, max_side=48, strict=True))
     for im in ims:
         assert abs(im.pixels.mean()) < 1e-4 and abs(im.pixels.std() - 1) < 1e-3
-
-
-def test_pad_batch_shapes_masks_and_placement():
-    rng = np.random.default_rng(1)
-    ims = [Image(f"i{k}", rng.standard_normal((3, h, w)).astype(np.float32))
-           for k, (h, w) in enumerate([(20, 33), (17, 8), (40, 12)])]
-    b = pad_batch(ims, depth=3)
-    assert b.x.shape == (3, 3, 40, 40) and b.mask.shape == (3, 1, 40, 40)
-    assert b.x.dtype == torch.float32 and b.mask.dtype == torch.float32
-    assert b.sizes == [(20, 33), (17, 8), (40, 12)] and b.names == ["i0", "i1", "i2"]
-    for k, im in enumerate(ims):
-        h, w = im.size
-        assert b.mask[k].sum() == h * w
-        assert torch.all(b.mask[k, :, :h, :w] == 1)
-        assert torch.equal(b.x[k, :, :h, :w], torch.from_numpy(im.pixels))
-        assert torch.all(b.x[k][b.mask[k].expand(3, -1, -1) == 0] == 0)
-    # rounding is per dimension, to 2**depth
-    assert pad_batch(ims, depth=4).shape == (48, 48)
-    assert pad_batch(ims[:2], depth=2).shape == (20, 36)
-    assert pad_batch(ims[:2], depth=0).shape == (20, 33)
-    with pytest.raises(ValueError):
-        pad_batch(ims, depth=3, size=(40, 36))
-    with pytest.raises(ValueError):
-        pad_batch([], depth=1)
-
-
-def test_pad_alone_and_batches():
-    ims = synthetic_images(5, seed=0, max_side=40)
-    alone = pad_alone(ims[1], depth=3, index=1)
-    h, w = ims[1].size
-    assert alone.shape == (round_up(h, 8), round_up(w, 8)) and len(alone) == 1 and alone.index == [1]
-    assert alone.mask.sum() == h * w
-    got = list(batches(ims, 2, depth=3))
-    assert [len(b) for b in got] == [2, 2, 1]
-    assert [i for b in got for i in b.index] == [0, 1, 2, 3, 4] and [b.batch_index for b in got] == [0, 1, 2]
-    # in its batch, an image has the same values at the same place as alone
-    b = got[0]
-    assert torch.equal(b.x[1, :, :h, :w], alone.x[0, :, :h, :w])
-    with pytest.raises(ValueError):
-        list(batches(ims, 0, depth=3))
 
 
 def test_folder_reads_grey_rgba_and_sorts(tmp_path):
@@ -156,26 +115,26 @@ def test_folder_reads_grey_rgba_and_sorts(tmp_path):
     _save(tmp_path / "a_grey.png", rng.integers(0, 256, (9, 7), dtype=np.uint8))
     _save(tmp_path / "c.jpg", rng.integers(0, 256, (30, 20, 3), dtype=np.uint8))
     (tmp_path / "notes.txt").write_text("not an image")  # ignored: no image suffix
-    ims = folder_images(tmp_path, max_side=16)
+    ims = _held(FolderSource(tmp_path, max_side=16, normalize="none", strict=True))
     assert [im.name for im in ims] == ["a_grey.png", "b_rgba.png", "c.jpg"]
     assert [im.size for im in ims] == [(9, 7), (10, 12), (16, 11)]
     assert all(im.pixels.shape[0] == 3 for im in ims)
-    assert len(folder_images(tmp_path, num_images=2)) == 2
-    assert len(folder_images(tmp_path / "c.jpg")) == 1  # a single file works too
-    assert len(load_images(str(tmp_path), max_side=None)) == 3
+    assert len(_held(FolderSource(tmp_path, num_images=2))) == 2
+    assert len(_held(FolderSource(tmp_path / "c.jpg"))) == 1  # a single file works too
+    assert len(_held(open_source(str(tmp_path), max_side=None))) == 3
 
 
 def test_folder_errors_name_the_culprit(tmp_path):
     with pytest.raises(DataError, match="no images"):
-        folder_images(tmp_path)
+        FolderSource(tmp_path)
     with pytest.raises(DataError, match="no such folder"):
-        folder_images(tmp_path / "missing")
+        FolderSource(tmp_path / "missing")
     _save(tmp_path / "good.png", np.zeros((4, 4, 3), np.uint8))
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     with pytest.raises(DataError, match="broken.png"):
-        folder_images(tmp_path)
+        _held(FolderSource(tmp_path, strict=True))
     with pytest.raises(DataError, match="only 2 images"):
-        folder_images(tmp_path, num_images=3)
+        FolderSource(tmp_path, num_images=3)
 
 
 # ---------------------------------------------------------------------------------------------- the sources
@@ -339,7 +298,7 @@ def test_synthetic_image_i_depends_only_on_seed_and_i():
     assert big.sizes == [big[i].size for i in range(10)] and all(10 <= s <= 40 for hw in big.sizes for s in hw)
     assert big.names[4] == "noise004_{}x{}".format(*big.sizes[4])
     assert len(open_source("synthetic")) == 8
-    assert [im.name for im in synthetic_images(3, seed=7, max_side=40)] == small.names
+    assert SyntheticSource(3, seed=7, max_side=40).names == small.names
     other = open_source("synthetic", num_images=3, max_side=40, seed=8, normalize="none")
     assert other.sizes != small.sizes
     per_image = open_source("synthetic", num_images=3, max_side=40, seed=7)  # "image": re-standardised
@@ -385,13 +344,14 @@ def test_dataset_stats_stream_equals_numpy_over_all_pixels(tmp_path):
         dataset_stats(strict)
 
 
-def test_dataset_stats_synthetic_and_load_images_agree_with_in_memory_normalisation():
+def test_dataset_stats_synthetic_and_dataset_normalisation():
     src = open_source("synthetic", num_images=4, max_side=24, seed=3, normalize="dataset")
     mean, std = dataset_stats(src)
-    allpix = np.concatenate([p.reshape(3, -1).astype(np.float64) for p in _raw_pixels(src)], axis=1)
+    raw = _raw_pixels(src)
+    allpix = np.concatenate([p.reshape(3, -1).astype(np.float64) for p in raw], axis=1)
     np.testing.assert_allclose(mean, allpix.mean(axis=1), rtol=1e-12)
     np.testing.assert_allclose(std, allpix.std(axis=1), rtol=1e-12)
-    streamed = load_images("synthetic", num_images=4, max_side=24, seed=3, normalize="dataset")
-    in_memory = normalize_images(synthetic_images(4, seed=3, max_side=24), "dataset")
-    for a, b in zip(streamed, in_memory):
-        np.testing.assert_allclose(a.pixels, b.pixels, rtol=1e-6, atol=1e-6)
+    src.set_stats(mean, std)
+    for im, p in zip(_held(src), raw):  # each channel standardised with the dataset's numbers (float32 result)
+        want = (p.astype(np.float64) - allpix.mean(axis=1)[:, None, None]) / allpix.std(axis=1)[:, None, None]
+        np.testing.assert_allclose(im.pixels, want, rtol=1e-6, atol=1e-6)

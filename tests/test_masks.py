@@ -10,7 +10,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from masked_torch.analysis.masks import MASKS, apply_holes, hole_counts, hole_mask
+from masked_torch.analysis.choices import MASKS
+from masked_torch.analysis.masks import apply_holes, hole_counts, hole_mask
 
 
 def _hole_fraction(m: torch.Tensor) -> float:

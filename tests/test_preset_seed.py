@@ -230,7 +230,7 @@ def test_tensor_stats_are_the_seeds_printed_statistics(preset, reference):
             row = row.iloc[0]
             want = _moments(h[0])
             assert row["layer"] == ("input" if d == 0 else f"conv{d}")
-            assert row["count"] == want["count"] == h[0].numel()
+            assert row["values"] == want["count"] == h[0].numel()
             assert row["std"] == pytest.approx(want["std"], rel=TOL), (s, d)
             assert row["mean"] == pytest.approx(want["mean"], abs=TOL * want["std"]), (s, d)
             # skewness and kurtosis are scale-free: float32 rounding of TOL relative in the values moves them by

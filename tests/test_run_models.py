@@ -186,3 +186,32 @@ def test_an_unreadable_figure_image_is_a_one_line_error(tmp_path):
     (folder / "bad.png").write_bytes(b"not a png")
     proc = _cli("--out", str(tmp_path / "out"), "--data", str(folder), "--depth", "1", "--figure-image", "bad.png")
     assert proc.returncode == 2 and "bad.png" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_settings_a_model_does_not_use_are_na_and_count_means_positions_per_channel(resnet_run):
+    """The ResNet's depth is fixed and its ``bias`` is only ``fc``'s (not recorded): its rows carry <NA> for
+    ``net_depth`` and ``bias``, in nullable columns that a stack run fills; the metadata keeps what was asked."""
+    stats = resnet_run.stats
+    assert str(stats["net_depth"].dtype) == "Int64" and str(stats["bias"].dtype) == "boolean"
+    assert stats["net_depth"].isna().all() and stats["bias"].isna().all()
+    assert (stats["seed"] == 3).all() and (stats["activation"] == "relu").all()
+    stack = run_experiment(Settings(data="synthetic", depth=1, num_images=2, batch_size=2, max_side=16, seed=1,
+                                    bias=False), progress=False).stats
+    assert str(stack["net_depth"].dtype) == "Int64" and str(stack["bias"].dtype) == "boolean"
+    assert (stack["net_depth"] == 1).all() and (stack["bias"] == False).all()  # noqa: E712 - a nullable column
+    both = pd.concat([stats, stack], ignore_index=True)
+    assert str(both["net_depth"].dtype) == "Int64" and both["net_depth"].isna().sum() == len(stats)
+    # `count` (stats): valid positions per channel over every image; `values` (image_stats): valid positions x
+    # channels of one image. For a layer with a one-channel mask the two agree: sum(values) = count * channels.
+    img = resnet_run.image_stats
+    assert "count" not in img.columns
+    conv1 = img[(img["stack"] == "mconv") & (img["layer"] == "conv1")]
+    per_channel = stats[(stats["stack"] == "mconv") & (stats["layer"] == "conv1")]["count"]
+    assert per_channel.nunique() == 1 and len(per_channel) == 64
+    assert conv1["values"].sum() == per_channel.iloc[0] * 64
+
+
+def test_settings_apply_by_model():
+    assert not Settings(model="resnet18").applies("depth") and not Settings(model="resnet18").applies("bias")
+    assert Settings(model="resnet18").applies("seed")
+    assert all(Settings(model=m).applies(k) for m in ("stack", "unet") for k in ("depth", "bias"))

@@ -73,11 +73,22 @@ def test_from_text_refuses_in_one_line(values, words):
 
 
 def test_choices_agree_with_the_builders():
-    from masked_torch.analysis import masks, models, stacks
+    """The names are written once (choices.py); every one of them builds."""
+    import torch
 
-    assert tuple(models.MODEL_NAMES) == choices.MODEL_NAMES
-    assert tuple(masks.MASKS) == choices.MASKS
-    assert set(stacks.ACTIVATIONS) == set(choices.ACTIVATION_NAMES)
+    from masked_torch.analysis import models, stacks
+    from masked_torch.analysis.masks import apply_holes
+
+    assert models.MODEL_NAMES is choices.MODEL_NAMES
+    for name in choices.MODEL_NAMES:
+        for act in choices.ACTIVATION_NAMES:
+            for init in choices.INITS:
+                model = models.build_model(name, depth=1, activation=act, init=init, width=4)
+                assert isinstance(model, torch.nn.Module)
+    assert tuple(stacks.ACTIVATIONS) == choices.ACTIVATION_NAMES
+    assert list(stacks.build_variants(models.build_model("stack", depth=1), choices.STACKS)) == list(choices.STACKS)
+    mask = torch.ones(1, 1, 16, 16)
+    assert apply_holes(mask, [(16, 16)], [0], seed=0).sum() < mask.sum()  # "holes" punches holes
 
 
 def test_settings_and_cli_import_no_torch():

@@ -9,5 +9,3 @@ class MaskedModule:
     ``mask=None`` means "everything is valid" and every masked module then behaves exactly as its
     plain :mod:`torch.nn` counterpart and returns ``None`` as mask.
     """
-
-    _masked_module = True

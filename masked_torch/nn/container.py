@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .. import functional as MF
 from .base import MaskedModule
 from .elementwise import is_elementwise, preserves_zero
+from .layers import grid_mask, masked_counterpart
 
 __all__ = ["MaskedSequential", "Masked", "Unmasked"]
 
@@ -76,8 +77,6 @@ class Masked(_Wrapper):
 
     def __init__(self, module: nn.Module, *, elementwise: bool = False) -> None:
         if not (elementwise or is_elementwise(module)):
-            from .registry import masked_counterpart  # the module map; imports this file
-
             instead = masked_counterpart(module)
             hint = (f"use masked_torch.nn.{instead.__name__} instead" if instead is not None else
                     "pass elementwise=True if it acts on each position alone, or use masked_torch.nn.convert")
@@ -108,6 +107,4 @@ class Unmasked(_Wrapper):
         out = self._wrapped(input)
         if mask is None:
             return out, None
-        from .registry import grid_mask
-
         return out, grid_mask(self._wrapped, input, mask, out, name=self._name())

@@ -1,67 +1,18 @@
-"""The module map: which masked layer stands for each plain ``torch.nn`` layer, how its weights carry over,
-and where the mask of a plain layer goes (for the ``"plain"`` baseline)."""
+"""Converting one layer: the masked copy of a plain ``torch.nn`` layer with its weights carried over (the map
+of which masked layer stands for which plain one is :mod:`~masked_torch.nn.layers`)."""
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
-from .. import functional as MF
 from .base import MaskedModule
-from .batchnorm import MaskedBatchNorm1d, MaskedBatchNorm2d, MaskedBatchNorm3d
 from .container import Masked, Unmasked
-from .conv import (
-    MaskedConv1d, MaskedConv2d, MaskedConv3d, MaskedConvTranspose1d, MaskedConvTranspose2d, MaskedConvTranspose3d,
-    PartialConv1d, PartialConv2d, PartialConv3d,
-)
 from .elementwise import is_elementwise
-from .linear import MaskedFlatten, MaskedLinear
-from .norm import MaskedGroupNorm, MaskedInstanceNorm1d, MaskedInstanceNorm2d, MaskedInstanceNorm3d, MaskedLayerNorm
-from .pooling import (
-    MaskedAdaptiveAvgPool1d, MaskedAdaptiveAvgPool2d, MaskedAdaptiveAvgPool3d,
-    MaskedAdaptiveMaxPool1d, MaskedAdaptiveMaxPool2d, MaskedAdaptiveMaxPool3d,
-    MaskedAvgPool1d, MaskedAvgPool2d, MaskedAvgPool3d, MaskedMaxPool1d, MaskedMaxPool2d, MaskedMaxPool3d,
-)
-from .resample import MaskedPixelShuffle, MaskedUpsample
-from .shuffle import MaskedUnshuffle2d
+from .layers import CONVS, LAYERS, grid_mask, has_rule, masked_counterpart
 
 __all__ = ["LAYERS", "masked_counterpart", "convert_module", "grid_mask", "has_rule"]
-
-_CONVS = {
-    "masked": {nn.Conv1d: MaskedConv1d, nn.Conv2d: MaskedConv2d, nn.Conv3d: MaskedConv3d},
-    "partial": {nn.Conv1d: PartialConv1d, nn.Conv2d: PartialConv2d, nn.Conv3d: PartialConv3d},
-}
-
-#: plain layer type -> its masked layer (the same for ``"masked"`` and ``"partial"``, convolutions aside).
-LAYERS: dict[type, type] = {
-    nn.ConvTranspose1d: MaskedConvTranspose1d, nn.ConvTranspose2d: MaskedConvTranspose2d,
-    nn.ConvTranspose3d: MaskedConvTranspose3d,
-    nn.BatchNorm1d: MaskedBatchNorm1d, nn.BatchNorm2d: MaskedBatchNorm2d, nn.BatchNorm3d: MaskedBatchNorm3d,
-    nn.GroupNorm: MaskedGroupNorm, nn.LayerNorm: MaskedLayerNorm,
-    nn.InstanceNorm1d: MaskedInstanceNorm1d, nn.InstanceNorm2d: MaskedInstanceNorm2d,
-    nn.InstanceNorm3d: MaskedInstanceNorm3d,
-    nn.MaxPool1d: MaskedMaxPool1d, nn.MaxPool2d: MaskedMaxPool2d, nn.MaxPool3d: MaskedMaxPool3d,
-    nn.AvgPool1d: MaskedAvgPool1d, nn.AvgPool2d: MaskedAvgPool2d, nn.AvgPool3d: MaskedAvgPool3d,
-    nn.AdaptiveAvgPool1d: MaskedAdaptiveAvgPool1d, nn.AdaptiveAvgPool2d: MaskedAdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d: MaskedAdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d: MaskedAdaptiveMaxPool1d, nn.AdaptiveMaxPool2d: MaskedAdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d: MaskedAdaptiveMaxPool3d,
-    nn.Upsample: MaskedUpsample, nn.PixelShuffle: MaskedPixelShuffle, nn.PixelUnshuffle: MaskedUnshuffle2d,
-    nn.Linear: MaskedLinear, nn.Flatten: MaskedFlatten,
-    **_CONVS["masked"],
-}
-
-
-def masked_counterpart(module: nn.Module) -> Optional[type]:
-    """The masked layer for a plain layer (``None`` where there is none)."""
-    return LAYERS.get(type(module))
-
-
-def has_rule(module: nn.Module) -> bool:
-    """Whether ``convert`` has a rule for this module as a whole (a leaf of the converted graph)."""
-    return isinstance(module, MaskedModule) or type(module) in LAYERS or is_elementwise(module)
 
 
 def _constructor_args(module: nn.Module) -> tuple[tuple, dict]:
@@ -137,12 +88,12 @@ def convert_module(module: nn.Module, kind: str, options: dict, path: str = "") 
     if is_elementwise(module):
         return Masked(copy.deepcopy(module))
     t = type(module)
-    cls = _CONVS[kind].get(t) or LAYERS.get(t)
+    cls = CONVS[kind].get(t) or LAYERS.get(t)
     if cls is None:
         raise TypeError(f"convert: no mask rule for layer {where}({t.__name__})")
     try:
         args, kwargs = _constructor_args(module)
-        if t in _CONVS["masked"]:
+        if t in CONVS["masked"]:
             kwargs.update(anchor="end", **(options if kind == "partial" else {}))
         factory = _factory(module)  # empty for layers without tensors (pools; GroupNorm(affine=False))
         if factory:
@@ -154,45 +105,3 @@ def convert_module(module: nn.Module, kind: str, options: dict, path: str = "") 
     except ValueError as exc:
         raise ValueError(f"convert: layer {where}({t.__name__}) has no exact masked form: {exc}") from None
     return _carry_over(module, new)
-
-
-def grid_mask(module: nn.Module, input: Tensor, mask: Tensor, output: Tensor, *, name: str = "") -> Tensor:
-    """Where the mask goes through a plain layer that ran on the padded batch as it is (the ``"plain"``
-    baseline): the output mask its masked counterpart would give."""
-    name = name or type(module).__name__
-    nd = input.dim() - 2
-    if isinstance(module, _ConvTransposeNd):
-        return MF.conv_transpose_mask(mask, module.kernel_size, module.stride, module.padding, module.output_padding,
-                                      module.dilation, output.shape[2:])
-    if isinstance(module, _ConvNd):
-        m = mask if mask.shape[1] == 1 else mask.amax(dim=1, keepdim=True)
-        pad = MF.resolve_padding(module.padding, module.kernel_size, module.dilation, name)
-        return MF.window_anchor(m, module.kernel_size, module.stride, pad, module.dilation, anchor="end",
-                                out_shape=output.shape[2:])
-    if isinstance(module, (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)):
-        stride = module.stride if module.stride else module.kernel_size
-        return MF.window_anchor(mask, MF._ntuple(module.kernel_size, nd), stride, module.padding,
-                                getattr(module, "dilation", 1), anchor="end", ceil_mode=module.ceil_mode,
-                                out_shape=output.shape[2:])
-    if isinstance(module, (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)):
-        if any(s != 1 for s in output.shape[2:]):
-            raise ValueError(f"{name}: output size {tuple(output.shape[2:])} pools the padded canvas, not each image")
-        return mask.amax(dim=tuple(range(2, mask.dim())), keepdim=True)
-    if isinstance(module, nn.Upsample):
-        MF.check_interpolate(module.size, module.scale_factor, module.mode, module.align_corners,
-                             module.recompute_scale_factor, name=name)
-        m = mask.amax(dim=1, keepdim=True) if module.mode not in ("nearest", "nearest-exact") else mask
-        return MF.interpolate_mask(m, module.scale_factor, output.shape[2:])
-    if isinstance(module, nn.PixelShuffle):
-        return MF.masked_pixel_shuffle(input, mask, module.upscale_factor, name=name)[1]
-    if isinstance(module, nn.PixelUnshuffle):
-        return MF.masked_unshuffle(input, mask, module.downscale_factor, name=name)[1]
-    if isinstance(module, nn.Flatten):
-        return MF.reshape_mask(mask, input.shape, output.shape)
-    if output.shape == input.shape or (output.dim() == input.dim() and output.shape[2:] == input.shape[2:]
-                                        and output.shape[0] == input.shape[0]):
-        return mask if mask.shape[1] in (1, output.shape[1]) else mask.amax(dim=1, keepdim=True)
-    if isinstance(module, nn.Linear) and mask.shape[-1] == 1:
-        return mask
-    raise ValueError(f"{name}: no rule for where the mask goes from input {tuple(input.shape)} to output "
-                     f"{tuple(output.shape)}")
