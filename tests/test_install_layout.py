@@ -114,6 +114,20 @@ def test_a_folder_named_analysis_that_is_not_this_project_is_left_alone(site, tm
     assert proc.stdout.strip() == "ImportError"
 
 
+@pytest.mark.parametrize("notebook", ["01_explore_stats.ipynb", "02_masked_layer_walkthrough.ipynb"])
+def test_a_notebooks_kernel_imports_the_clones_suite(site, notebook):
+    """A notebook's kernel starts in notebooks/; its first cell puts the clone's root on sys.path (those lines,
+    taken from the notebook), after which the suite must be the clone's, not the installed wheel's."""
+    import json
+
+    cells = json.loads((ROOT / "notebooks" / notebook).read_text(encoding="utf-8"))["cells"]
+    source = "".join(next(c for c in cells if c["cell_type"] == "code")["source"])
+    setup = source[:source.index("sys.path.insert(0, str(ROOT))")] + "sys.path.insert(0, str(ROOT))\n"
+    paths, marked = _files(_run(["-c", setup + WHERE], ROOT / "notebooks", site))
+    assert paths[2:] == [ROOT / "analysis" / "__init__.py", ROOT / "analysis" / "cli.py"]
+    assert not marked
+
+
 @pytest.mark.parametrize("how", ["script", "module", "script-from-elsewhere"])
 def test_the_commands_answer_from_the_clone_with_a_wheel_installed(site, tmp_path, how):
     args = {"script": ["visualize_activations_2d.py", "--help"],
