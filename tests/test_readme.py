@@ -141,6 +141,13 @@ def test_readme_keeps_its_sections():
         assert name in TEXT, name
 
 
+@pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
+def test_the_docs_pages_links_exist(page):
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    for target in re.findall(r"\]\((?!https?:|#)([^)#]+)", text):
+        assert (ROOT / "docs" / target).resolve().exists(), f"{page}: {target}"
+
+
 def test_the_measurement_logs_live_under_docs():
     logs = (ROOT / "docs" / "measurements.md").read_text(encoding="utf-8")
     for moved in ("Against the targets of the layer issue", "Earlier figures"):
