@@ -1,8 +1,10 @@
-"""A missing package of the ``analysis`` extra is one line naming it and the install command, not a traceback;
-importing the command line stays light (no torch, no pandas)."""
+"""A missing package of the ``analysis`` extra is one line naming it and install commands that work, not a
+traceback; importing the command line stays light (no torch, no pandas)."""
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from masked_torch.analysis._extras import MissingExtraError, require
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "analysis" / "cli.py"
-INSTALL = "pip install 'masked_torch[analysis]'"
+FROM_CLONE = "or pip install '.[analysis]' in a clone of masked_torch"
 
 
 def _python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -32,7 +34,7 @@ def test_missing_modules_are_named_in_one_line(monkeypatch):
     assert isinstance(err, ImportError)
     # the distributions' names (scikit-image, not skimage), each once, in the order asked
     assert str(err) == ("masked_torch.analysis needs the 'analysis' extra (missing: seaborn, scikit-image): "
-                        f"{INSTALL}")
+                        f"pip install seaborn scikit-image, {FROM_CLONE}")
     assert err.missing == ("seaborn", "scikit-image")
     assert "\n" not in str(err)
 
@@ -40,8 +42,25 @@ def test_missing_modules_are_named_in_one_line(monkeypatch):
 def test_feature_is_named_when_given(monkeypatch):
     monkeypatch.setitem(sys.modules, "seaborn", None)
     with pytest.raises(MissingExtraError, match=r"^masked_torch\.analysis needs the 'analysis' extra for figures "
-                                                r"\(missing: seaborn\): pip install 'masked_torch\[analysis\]'$"):
+                                                r"\(missing: seaborn\): pip install seaborn, or pip install "
+                                                r"'\.\[analysis\]' in a clone of masked_torch$"):
         require("seaborn", feature="figures")
+
+
+def test_the_named_distributions_are_the_extras_so_the_pip_command_installs_it(monkeypatch):
+    """Every package the command line requires, all missing: ``pip install <missing>`` names exactly the
+    distributions of the ``analysis`` extra in pyproject.toml (the command that works without a clone)."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        extra = tomllib.load(f)["project"]["optional-dependencies"]["analysis"]
+    names = {re.split(r"[<>=!~ ;\[]", requirement, maxsplit=1)[0].lower() for requirement in extra}
+    modules = re.search(r"require\(([^)]*)\)", CLI.read_text(encoding="utf-8")).group(1)
+    modules = [m.strip().strip("'\"") for m in modules.split(",")]
+    for module in modules:
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingExtraError) as info:
+        require(*modules)
+    assert {m.lower() for m in info.value.missing} == names
+    assert f"pip install {' '.join(info.value.missing)}, " in str(info.value)
 
 
 def test_in_a_fresh_process_with_packages_blocked():
@@ -53,7 +72,7 @@ def test_in_a_fresh_process_with_packages_blocked():
     proc = _python(code)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert proc.stdout == ("masked_torch.analysis needs the 'analysis' extra (missing: pandas, seaborn): "
-                           f"{INSTALL}\n")
+                           f"pip install pandas seaborn, {FROM_CLONE}\n")
 
 
 def test_importing_the_command_line_imports_neither_torch_nor_pandas():
@@ -81,6 +100,6 @@ def test_command_line_says_one_line_and_exits_2_without_seaborn(tmp_path):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr[-2000:]
     assert "masked_torch.analysis needs the 'analysis' extra (missing: seaborn)" in lines[0]
-    assert lines[0].endswith(INSTALL)
+    assert lines[0].endswith(f"pip install seaborn, {FROM_CLONE}")
     assert "Traceback" not in proc.stderr
     assert not (out / "activation_stats.parquet").exists()

@@ -1,14 +1,12 @@
-"""Masked copies of trained plain models: ``convert(model, kind)``."""
+"""Masked copies of trained plain models: ``convert(model, kind, inplace=False)``."""
 from __future__ import annotations
-
-import copy
 
 from torch import nn
 
 from .base import MaskedModule
 from .container import MaskedSequential
 from .elementwise import ELEMENTWISE
-from .registry import convert_module, has_rule
+from .registry import convert_module, has_rule, shared_copy
 
 __all__ = ["convert", "ELEMENTWISE"]
 
@@ -22,8 +20,27 @@ def _sequential_of_layers(module: nn.Module) -> bool:
         _sequential_of_layers(child) or has_rule(child) for child in module.children())
 
 
-def convert(model: nn.Module, kind: str = "masked", **options) -> nn.Module:
-    """A masked copy of a trained plain model; ``model`` itself is left as it is.
+def convert(model: nn.Module, kind: str = "masked", *, inplace: bool = False, **options) -> nn.Module:
+    """A masked model computed from a trained plain model; ``model``'s module tree is left as it is.
+
+    **The result is a copy** (``inplace=False``, the default): it holds new ``Parameter`` and buffer tensors
+    with the plain model's values, so ``masked.conv1.weight is model.conv1.weight`` is ``False``. An optimizer
+    built on ``model.parameters()`` before converting does not train the converted model: build it on
+    ``masked.parameters()``, or convert with ``inplace=True``. To bring trained weights back,
+    ``model.load_state_dict(masked.state_dict())`` (the keys are the same; ``strict`` holds both ways).
+
+    ``inplace=True``: the result holds **the plain model's own** ``Parameter`` and buffer objects under the
+    same names (``masked.conv1.weight is model.conv1.weight``), so an optimizer built on ``model.parameters()``
+    before converting trains the converted model, and either model sees every update of the other (optimizer
+    steps, ``load_state_dict``, batch norm's running statistics updated in ``train()``). Unlike
+    ``torch.ao.quantization.convert(inplace=True)``, ``model`` itself is not modified: its modules, its
+    ``forward`` and its ``training`` flag stay as they are (``model(x)`` still runs the plain computation, with
+    the shared weights); only the module objects are new, so ``train()``/``eval()``, hooks and attributes
+    other than parameters and buffers are each model's own. Moving or casting one of the two afterwards
+    (``.to()``, ``.half()``, ``.cuda()``) keeps the parameters shared (PyTorch changes ``param.data`` in
+    place) but gives the moved model new buffer tensors, which ends the sharing of running statistics: move
+    ``model`` first, then convert. ``copy.deepcopy(masked)`` is an independent copy;
+    ``copy.deepcopy((model, masked))`` copies both and keeps them sharing with each other.
 
     ``kind``: ``"masked"`` (alias ``"mconv"``): every ``nn.ConvNd`` becomes :class:`MaskedConvNd`;
     ``"partial"`` (``"pconv"``): :class:`PartialConvNd`, with ``options`` passed on (``update_mask=False`` for
@@ -39,7 +56,8 @@ def convert(model: nn.Module, kind: str = "masked", **options) -> nn.Module:
     permute, flatten, interpolate, ...) gets its mask rule. The result's ``forward(input, mask=None,
     **other_inputs)`` returns ``(output, out_mask)``, ``out_mask`` in the structure of ``output``; its
     ``state_dict`` keys are the plain model's. An ``nn.Sequential`` (nested too) of such layers becomes a
-    :class:`MaskedSequential` with the same child names; a single layer, its masked layer.
+    :class:`MaskedSequential` with the same child names; a single layer, its masked layer; a masked module,
+    a copy of itself (``inplace=True``: sharing its parameters and buffers).
 
     Raises ``TypeError`` for what has no rule or cannot be traced, ``ValueError`` for what depends on the
     padded canvas rather than each image (``AdaptiveAvgPool2d((7, 7))``, ``interpolate(size=...)``,
@@ -48,15 +66,17 @@ def convert(model: nn.Module, kind: str = "masked", **options) -> nn.Module:
     """
     if kind not in _KINDS:
         raise ValueError(f"convert: kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"convert: inplace must be True or False, got {inplace!r}")
     kind = _KINDS[kind]
     if options and kind != "partial":
         raise ValueError(f"convert: options {sorted(options)} only apply to kind='partial'")
     if isinstance(model, MaskedModule):
-        return copy.deepcopy(model)
+        return shared_copy(model, inplace)
     if has_rule(model):
-        return convert_module(model, kind, options)
+        return convert_module(model, kind, options, share=inplace)
     if _sequential_of_layers(model):
-        out = _convert_sequential(model, kind, options, "")
+        out = _convert_sequential(model, kind, options, "", inplace)
         if kind != "plain":
             # every layer after the first reads a masked layer's output, exactly 0 under its mask
             leaves = [m for m in out.modules() if not isinstance(m, MaskedSequential)]
@@ -66,16 +86,16 @@ def convert(model: nn.Module, kind: str = "masked", **options) -> nn.Module:
         return out
     from .graph import convert_graph
 
-    return convert_graph(model, kind, options)
+    return convert_graph(model, kind, options, inplace)
 
 
-def _convert_sequential(module: nn.Sequential, kind: str, options: dict, path: str) -> MaskedSequential:
+def _convert_sequential(module: nn.Sequential, kind: str, options: dict, path: str, share: bool) -> MaskedSequential:
     out = MaskedSequential()
     for name, child in module.named_children():
         where = f"{path}.{name}" if path else name
         if type(child) is nn.Sequential:
-            new = _convert_sequential(child, kind, options, where)
+            new = _convert_sequential(child, kind, options, where, share)
         else:
-            new = convert_module(child, kind, options, where)
+            new = convert_module(child, kind, options, where, share)
         out.add_module(name, new)
     return out.train(module.training)

@@ -27,7 +27,7 @@ from .. import functional as MF
 from .base import MaskedModule
 from .container import Masked, Unmasked
 from .elementwise import is_elementwise
-from .registry import convert_module, has_rule
+from .registry import convert_module, has_rule, shared_copy
 
 __all__ = ["MaskedGraphModule", "convert_graph", "register_elementwise"]
 
@@ -994,7 +994,7 @@ class _Rewriter:
         return self.result(node, t, args, kwargs)
 
 
-def _swap_layers(root: nn.Module, graphs: list[fx.Graph], kind: str, options: dict) -> None:
+def _swap_layers(root: nn.Module, graphs: list[fx.Graph], kind: str, options: dict, share: bool) -> None:
     """Replace every layer the graphs call with its masked counterpart, in place, under the same name."""
     done = set()
     for graph in graphs:
@@ -1003,16 +1003,17 @@ def _swap_layers(root: nn.Module, graphs: list[fx.Graph], kind: str, options: di
                 continue
             done.add(node.target)
             module = root.get_submodule(node.target)
-            new = convert_module(module, kind, options, node.target)
+            new = convert_module(module, kind, options, node.target, share)
             if kind != "plain" and hasattr(new, "input_zeroed"):
                 new.input_zeroed = True
             parent, _, child = node.target.rpartition(".")
             setattr(root.get_submodule(parent) if parent else root, child, new)
 
 
-def convert_graph(model: nn.Module, kind: str, options: dict) -> MaskedGraphModule:
-    """The masked copy of any ``torch.fx``-traceable model (see :func:`masked_torch.nn.convert`)."""
-    root = copy.deepcopy(model)
+def convert_graph(model: nn.Module, kind: str, options: dict, share: bool = False) -> MaskedGraphModule:
+    """The masked copy of any ``torch.fx``-traceable model (see :func:`masked_torch.nn.convert`; ``share``:
+    its ``inplace=True``)."""
+    root = shared_copy(model, share)
     name = type(model).__name__
     graphs = {False: _trace(root, False), True: _trace(root, True)}
     for g in graphs.values():
@@ -1020,7 +1021,7 @@ def convert_graph(model: nn.Module, kind: str, options: dict) -> MaskedGraphModu
     same = graphs[False].python_code("self").src == graphs[True].python_code("self").src
     if same:
         graphs[True] = graphs[False]
-    _swap_layers(root, list(graphs.values()), kind, options)
+    _swap_layers(root, list(graphs.values()), kind, options, share)
     rewritten = {}
     for training, graph in graphs.items():
         if same and training:

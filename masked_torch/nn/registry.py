@@ -64,29 +64,50 @@ def _factory(module: nn.Module) -> dict:
     return {} if like is None else {"device": like.device, "dtype": like.dtype}
 
 
-def _carry_over(old: nn.Module, new: nn.Module) -> nn.Module:
-    """Weights, buffers, training mode and which parameters are frozen."""
+def shared_copy(module: nn.Module, share: bool) -> nn.Module:
+    """``copy.deepcopy(module)``; with ``share``, a copy of the module tree that holds ``module``'s own
+    ``Parameter`` and buffer objects (every other attribute copied)."""
+    if not share:
+        return copy.deepcopy(module)
+    memo = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return copy.deepcopy(module, memo)
+
+
+def _carry_over(old: nn.Module, new: nn.Module, share: bool = False) -> nn.Module:
+    """Weights, buffers, training mode and which parameters are frozen; with ``share``, ``new`` then holds
+    ``old``'s own ``Parameter`` and buffer objects under the same names."""
     new.load_state_dict(old.state_dict(), strict=True)
     for name, param in old.named_parameters(recurse=False):
         getattr(new, name).requires_grad_(param.requires_grad)
+    if share:
+        for name, tensor in [*old.named_parameters(), *old.named_buffers()]:
+            path, _, leaf = name.rpartition(".")
+            owner = new.get_submodule(path)
+            slots = owner._parameters if isinstance(tensor, nn.Parameter) else owner._buffers
+            if leaf not in slots:
+                what = "parameter" if slots is owner._parameters else "buffer"
+                raise TypeError(f"convert: {type(new).__name__} has no {what} {name!r} to share with "
+                                f"{type(old).__name__}; use inplace=False")
+            slots[leaf] = tensor
     return new.train(old.training)
 
 
-def convert_module(module: nn.Module, kind: str, options: dict, path: str = "") -> nn.Module:
-    """The masked copy of one layer (weights carried over; ``module`` is left as it is).
+def convert_module(module: nn.Module, kind: str, options: dict, path: str = "", share: bool = False) -> nn.Module:
+    """The masked copy of one layer (weights carried over; ``module`` is left as it is; with ``share`` the copy
+    holds ``module``'s own ``Parameter`` and buffer objects, see ``convert(inplace=True)``).
 
     ``kind``: ``"masked"``, ``"partial"`` (``options`` go to the partial convolutions) or ``"plain"`` (the layer
     itself, wrapped in :class:`Unmasked`). Raises ``TypeError`` naming ``path`` for a layer without a rule.
     """
     where = f"{path!r} " if path else ""
     if isinstance(module, MaskedModule):
-        return copy.deepcopy(module)
+        return shared_copy(module, share)
     if kind == "plain":
         if not (type(module) in LAYERS or is_elementwise(module)):
             raise TypeError(f"convert: no mask rule for layer {where}({type(module).__name__})")
-        return Unmasked(copy.deepcopy(module))
+        return Unmasked(shared_copy(module, share))
     if is_elementwise(module):
-        return Masked(copy.deepcopy(module))
+        return Masked(shared_copy(module, share))
     t = type(module)
     cls = CONVS[kind].get(t) or LAYERS.get(t)
     if cls is None:
@@ -104,4 +125,4 @@ def convert_module(module: nn.Module, kind: str, options: dict, path: str = "") 
             new = cls(*args, **kwargs)
     except ValueError as exc:
         raise ValueError(f"convert: layer {where}({t.__name__}) has no exact masked form: {exc}") from None
-    return _carry_over(module, new)
+    return _carry_over(module, new, share)
