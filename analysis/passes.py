@@ -13,6 +13,9 @@ multiple), capturing every recorded layer's ``(output, mask)``. The passes only 
   (all channels) in its batch and alone, against the padded share of its batch canvas (``pad_fraction``).
 * :class:`MapsPass`    -- the channel-mean map and output mask of a few layers for one image (figure 1).
 
+The per-image passes keep their rows column by column in typed arrays (:class:`Columns`, about 100 bytes a
+row where a dict took 600) and build their frame once, at the end: a run over many images stays flat.
+
 An image's *region* at a layer: the positions whose receptive block touches the image, i.e. the first
 ``ceil(h * H_layer / H_canvas)`` rows and ``ceil(w * W_layer / W_canvas)`` columns; a layer without spatial
 dimensions (a classifier's logits) is compared as a whole.
@@ -30,8 +33,8 @@ import torch
 
 from .recorder import ActivationRecorder
 
-__all__ = ["REFERENCE", "Columns", "capture_outputs", "region", "StatsPass", "PaddingPass", "ImageStatsPass", "MapsPass",
-           "map_layers", "display_rgb"]
+__all__ = ["REFERENCE", "Columns", "capture_outputs", "region", "StatsPass", "PaddingPass", "ImageStatsPass",
+           "MapsPass", "map_layers", "display_rgb"]
 
 REFERENCE = "conv_alone"
 
