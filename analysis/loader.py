@@ -4,7 +4,8 @@
 streams them through :class:`torch.utils.data.DataLoader`: worker processes (``workers``) decode the images
 of a batch and pad them with :func:`masked_torch.utils.pad_batch` onto one zero canvas, the largest height and
 width rounded up to ``multiple``, top-left, with a ``(N, 1, H, W)`` float mask (1 inside the image). Only the
-batches in flight are in memory, and the workers keep their heap from growing (:func:`limit_heap_growth`).
+batches in flight are in memory: the workers keep their heap from growing (:func:`limit_heap_growth`), and
+so does the main process while it iterates, giving the heap a batch freed back after it (:func:`release_heap`).
 
 * Batches: consecutive images in source order, or with ``bucket=True`` images of similar size together (less
   padding): sorted by height into strips, each strip sorted by width and cut into batches; the batches are
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import sys
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -84,10 +86,8 @@ def limit_kernel_cache(capacity: int = ONEDNN_CACHE) -> bool:
     """Keep at most ``capacity`` oneDNN primitives (the CPU convolution kernels PyTorch builds for each input
     shape) in this process, unless ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is set already. Every canvas size of a
     run (each batch's, and each image's alone) builds its own, about 230 KB a shape, kept up to oneDNN's
-    default 1,024; a run over many sizes grew by that much. oneDNN reads the variable when it builds its first
+    default 1,024; a run over many sizes grew by that much (issue 16). oneDNN reads the variable when it builds its first
     primitive, so this works only before the process's first convolution: returns whether it set it."""
-    import os
-
     if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ:
         return False
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(int(capacity))
@@ -190,7 +190,8 @@ class BatchLoader:
     is this rank's number of planned batches (fewer arrive only if every image of a batch fails to decode).
 
     Attributes: ``source``, ``plan`` (every batch of the run, as image indices), ``mine`` (the indices into
-    ``plan`` of this rank's batches), ``multiple``, ``workers``, ``rank``, ``world``."""
+    ``plan`` of this rank's batches), ``multiple``, ``workers``, ``rank``, ``world``, ``release_memory``
+    (default True: iterating calls :func:`limit_heap_growth` and, after every batch, :func:`release_heap`)."""
 
     def __init__(self, source: ImageSource, plan: list[list[int]], *, multiple: int, workers: int = 0,
                  rank: int = 0, world: int = 1, start_method: Optional[str] = None,
