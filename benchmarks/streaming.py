@@ -81,7 +81,7 @@ def run_command(folder: str, num_images: int, workers: int, extra: list[str]) ->
                "--out", out, "--quiet", "--workers", str(workers), *extra]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         start = time.perf_counter()
-        with open(Path(out) / "stderr.txt", "w+") as err:
+        with tempfile.TemporaryFile("w+") as err:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
             peak, done = [0], threading.Event()
             poller = threading.Thread(target=_poll_tree, args=(proc.pid, peak, done), daemon=True)
@@ -101,11 +101,12 @@ def run_command(folder: str, num_images: int, workers: int, extra: list[str]) ->
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--images", type=int, default=1200)
-    p.add_argument("--small", type=int, default=120)
-    p.add_argument("--workers", type=int, nargs="+", default=[0])
-    p.add_argument("--min-side", type=int, default=24, help="generated images: smallest side")
-    p.add_argument("--max-side-px", type=int, default=160, help="generated images: largest side")
+    p.add_argument("--images", type=int, default=1200, help="the large run's images (default 1200)")
+    p.add_argument("--small", type=int, default=120, help="the small run's images (default 120)")
+    p.add_argument("--workers", type=int, nargs="+", default=[0], help="the command's --workers, each in turn")
+    p.add_argument("--min-side", type=int, default=24, help="generated images: smallest side (default 24)")
+    p.add_argument("--max-side-px", type=int, default=160,
+                   help="generated images: largest side (default 160; the command shrinks beyond its --max-side)")
     p.add_argument("--folder", default=None, help="use these images instead of generating them")
     p.add_argument("cli", nargs="*", help="flags for the command, after --")
     args = p.parse_args()
