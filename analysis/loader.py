@@ -86,8 +86,9 @@ def limit_kernel_cache(capacity: int = ONEDNN_CACHE) -> bool:
     """Keep at most ``capacity`` oneDNN primitives (the CPU convolution kernels PyTorch builds for each input
     shape) in this process, unless ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is set already. Every canvas size of a
     run (each batch's, and each image's alone) builds its own, about 230 KB a shape, kept up to oneDNN's
-    default 1,024; a run over many sizes grew by that much (issue 16). oneDNN reads the variable when it builds its first
-    primitive, so this works only before the process's first convolution: returns whether it set it."""
+    default 1,024; a run over many sizes grew by that much (issue 16). oneDNN reads the variable when it
+    builds its first primitive, so this works only before the process's first convolution: returns whether
+    it set it."""
     if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ:
         return False
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(int(capacity))
