@@ -4,7 +4,8 @@
 streams them through :class:`torch.utils.data.DataLoader`: worker processes (``workers``) decode the images
 of a batch and pad them with :func:`masked_torch.utils.pad_batch` onto one zero canvas, the largest height and
 width rounded up to ``multiple``, top-left, with a ``(N, 1, H, W)`` float mask (1 inside the image). Only the
-batches in flight are in memory, and the workers keep their heap from growing (:func:`limit_heap_growth`).
+batches in flight are in memory: the workers keep their heap from growing (:func:`limit_heap_growth`), and
+so does the main process while it iterates, giving the heap a batch freed back after it (:func:`release_heap`).
 
 * Batches: consecutive images in source order, or with ``bucket=True`` images of similar size together (less
   padding): sorted by height into strips, each strip sorted by width and cut into batches; the batches are
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import sys
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -39,9 +41,20 @@ from masked_torch.utils import pad_batch
 from .data import Batch, DataError, ImageSource, Skipped, dataset_stats, paste_masks, round_up
 
 __all__ = ["Batch", "BatchLoader", "PadImages", "make_loader", "plan_batches", "padding_fraction", "crop_alone",
-           "limit_heap_growth"]
+           "limit_heap_growth", "release_heap", "limit_kernel_cache"]
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _glibc() -> Optional[ctypes.CDLL]:
+    """glibc, where this process runs on it; ``None`` elsewhere (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def limit_heap_growth(mmap_threshold: int = 1 << 20) -> bool:
@@ -50,13 +63,36 @@ def limit_heap_growth(mmap_threshold: int = 1 << 20) -> bool:
     large blocks from a heap that fragments and never shrinks. Without it a DataLoader worker, which builds a
     batch canvas of a different size every time and hands it over in shared memory, grew from 0.24 to 0.5 GB
     resident over 1,200 images (benchmarks/streaming.py); with it, flat. Every worker of
-    :class:`BatchLoader` calls it; the main process may too. Returns whether it was set (glibc only)."""
-    if not sys.platform.startswith("linux"):
+    :class:`BatchLoader` calls it, and so does the main process when it iterates one (it decodes and pads
+    there with ``workers=0``, and runs the forwards). Returns whether it was set (glibc only)."""
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
+
+
+def release_heap() -> bool:
+    """Hand the free memory inside glibc's heaps back to the system now (``malloc_trim(0)``). glibc returns
+    only the free memory at the top of its main heap by itself; the small blocks a batch leaves freed in
+    the middle (a decoded image, a padded canvas, the tensors of a forward on a new canvas size) stay
+    resident. :class:`BatchLoader` calls it in the main process after every batch. Returns whether memory
+    was released (glibc only)."""
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
+
+
+ONEDNN_CACHE = 64  # oneDNN primitives kept by a run (oneDNN's default: 1,024)
+
+
+def limit_kernel_cache(capacity: int = ONEDNN_CACHE) -> bool:
+    """Keep at most ``capacity`` oneDNN primitives (the CPU convolution kernels PyTorch builds for each input
+    shape) in this process, unless ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is set already. Every canvas size of a
+    run (each batch's, and each image's alone) builds its own, about 230 KB a shape, kept up to oneDNN's
+    default 1,024; a run over many sizes grew by that much (issue 16). oneDNN reads the variable when it
+    builds its first primitive, so this works only before the process's first convolution: returns whether
+    it set it."""
+    if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ:
         return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
-    except (OSError, AttributeError):  # not glibc
-        return False
+    os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(int(capacity))
+    return True
 
 
 def _init_worker(worker_id: int) -> None:
@@ -155,12 +191,15 @@ class BatchLoader:
     is this rank's number of planned batches (fewer arrive only if every image of a batch fails to decode).
 
     Attributes: ``source``, ``plan`` (every batch of the run, as image indices), ``mine`` (the indices into
-    ``plan`` of this rank's batches), ``multiple``, ``workers``, ``rank``, ``world``."""
+    ``plan`` of this rank's batches), ``multiple``, ``workers``, ``rank``, ``world``, ``release_memory``
+    (default True: iterating calls :func:`limit_heap_growth` and, after every batch, :func:`release_heap`)."""
 
     def __init__(self, source: ImageSource, plan: list[list[int]], *, multiple: int, workers: int = 0,
                  rank: int = 0, world: int = 1, start_method: Optional[str] = None,
-                 on_skip: Optional[Callable[[Skipped], None]] = None, prefetch_factor: int = 2):
+                 on_skip: Optional[Callable[[Skipped], None]] = None, prefetch_factor: int = 2,
+                 release_memory: bool = True):
         self.source, self.plan, self.multiple = source, plan, int(multiple)
+        self.release_memory = bool(release_memory)
         self.workers, self.rank, self.world = int(workers), int(rank), int(world)
         self.start_method, self.on_skip, self.prefetch_factor = start_method, on_skip, int(prefetch_factor)
         self.mine = list(range(rank, len(plan), world))
@@ -206,12 +245,17 @@ class BatchLoader:
                             prefetch_factor=self.prefetch_factor if workers else None,
                             multiprocessing_context=self.start_method if workers else None,
                             worker_init_fn=_init_worker if workers else None)
+        if self.release_memory:
+            limit_heap_growth()
         for j, batch in zip(self.mine, loader):  # every planned batch arrives, in order (empty ones too)
             batch.batch_index = j
             for record in batch.skipped:
                 self._skip(record)
             if len(batch):
                 yield batch
+                del batch  # the consumer is done with it: its memory can go back
+            if self.release_memory:
+                release_heap()
 
 
 def make_loader(

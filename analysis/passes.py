@@ -13,12 +13,16 @@ multiple), capturing every recorded layer's ``(output, mask)``. The passes only 
   (all channels) in its batch and alone, against the padded share of its batch canvas (``pad_fraction``).
 * :class:`MapsPass`    -- the channel-mean map and output mask of a few layers for one image (figure 1).
 
+The per-image passes keep their rows column by column in typed arrays (:class:`Columns`, about 100 bytes a
+row where a dict took 600) and build their frame once, at the end: a run over many images stays flat.
+
 An image's *region* at a layer: the positions whose receptive block touches the image, i.e. the first
 ``ceil(h * H_layer / H_canvas)`` rows and ``ceil(w * W_layer / W_canvas)`` columns; a layer without spatial
 dimensions (a classifier's logits) is compared as a whole.
 """
 from __future__ import annotations
 
+import array
 import math
 from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
@@ -29,8 +33,8 @@ import torch
 
 from .recorder import ActivationRecorder
 
-__all__ = ["REFERENCE", "capture_outputs", "region", "StatsPass", "PaddingPass", "ImageStatsPass", "MapsPass",
-           "map_layers", "display_rgb"]
+__all__ = ["REFERENCE", "Columns", "capture_outputs", "region", "StatsPass", "PaddingPass", "ImageStatsPass",
+           "MapsPass", "map_layers", "display_rgb"]
 
 REFERENCE = "conv_alone"
 
@@ -102,12 +106,56 @@ class StatsPass:
         return pd.concat(frames, ignore_index=True)
 
 
+class Columns:
+    """Rows appended one at a time and kept column by column in typed arrays: 8 bytes a number, 1 a flag, 4 a
+    string (a code into the column's distinct strings), where a list of dicts costs about 600 bytes a row (a
+    run's per-image passes add 72 rows an image). :meth:`frame` gives the frame ``pd.DataFrame(rows)`` would.
+
+    ``schema``: column name -> kind, ``"f"`` (float64), ``"i"`` (int64), ``"b"`` (bool) or ``"s"`` (string), in
+    the frame's column order; every row gives every column."""
+
+    _TYPECODES = {"f": "d", "i": "q", "b": "b", "s": "i"}
+
+    def __init__(self, schema: dict[str, str]) -> None:
+        self.schema = dict(schema)
+        self._values = {name: array.array(self._TYPECODES[kind]) for name, kind in self.schema.items()}
+        self._codes: dict[str, dict[str, int]] = {n: {} for n, kind in self.schema.items() if kind == "s"}
+
+    def __len__(self) -> int:
+        return len(next(iter(self._values.values()))) if self._values else 0
+
+    def append(self, **row) -> None:
+        if row.keys() != self.schema.keys():
+            raise ValueError(f"a row has the columns {sorted(row)}, expected {sorted(self.schema)}")
+        for name, value in row.items():
+            codes = self._codes.get(name)
+            self._values[name].append(codes.setdefault(value, len(codes)) if codes is not None else value)
+
+    def frame(self) -> pd.DataFrame:
+        columns = {}
+        for name, kind in self.schema.items():
+            values = np.array(self._values[name])
+            if kind == "s":  # the strings themselves, for pandas to infer the column's type as from dicts
+                strings = list(self._codes[name])
+                columns[name] = [strings[c] for c in values.tolist()]
+            else:
+                columns[name] = values.astype({"f": np.float64, "i": np.int64, "b": bool}[kind])
+        return pd.DataFrame(columns, columns=list(self.schema))
+
+
+_IMAGE_COLUMNS = dict(image="s", batch="i", h="i", w="i", batch_h="i", batch_w="i", pad_fraction="f",
+                      extra_pad_fraction="f")
+
+
 class _PerImagePass:
-    """A pass with one group of rows per image of a batch, compared with the image alone."""
+    """A pass with one group of rows per image of a batch, compared with the image alone; the rows are kept
+    compactly (:class:`Columns`) until :meth:`frame`."""
+
+    _COLUMNS: dict[str, str] = {}  # the frame's columns and their kinds (:class:`Columns`)
 
     def __init__(self, stacks: Sequence[str], layers: Sequence[str]) -> None:
         self.stacks, self.layers = list(stacks), list(layers)
-        self.rows: list[dict] = []
+        self.rows = Columns(self._COLUMNS)
 
     @staticmethod
     def image(batch, k: int, alone) -> tuple[dict, tuple, tuple]:
@@ -122,11 +170,15 @@ class _PerImagePass:
         return cols, canvas, alone_canvas
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
+        """The rows as a frame (with every column, also when there are no rows)."""
+        return self.rows.frame()
 
 
 class PaddingPass(_PerImagePass):
     """Batch vs alone: the relative error of each image's region, per stack, reference and layer."""
+
+    _COLUMNS = dict(stack="s", reference="s", layer="s", **_IMAGE_COLUMNS, rel_error="f", max_abs_error="f",
+                    padded="b", alone_h="i", alone_w="i")
 
     def add(self, batch, k: int, alone, ref, batch_out: dict, alone_out: dict) -> None:
         """``alone``: the image alone as the stacks ran it; ``ref``: as the reference (``conv_alone``) ran it."""
@@ -145,9 +197,9 @@ class PaddingPass(_PerImagePass):
                         raise RuntimeError(f"layer {layer!r}: the region of image {cols['image']!r} is "
                                            f"{tuple(got.shape)} in the batch but {tuple(expected.shape)} alone")
                     rel_error, max_abs_error = _errors(got, expected)
-                    self.rows.append(dict(stack=s, reference=ref_name, layer=layer, **cols, rel_error=rel_error,
+                    self.rows.append(stack=s, reference=ref_name, layer=layer, **cols, rel_error=rel_error,
                                           max_abs_error=max_abs_error, padded=canvas != alone_canvas,
-                                          alone_h=ref_canvas[0], alone_w=ref_canvas[1]))
+                                          alone_h=ref_canvas[0], alone_w=ref_canvas[1])
 
 
 def _valid_moments(out: torch.Tensor, mask: Optional[torch.Tensor], index) -> tuple[float, float, int]:
@@ -177,6 +229,9 @@ class ImageStatsPass(_PerImagePass):
     """Per image: a layer's mean and variance in the batch and alone (the same stack), against the padded
     share of its canvas."""
 
+    _COLUMNS = dict(stack="s", layer="s", **_IMAGE_COLUMNS, values="i", mean="f", var="f", mean_alone="f",
+                    var_alone="f", rel_var="f")
+
     def add(self, batch, k: int, alone, ref, batch_out: dict, alone_out: dict) -> None:
         cols, canvas, alone_canvas = self.image(batch, k, alone)
         size = batch.sizes[k]
@@ -188,9 +243,8 @@ class ImageStatsPass(_PerImagePass):
                 aout, amask = alone_out[s][layer]
                 mean_a, var_a, _ = _valid_moments(aout[0], None if amask is None else amask[0],
                                                   region(aout[0], size, alone_canvas))
-                self.rows.append(dict(
-                    stack=s, layer=layer, **cols, values=n, mean=mean, var=var, mean_alone=mean_a, var_alone=var_a,
-                    rel_var=_ratio(var, var_a)))
+                self.rows.append(stack=s, layer=layer, **cols, values=n, mean=mean, var=var, mean_alone=mean_a,
+                                 var_alone=var_a, rel_var=_ratio(var, var_a))
 
 
 def map_layers(table: pd.DataFrame, model: str, limit: int = 6) -> list[str]:

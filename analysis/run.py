@@ -36,7 +36,7 @@ from .data import DataError, open_source
 from .distributed import gather_objects, rank_and_world
 from .files import (FIGURES, IMAGE_STATS_FILE, METADATA_KEY, PADDING_FILE, STATS_FILE, TENSOR_STATS_FILE,
                     StagedFiles, read_settings, safe_text, write_parquet, write_parquet_atomic)
-from .loader import crop_alone, make_loader
+from .loader import crop_alone, limit_kernel_cache, make_loader
 from .masks import apply_holes
 from .models import (build_model, build_variants, canvas_multiple, check_parameters, layer_table,
                      reference_multiple)
@@ -74,8 +74,8 @@ class Results:
 class _RankPart(NamedTuple):
     """What one process of a run hands to the others (``gather_objects``) besides its recorders' moments."""
 
-    padding: list[dict]  # PaddingPass rows
-    image_stats: list[dict]  # ImageStatsPass rows
+    padding: pd.DataFrame  # PaddingPass's frame
+    image_stats: pd.DataFrame  # ImageStatsPass's frame
     maps: list[dict]  # MapsPass rows (one process has them: the one that ran the figure image)
     rgb: Optional[np.ndarray]  # the figure image's display picture, with the maps
     images: list[dict]  # name, h, w, batch of every image it ran
@@ -158,6 +158,7 @@ def run_experiment(settings: Settings, *, progress: bool = True, plain: Optional
     own network and images, :mod:`~masked_torch.analysis.seed`); ``passes``: more passes, each given every
     batch with the stacks' outputs (``p.add(batch, batch_out)``, as :class:`MapsPass`) on this process."""
     start = time.perf_counter()
+    limit_kernel_cache()  # before the first convolution: a kernel per canvas shape would be kept
     # One thread by default: the activations here are small, and on a busy machine OpenMP workers spinning
     # against each other made the default run 20x slower with 2 threads on 2 cores. --threads raises it.
     torch.set_num_threads(settings.threads or 1)
@@ -237,7 +238,7 @@ def run_experiment(settings: Settings, *, progress: bool = True, plain: Optional
     if bar is not None:
         bar.close()
 
-    parts = [_RankPart(padding.rows, per_image.rows, maps.rows, maps.rgb, images, loader.skipped, canvas_px,
+    parts = [_RankPart(padding.frame(), per_image.frame(), maps.rows, maps.rgb, images, loader.skipped, canvas_px,
                        image_px)]
     if world > 1:
         stats.reduce()
@@ -246,7 +247,11 @@ def run_experiment(settings: Settings, *, progress: bool = True, plain: Optional
     def in_run_order(field: str) -> list:  # the ranks' rows, in the order of a single-process run
         return sorted((row for p in parts for row in getattr(p, field)), key=lambda row: row["batch"])
 
-    padding_rows, image_rows = in_run_order("padding"), in_run_order("image_stats")
+    def frame_in_run_order(field: str) -> pd.DataFrame:  # the ranks' frames, as a single-process run's
+        return pd.concat([getattr(p, field) for p in parts], ignore_index=True).sort_values(
+            "batch", kind="stable", ignore_index=True)
+
+    padding_frame, image_frame = frame_in_run_order("padding"), frame_in_run_order("image_stats")
     maps_rows, rgb = next(((p.maps, p.rgb) for p in parts if p.maps), ([], None))
     images = in_run_order("images")
     skipped = sorted({sk for p in parts for sk in p.skipped})
@@ -256,8 +261,8 @@ def run_experiment(settings: Settings, *, progress: bool = True, plain: Optional
     return Results(
         settings=settings,
         stats=stats_frame(stats.frame(), settings, table),
-        padding=_with_layers(pd.DataFrame(padding_rows), table, at=3),
-        image_stats=_with_layers(pd.DataFrame(image_rows), table),
+        padding=_with_layers(padding_frame, table, at=3),
+        image_stats=_with_layers(image_frame, table),
         maps=_with_layers(pd.DataFrame(maps_rows), table),
         rgb=rgb,
         images=images[:_MAX_LISTED_IMAGES],

@@ -1,17 +1,25 @@
 """masked_torch.analysis.loader: streamed padded batches -- placement and masks, bucketing and the padding
 fraction, the rank/world split, skipped files (warned once, counted, strict), streamed dataset normalisation,
-worker processes (default start method and spawn) and crop_alone."""
+worker processes (default start method and spawn) and crop_alone; what keeps a long run's memory flat (rows
+kept column-wise, the heap given back, a bounded kernel cache) and large images decoded reduced."""
 import io
 import math
+import os
+import tracemalloc
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image as PILImage
+from PIL import ImageFile
 
-from masked_torch.analysis.data import DataError, SkippedImageWarning, open_source
-from masked_torch.analysis.loader import crop_alone, make_loader, plan_batches
+from masked_torch.analysis.data import (DataError, SkippedImageWarning, open_source, read_image, resize_max_side,
+                                        shrunk_size, to_rgb_float)
+from masked_torch.analysis.loader import (crop_alone, limit_heap_growth, limit_kernel_cache, make_loader,
+                                          plan_batches, release_heap)
+from masked_torch.analysis.passes import Columns, PaddingPass
 from masked_torch.utils import pad_batch
 
 MIXED = [(9, 30), (31, 8), (16, 16), (30, 28), (8, 9), (12, 29), (29, 10), (15, 14), (28, 31), (10, 11),
@@ -227,3 +235,130 @@ def test_bucketing_never_pads_more_than_file_order():
             bucketed = plan_batches(sizes, batch_size, bucket=True, seed=trial)
             assert sorted(i for b in bucketed for i in b) == list(range(n))
             assert padding_fraction(bucketed, sizes, 1) <= padding_fraction(plain, sizes, 1) + 1e-12
+
+
+# ------------------------------------------------------------------------------------ memory of a long run
+def test_columns_give_the_frame_of_a_list_of_dicts():
+    schema = dict(stack="s", layer="s", batch="i", rel_error="f", padded="b", count="i")
+    rows = [dict(stack=s, layer=l, batch=b, rel_error=e, padded=p, count=c)
+            for s, l, b, e, p, c in [("conv", "c1", 0, 0.5, True, 3), ("mconv", "c1", 0, float("nan"), False, 0),
+                                     ("conv", "c2", 2, float("inf"), True, 2**40), ("pconv", "c1", 7, -0.0, False, 1)]]
+    cols = Columns(schema)
+    for row in rows:
+        cols.append(**row)
+    assert len(cols) == 4
+    pd.testing.assert_frame_equal(cols.frame(), pd.DataFrame(rows))
+    empty = Columns(schema).frame()
+    assert empty.empty and list(empty.columns) == list(schema)
+    with pytest.raises(ValueError, match="columns"):
+        cols.append(stack="conv")
+
+
+def test_columns_hold_a_row_in_about_its_typed_size():
+    """A run keeps 72 rows an image (section 4 of issue 16: a dict a row was ~40 KB an image): each row of
+    the padding pass now costs its typed values (4 strings as 4-byte codes, 7 ints, 4 floats, a flag:
+    105 bytes), plus the arrays' over-allocation (CPython grows an array by at most ~1/8)."""
+    schema = PaddingPass._COLUMNS
+    itemsize = sum({"s": 4, "i": 8, "f": 8, "b": 1}[k] for k in schema.values())
+    assert itemsize == 105
+    names = [f"class{i % 12:02d}/img{i:05d}.jpg" for i in range(300)]  # the images' names exist anyway
+    cols, n = Columns(schema), 300 * 72
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for r in range(n):
+            cols.append(stack="mconv", reference="alone", layer="conv3", image=names[r // 72], batch=r // 288,
+                        h=r % 97, w=r % 89, batch_h=96, batch_w=112, pad_fraction=r / n, extra_pad_fraction=0.5,
+                        rel_error=r * 1e-7, max_abs_error=r * 1e-6, padded=bool(r % 2), alone_h=64, alone_w=80)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert used <= n * itemsize * 1.25 + 64 * 1024  # + the code tables (300 names)
+    frame = cols.frame()
+    assert len(frame) == n and frame["image"].nunique() == 300 and frame["padded"].sum() == n // 2
+
+
+def test_the_main_process_gives_freed_heap_back_after_every_batch(tmp_path, monkeypatch):
+    import masked_torch.analysis.loader as loader_mod
+
+    calls = []
+    monkeypatch.setattr(loader_mod, "release_heap", lambda: calls.append("trim") or True)
+    monkeypatch.setattr(loader_mod, "limit_heap_growth", lambda *a: calls.append("limit") or True)
+    source = open_source(_folder(tmp_path, MIXED), max_side=None, normalize="none")
+    batches = list(make_loader(source, batch_size=4, multiple=8))
+    assert len(batches) == 4 and calls == ["limit"] + ["trim"] * 4
+    calls.clear()
+    loader = make_loader(source, batch_size=4, multiple=8)
+    loader.release_memory = False
+    assert len(list(loader)) == 4 and calls == []
+    monkeypatch.undo()
+    on_glibc = loader_mod._glibc() is not None
+    assert release_heap() in (True, False) and limit_heap_growth() == on_glibc
+
+
+def test_the_kernel_cache_bound_is_set_only_where_the_user_set_none(monkeypatch):
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    assert limit_kernel_cache(64) is True and os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    assert limit_kernel_cache(64) is False and os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
+
+
+# ------------------------------------------------------------------------------------ large images, reduced
+def _smooth(h, w, seed=0, cell=40):
+    """A smooth random colour field ``(h, w, 3)`` uint8 (noise on a ``cell``-pixel grid, bilinear)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(2, h // cell), max(2, w // cell), 3), dtype=np.uint8)
+    return np.asarray(PILImage.fromarray(small).resize((w, h), PILImage.BILINEAR))
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+def test_a_large_image_is_never_decoded_into_a_full_size_array(tmp_path, monkeypatch, suffix):
+    """Issue 16, section 5: one 10000 x 10000 image took 4.25 GB and 62 s though --max-side shrinks it to 256.
+    Here 6000 x 4000: no numpy array of the decode is ever full size (tracemalloc sees every numpy buffer),
+    and a JPEG is not even decoded at full size (its decoder scales by 1/8)."""
+    h, w = 4000, 6000
+    path = tmp_path / f"big.{suffix}"
+    PILImage.fromarray(_smooth(h, w, cell=200)).save(path, **({"compress_level": 1} if suffix == "png" else {}))
+    loaded_sizes = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy(self):
+        loaded_sizes.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    source = open_source(str(path), max_side=64, normalize="none")
+    tracemalloc.start()
+    try:
+        image = source[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert image.size == source.sizes[0] == shrunk_size(h, w, 64) == (43, 64)
+    assert peak < h * w * 3 / 2, peak  # a full-size uint8 copy alone would be h * w * 3 bytes (float64: 8x more)
+    if suffix == "jpg":
+        assert loaded_sizes and max(max(s) for s in loaded_sizes) <= w // 8 + 1
+
+
+@pytest.mark.parametrize("mode,suffix", [("RGB", "jpg"), ("RGB", "png"), ("L", "png"), ("RGBA", "png"),
+                                         ("P", "png"), ("I;16", "png"), ("L", "jpg")])
+def test_a_reduced_decode_shrinks_as_the_full_image_would(tmp_path, mode, suffix):
+    """Decoded reduced (block means), then blurred the rest of the way and sampled where the full image's
+    shrink samples: on an image smooth at the output's scale, within 1% of the pixel range on average and 6%
+    at any pixel of shrinking the full decode (data._shrink_reduced); the same size as the header plans."""
+    h, w, max_side = 1203, 902, 64  # reduced 9x (JPEG: 8x by the decoder), sides not multiples of it
+    rgb = _smooth(h, w, seed=3)
+    if mode == "RGBA":  # alpha is dropped, never blended: transparent pixels keep their colour
+        im = PILImage.fromarray(np.dstack([rgb, rgb[..., :1] // 3]))
+    elif mode == "I;16":
+        im = PILImage.fromarray(rgb[..., 0].astype(np.uint16) * 257 + 100)
+    else:
+        im = PILImage.fromarray(rgb).convert(mode)
+    path = tmp_path / f"image.{suffix}"
+    im.save(path)
+    reference = resize_max_side(to_rgb_float(read_image(path)), max_side)  # the full-size decode, shrunk
+    source = open_source(str(path), max_side=max_side, normalize="none")
+    got = source[0].pixels
+    assert got.shape == reference.shape == (3, *source.sizes[0]) == (3, 64, 48)
+    diff = np.abs(got - reference)
+    assert diff.mean() <= 0.01 and diff.max() <= 0.06, (diff.mean(), diff.max())
