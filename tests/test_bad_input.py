@@ -107,6 +107,26 @@ def test_a_file_name_that_is_not_utf8_just_works(latin1_folder, tmp_path, capsys
         assert (out / name).is_file(), name
 
 
+
+def test_a_sweep_over_a_folder_whose_own_path_is_not_utf8(tmp_path):
+    """The folder's path is a setting, stored in every row of the sweep's frames: written as ``\\xNN`` too."""
+    from masked_torch.analysis.sweep import expand_grid, run_sweep
+
+    try:
+        raw = os.path.join(os.fsencode(tmp_path), b"d\xe9j\xe0")
+        os.mkdir(raw)
+        _png(os.path.join(raw, b"a.png"), 20, 30)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 file names")
+    _png(os.path.join(raw, b"b.png"), 25, 18)
+    folder = os.fsdecode(raw)
+    configs = expand_grid({"depth": [1, 2]}, {"data": folder, "num_images": 2, "batch_size": 2, "max_side": 32})
+    result = run_sweep(configs, tmp_path / "out", jobs=1, progress=False)
+    assert len(result.ran) == 2 and not result.failed, result.failed
+    stats = pd.read_parquet(tmp_path / "out" / "sweep_stats.parquet")
+    assert set(stats["data"]) == {str(os.fsencode(folder))[2:-1]}  # Python's rendering of the bytes
+    assert set(stats["net_depth"]) == {1, 2}
+
 # ------------------------------------------------------------------------------------ --out
 def _unwritable(tmp_path):
     folder = tmp_path / "locked"
