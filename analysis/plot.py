@@ -708,13 +708,19 @@ def plot_activation_maps(maps: pd.DataFrame, rgb: Optional[np.ndarray] = None, *
             note += "\nmask grows at each layer\n(update_mask=True)" if update_mask else \
                 "\nmask kept at each layer\n(update_mask=False)"
         ax.text(0.5, 0.3, note, ha="center", va="center", fontsize=8.5, transform=ax.transAxes)
-    _title(fig, f"What each network computes for image '{images[0]}' in a padded batch",
-           "Rows: the same network as plain, partial and masked convolutions, all on the padded batch; columns: "
+    padded = (h, w) != (ch, cw)
+    where = "the padded batch" if padded else "the same masked input"
+    _title(fig, f"What each network computes for image '{images[0]}'" + (" in a padded batch" if padded else ""),
+           f"Rows: the same network as plain, partial and masked convolutions, all on {where}; columns: "
            "the output of each resolution level, averaged over its channels.")
+    border = ("Red dashes: the image's border; beyond it lies the batch padding. A value beyond the border is what "
+              "the layer writes into the padding; plain convolutions read it back into the image at the next layer, "
+              "masked ones do not." if padded else
+              f"The image fills its canvas: there is no padding here; the mask's holes lie inside the image (top "
+              f"row: {mstack}'s output mask averaged over its channels, white = valid). Plain convolutions read the "
+              "zeros in the holes as values; masked ones do not.")
     fig.legend([], [], loc="outside lower center", frameon=False, alignment="left", title_fontsize=9, title=_wrap(
-        "Red dashes: the image's border; beyond it lies the batch padding. A value beyond the border is what the "
-        "layer writes into the padding; plain convolutions read it back into the image at the next layer, masked "
-        "ones do not. One colour scale per column (its range taken over the image's pixels only), shared by the "
+        border + " One colour scale per column (its range taken over the image's valid pixels only), shared by the "
         "rows.", _chars(fig, 9)))
     return _finish(fig, path, dpi)
 
