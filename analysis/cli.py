@@ -289,6 +289,15 @@ def _error(prog: str, message: str) -> int:
     return 2
 
 
+def _nothing_written(prog: str, out) -> int:
+    """Ctrl-C before the renames: one line, exit status 130."""
+    from masked_torch.analysis.files import safe_text
+
+    print(f"{prog}: interrupted; nothing was written, files already in {safe_text(str(out))} were left as they were",
+          file=sys.stderr)
+    return 130
+
+
 def main(argv=None) -> int:
     start = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -366,11 +375,16 @@ def main(argv=None) -> int:
             results = run_seed(settings)
         else:
             results = run_experiment(settings, progress=not args.quiet and rank == 0)
+    except (DataError, SettingsError) as exc:
+        return _error(prog, str(exc))
+    except OSError as exc:  # reading, not writing: nothing has been written yet
+        return _error(prog, f"{safe_text(str(exc))}; nothing was written")
+    except KeyboardInterrupt:
+        return _nothing_written(prog, args.out)
+    try:
         # rank 0 writes the parquet files and the figures; the other ranks write nothing
         written = write_outputs(results, args.out, dpi=args.dpi) if rank == 0 else []
         shutdown()
-    except (DataError, SettingsError) as exc:
-        return _error(prog, str(exc))
     except OSError as exc:
         return _error(prog, f"cannot write to {safe_text(args.out)}: {exc.strerror or exc}; files already there "
                             f"were left as they were")
@@ -379,9 +393,7 @@ def main(argv=None) -> int:
               f"complete results", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was written, files already in {safe_text(args.out)} were left as "
-              f"they were", file=sys.stderr)
-        return 130
+        return _nothing_written(prog, args.out)
     if not args.quiet and rank == 0:
         total = time.perf_counter() - start
         procs = f", {world} processes" if world > 1 else ""

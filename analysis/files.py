@@ -369,3 +369,30 @@ class StagedFiles:
         if came:
             raise InterruptedAfterWriting(written)
         return written
+
+
+def write_parquet_set(out, frames: dict, metadata: Optional[dict] = None) -> list[Path]:
+    """Several parquet files under ``out`` (``{name: frame}``, names relative to it), each with ``metadata``,
+    all or nothing through :class:`StagedFiles`; returns the paths written."""
+    files = StagedFiles(out, replaces=tuple(frames))
+    try:
+        for name, frame in frames.items():
+            write_parquet(frame, files.stage(name), metadata)
+    except BaseException:
+        files.discard()
+        raise
+    return files.commit()
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`tmp_path` and ``os.replace``, as
+    :func:`write_parquet_atomic` writes a frame."""
+    path = Path(path)
+    tmp = tmp_path(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

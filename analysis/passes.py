@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+import masked_torch.functional as MF
+
 from .recorder import ActivationRecorder
 
 __all__ = ["REFERENCE", "Columns", "capture_outputs", "region", "StatsPass", "PaddingPass", "ImageStatsPass",
@@ -202,18 +204,19 @@ class PaddingPass(_PerImagePass):
                                           alone_h=ref_canvas[0], alone_w=ref_canvas[1])
 
 
-def _valid_moments(out: torch.Tensor, mask: Optional[torch.Tensor], index) -> tuple[float, float, int]:
-    """Mean and variance (float64) of one sample's output over its region and, where the layer gives a
-    mask, the positions that mask marks valid (all channels together)."""
-    x = out[index].double()
-    if mask is not None and mask.dim() == out.dim():
-        m = (mask[index] != 0).expand_as(x)
-        x = x[m]
-    n = x.numel()
+def _region_moments(out: torch.Tensor, mask: Optional[torch.Tensor], index) -> tuple[float, float, int]:
+    """Mean and variance (float64, :func:`masked_torch.functional.masked_var`) of one sample's output over its
+    region and, where the layer gives a mask, the positions that mask marks valid (all channels together), and
+    how many values that is."""
+    x = out[index].double()[None]
+    valid = None if mask is None or mask.dim() != out.dim() else (mask[index] != 0)[None]
+    n = x.numel() if valid is None else int(valid.expand_as(x).sum())
     if n == 0:
         return float("nan"), float("nan"), 0
-    mean = float(x.mean())
-    return mean, float(((x - mean) ** 2).mean()), n
+    dims = tuple(range(1, x.dim()))
+    mean, _ = MF.masked_reduce(x, valid, dim=dims)
+    var, _ = MF.masked_var(x, valid, dim=dims, correction=0)
+    return float(mean), float(var), n
 
 
 def _ratio(var: float, var_alone: float) -> float:
@@ -238,10 +241,10 @@ class ImageStatsPass(_PerImagePass):
         for s in self.stacks:
             for layer in self.layers:
                 out, mask = batch_out[s][layer]
-                mean, var, n = _valid_moments(out[k], None if mask is None else mask[k],
+                mean, var, n = _region_moments(out[k], None if mask is None else mask[k],
                                               region(out[k], size, canvas))
                 aout, amask = alone_out[s][layer]
-                mean_a, var_a, _ = _valid_moments(aout[0], None if amask is None else amask[0],
+                mean_a, var_a, _ = _region_moments(aout[0], None if amask is None else amask[0],
                                                   region(aout[0], size, alone_canvas))
                 self.rows.append(stack=s, layer=layer, **cols, values=n, mean=mean, var=var, mean_alone=mean_a,
                                  var_alone=var_a, rel_var=_ratio(var, var_a))

@@ -50,7 +50,7 @@ __all__ = [
     "stats_frame", "with_settings", "recorded_layers",
 ]
 
-_SETTING_COLUMNS = ("model", "data", "activation", "bias", "init", "seed", "normalize", "mask")
+_SETTING_COLUMNS = ("model", "data", "activation", "bias", "init", "seed", "normalize", "mask", "update_mask")
 _MAX_LISTED_IMAGES = 2000  # the metadata lists every image's name and size up to this many
 
 

@@ -38,7 +38,7 @@ from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 
-from .files import write_parquet_atomic
+from .files import write_parquet_set, write_text_atomic
 from .run import run_experiment, with_settings
 from .settings import Settings, SettingsError
 
@@ -124,10 +124,7 @@ def _setting_columns(frame: pd.DataFrame, settings: Settings, cid: str) -> pd.Da
 def _failure(settings: Settings, cid: str, runs: Path, error: str, trace: str = "") -> dict:
     """A failed configuration's record, also kept as ``runs/<config>.error.json``."""
     record = {"config": cid, "ok": False, "settings": settings.to_dict(), "error": error, "traceback": trace}
-    error_file = runs / f"{cid}.error.json"
-    tmp = error_file.with_name(error_file.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, error_file)
+    write_text_atomic(runs / f"{cid}.error.json", json.dumps(record, indent=2, default=str))
     return record
 
 
@@ -145,8 +142,8 @@ def _run_one(settings: Settings, runs: str, threads: int) -> dict:
         settings = settings.replace(threads=threads)
         results = run_experiment(settings, progress=False)
         meta = {"settings": settings.to_dict(), "config": cid}
-        write_parquet_atomic(_setting_columns(results.padding, settings, cid), runs / f"{cid}.padding.parquet", meta)
-        write_parquet_atomic(_setting_columns(results.stats, settings, cid), runs / f"{cid}.parquet", meta)
+        write_parquet_set(runs, {f"{cid}.padding.parquet": _setting_columns(results.padding, settings, cid),
+                                 f"{cid}.parquet": _setting_columns(results.stats, settings, cid)}, meta)
         error_file.unlink(missing_ok=True)
         return {"config": cid, "ok": True, "seconds": time.perf_counter() - start}
     except Exception as exc:  # noqa: BLE001 -- report every failure with its settings, keep the others
@@ -210,7 +207,6 @@ def run_sweep(configs: Sequence[Settings], out, *, jobs: int = 1, progress: bool
                          if (runs / f"{i}.padding.parquet").exists()], ignore_index=True) if done else pd.DataFrame()
     meta = {"configs": [c.to_dict() for c in configs], "failed": [f["config"] for f in failed]}
     if done:
-        write_parquet_atomic(stats, out / STATS_FILE, meta)
-        write_parquet_atomic(padding, out / PADDING_FILE, meta)
+        write_parquet_set(out, {STATS_FILE: stats, PADDING_FILE: padding}, meta)
     return SweepResult(stats=stats, padding=padding, ran=[r["config"] for r in results if r["ok"]],
                        skipped=skipped, failed=failed, seconds=time.perf_counter() - start)

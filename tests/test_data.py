@@ -9,7 +9,6 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image as PILImage
 
 import masked_torch.analysis.data as data_mod
