@@ -185,7 +185,7 @@ def _zero_masked(input: Tensor, mask: Tensor) -> Tensor:
         and not torch._C._functorch.is_functorch_wrapped_tensor(input)
         and torch.autograd.forward_ad.unpack_dual(input).tangent is None
         and input.device.type == "cpu"
-        and keep.shape[1] == 1  # a small, broadcast bit mask (for a C-channel mask it would cost a full pass)
+        and keep.dim() > 1 and keep.shape[1] == 1  # a small, broadcast bit mask (a C-channel mask: a full pass)
         and input.dtype in _BITS
         and not (input.requires_grad and torch.is_grad_enabled())
     )

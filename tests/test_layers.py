@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import masked_torch.nn as mnn
+import masked_torch.functional as MF
 
 CONVS = [
     (nn.Conv1d, mnn.PartialConv1d, mnn.MaskedConv1d, 1),
@@ -430,3 +431,15 @@ def test_every_layer_output_is_zero_where_its_mask_is_zero_even_with_garbage_inp
     y, out_mask = layer(x, m)
     assert bool(torch.isfinite(y).all())
     assert bool((y[(out_mask == 0).expand_as(y)] == 0).all())
+
+
+@pytest.mark.parametrize("mode", ["mean", "sum", "amax", "amin"])
+def test_reducing_to_one_value_per_sample_with_a_broadcast_mask(mode):
+    """Every dim but the batch, where the mask has size 1 on each: the plain reduction, 0 for an invalid
+    sample; the result is 1-d (this once read a channel dim the output does not have)."""
+    x = torch.randn(3, 4, 1, 1)
+    mask = torch.tensor([1.0, 0.0, 1.0]).view(3, 1, 1, 1)
+    y, out_mask = MF.masked_reduce(x, mask, dim=(1, 2, 3), mode=mode)
+    plain = getattr(x, mode)(dim=(1, 2, 3))
+    assert y.shape == out_mask.shape == (3,)
+    assert torch.equal(y, torch.where(mask.view(3) != 0, plain, torch.zeros(())))
