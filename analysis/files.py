@@ -31,7 +31,7 @@ import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 if TYPE_CHECKING:  # pandas is imported when a frame is written: the command line checks --out before
     import pandas as pd
@@ -129,20 +129,25 @@ def write_parquet(frame: "pd.DataFrame", path: Path, metadata: Optional[dict] = 
     pq.write_table(table, path, compression="zstd")  # smaller than snappy: committed results stay small
 
 
-def write_parquet_atomic(frame: "pd.DataFrame", path, metadata: Optional[dict] = None) -> Path:
-    """Write ``frame`` to ``path`` through a temporary file in the same folder and ``os.replace``:
-    readers see the old file or the complete new one, never a half-written one; on any error (or
-    ``KeyboardInterrupt``) the temporary file is removed and the old file is left as it was.
-    ``metadata`` goes into the schema metadata as JSON under :data:`METADATA_KEY`."""
+def atomic_write(path, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path`` (:func:`tmp_path`), then ``os.replace`` it onto
+    ``path``: readers see the old file or the complete new one, never a half-written one; on any error (or
+    ``KeyboardInterrupt``) the temporary file is removed and the old file is left as it was."""
     path = Path(path)
     tmp = tmp_path(path)
     try:
-        write_parquet(frame, tmp, metadata)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_parquet_atomic(frame: "pd.DataFrame", path, metadata: Optional[dict] = None) -> Path:
+    """:func:`write_parquet` through :func:`atomic_write`; ``metadata`` goes into the schema metadata as JSON
+    under :data:`METADATA_KEY`."""
+    return atomic_write(path, lambda tmp: write_parquet(frame, tmp, metadata))
 
 
 def read_settings(path) -> dict:
@@ -385,14 +390,5 @@ def write_parquet_set(out, frames: dict, metadata: Optional[dict] = None) -> lis
 
 
 def write_text_atomic(path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through :func:`tmp_path` and ``os.replace``, as
-    :func:`write_parquet_atomic` writes a frame."""
-    path = Path(path)
-    tmp = tmp_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_write`."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

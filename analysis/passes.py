@@ -205,18 +205,20 @@ class PaddingPass(_PerImagePass):
 
 
 def _region_moments(out: torch.Tensor, mask: Optional[torch.Tensor], index) -> tuple[float, float, int]:
-    """Mean and variance (float64, :func:`masked_torch.functional.masked_var`) of one sample's output over its
-    region and, where the layer gives a mask, the positions that mask marks valid (all channels together), and
-    how many values that is."""
+    """Mean and variance (float64, :func:`masked_torch.functional.masked_moments`) of one sample's output over
+    its region and, where the layer gives a mask, the positions that mask marks valid (all channels together),
+    and how many values that is."""
     x = out[index].double()[None]
-    valid = None if mask is None or mask.dim() != out.dim() else (mask[index] != 0)[None]
-    n = x.numel() if valid is None else int(valid.expand_as(x).sum())
-    if n == 0:
-        return float("nan"), float("nan"), 0
     dims = tuple(range(1, x.dim()))
-    mean, _ = MF.masked_reduce(x, valid, dim=dims)
-    var, _ = MF.masked_var(x, valid, dim=dims, correction=0)
-    return float(mean), float(var), n
+    valid = None if mask is None or mask.dim() != out.dim() else (mask[index] != 0)[None]
+    if valid is None or all(valid.shape[d] == 1 for d in dims):  # every entry of the region counts (or none)
+        if valid is not None and not bool(valid.all()) or x.numel() == 0:
+            return float("nan"), float("nan"), 0
+        return float(x.mean()), float(x.var(correction=0)), x.numel()
+    count, mean, _, var = MF.masked_moments(torch.where(valid, x, 0.0), valid, dims)
+    if int(count) == 0:
+        return float("nan"), float("nan"), 0
+    return float(mean), float(var), int(count)
 
 
 def _ratio(var: float, var_alone: float) -> float:

@@ -35,7 +35,6 @@ and counted on the panel; a panel without data says so instead of raising.
 from __future__ import annotations
 
 import math
-import os
 import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
@@ -388,17 +387,9 @@ def _legend(fig: Figure, stacks: Sequence[str], palette: dict, caption: str = ""
 def save_figure(fig: Figure, path, *, dpi: int = 120, cap: int = PNG_CAP, min_dpi: int = 60) -> Path:
     """Save ``fig`` as PNG at ``path`` atomically: written to a temporary file beside it, lowered in resolution
     while over ``cap`` bytes (down to ``min_dpi``), then renamed into place; nothing is left behind on error."""
-    from .files import tmp_path
+    from .files import atomic_write
 
-    path = Path(path)
-    tmp = tmp_path(path)
-    try:
-        save_png(fig, tmp, dpi=dpi, cap=cap, min_dpi=min_dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_png(fig, tmp, dpi=dpi, cap=cap, min_dpi=min_dpi))
 
 
 def save_png(fig: Figure, path, *, dpi: int = 120, cap: int = PNG_CAP, min_dpi: int = 60) -> None:

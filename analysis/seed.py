@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -109,14 +110,18 @@ def seed_draws(depth: int = DEPTH, *, seed: int = SEED, size: int = SIZE) -> tup
 
 class SeedSource(ImageSource):
     """The seed's image with its 3-channel mask (:func:`seed_mask`), as a one-image source: ``source[0]`` is the
-    N(0, 1) image ``x`` of :func:`seed_draws` (``(3, size, size)``, not yet masked) carrying ``mask``."""
+    N(0, 1) image ``x`` of :func:`seed_draws` (``(3, size, size)``, not yet masked) carrying ``mask``; ``image``:
+    that image, when the caller has drawn it already (``(1, 3, size, size)``)."""
 
     kind = "seed"
 
-    def __init__(self, depth: int = DEPTH, *, seed: int = SEED, size: int = SIZE):
+    def __init__(self, depth: int = DEPTH, *, seed: int = SEED, size: int = SIZE,
+                 image: Optional[torch.Tensor] = None):
         super().__init__([IMAGE], max_side=None, normalize="none", strict=True)
         self.size = int(size)
-        self._pixels = seed_draws(depth, seed=seed, size=size)[1][0].numpy()
+        if image is None:
+            image = seed_draws(depth, seed=seed, size=size)[1]
+        self._pixels = image[0].numpy()
         self._mask_pixels = seed_mask(size)[0].numpy()
 
     def _header(self, i: int) -> tuple[int, int]:
@@ -154,8 +159,9 @@ class TensorStatsPass:
 
     def add(self, batch, batch_out: dict) -> None:
         for k, name in enumerate(batch.names):
+            given = tensor_moments(batch.x[k])  # the same input for every stack
             for s in self.stacks:
-                self.rows.append(dict(stack=s, layer=INPUT, depth=0, image=name, **tensor_moments(batch.x[k])))
+                self.rows.append(dict(stack=s, layer=INPUT, depth=0, image=name, **given))
                 for layer, (out, _) in batch_out[s].items():
                     if layer_kind(layer) == "conv":
                         self.rows.append(dict(stack=s, layer=layer, depth=layer_depth(layer), image=name,
@@ -185,8 +191,8 @@ def run_seed(settings=None, *, progress: bool = False):
     settings = settings or seed_settings()
     state = torch.random.get_rng_state()  # convert() draws fresh layers' init: leave the caller's stream alone
     try:
-        plain, _ = seed_draws(settings.depth, seed=settings.seed, size=SIZE)
-        source = SeedSource(settings.depth, seed=settings.seed, size=SIZE)
+        plain, x = seed_draws(settings.depth, seed=settings.seed, size=SIZE)
+        source = SeedSource(settings.depth, seed=settings.seed, size=SIZE, image=x)
         tensor_stats = TensorStatsPass(settings.stacks)
         results = run_experiment(settings, progress=progress, plain=plain, source=source, passes=[tensor_stats])
     finally:

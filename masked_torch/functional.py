@@ -32,6 +32,7 @@ __all__ = [
     "partial_conv",
     "masked_conv",
     "masked_batch_norm",
+    "masked_moments",
     "masked_unshuffle",
     "masked_spatial_mean",
     "window_anchor",
@@ -488,7 +489,7 @@ def masked_batch_norm(
     zero = torch.zeros((), dtype=dtype, device=input.device)
     x = torch.where(valid, input.to(dtype), zero)  # garbage under the mask: selected away, never 0 * x
     if training or running_mean is None:
-        count, mean, _, var = _valid_moments(x, valid, (0,) + tuple(range(2, x.dim())))
+        count, mean, _, var = masked_moments(x, valid, (0,) + tuple(range(2, x.dim())))
         count, mean, var = count.reshape(-1).expand(c), mean.reshape(c), var.reshape(c)
         if training and running_mean is not None and running_var is not None:
             with torch.no_grad():
@@ -720,7 +721,7 @@ def _count(valid: Tensor, shape: Sequence[int], dims: tuple[int, ...], dtype: to
     return count * math.prod(shape[d] for d in dims if valid.shape[d] == 1)
 
 
-def _valid_moments(x: Tensor, valid: Tensor, dims: tuple[int, ...], correction: float = 0
+def masked_moments(x: Tensor, valid: Tensor, dims: tuple[int, ...], correction: float = 0
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The one masked mean and variance: ``(count, mean, centred, var)`` over the valid entries of ``dims``
     (kept as size-1 dims). ``x`` is already in the dtype to compute in and 0 where not ``valid`` (which
@@ -813,7 +814,7 @@ def masked_var(input: Tensor, mask: Optional[Tensor], dim=None, correction: floa
         valid = mask != 0
         dtype = torch.promote_types(input.dtype, torch.float32)
         x = torch.where(valid, input.to(dtype), torch.zeros((), dtype=dtype, device=input.device))
-        y = _valid_moments(x, valid, dims, correction)[3]
+        y = masked_moments(x, valid, dims, correction)[3]
         y = (y.sqrt() if std else y).to(input.dtype)
         if not keepdim:
             y = y.squeeze(dims)
@@ -859,7 +860,7 @@ def _normalize(x: Tensor, valid: Tensor, dims: tuple[int, ...], eps: float) -> T
     (``valid`` broadcasts against ``x``); 0 where not valid. Computed in float32 at least."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     xs = torch.where(valid, x.to(dtype), torch.zeros((), dtype=dtype, device=x.device))
-    _, _, centred, var = _valid_moments(xs, valid, dims)
+    _, _, centred, var = masked_moments(xs, valid, dims)
     return centred * torch.rsqrt(var + eps)
 
 
