@@ -289,7 +289,15 @@ class DataDependent(nn.Module):
 
 def test_untraceable_model_gets_one_clear_error():
     with pytest.raises(TypeError, match=r"cannot trace DataDependent with torch\.fx .*control flow"):
-        mnn.convert(DataDependent(), "masked")
+        mnn.convert(DataDependent(), "masked", capture="fx")
+    # capture="auto" (the default) tries torch.export next, on the first batch (or on example=): it cannot
+    # follow a branch on a tensor's value either, and the error says why each front end failed
+    why = r"cannot capture DataDependent with torch\.export .*and torch\.fx: cannot trace DataDependent"
+    with pytest.raises(TypeError, match=why):
+        mnn.convert(DataDependent(), "masked", example=torch.randn(2, 3, 8, 8))
+    masked = mnn.convert(DataDependent(), "masked")
+    with pytest.raises(TypeError, match=why):
+        masked(torch.randn(2, 3, 8, 8), torch.ones(2, 1, 8, 8))
 
 
 def test_linear_over_masked_positions_is_refused_at_run_time():
@@ -499,7 +507,10 @@ class Outer(nn.Module):
 
 def test_untraceable_model_error_names_the_module_that_failed():
     with pytest.raises(TypeError, match=r"cannot trace Outer with torch\.fx in module 'body\.1' \(Inner\)"):
-        mnn.convert(Outer(), "masked")
+        mnn.convert(Outer(), "masked", capture="fx")
+    with pytest.raises(TypeError, match=r"torch\.export .*torch\.fx: cannot trace Outer with torch\.fx in module "
+                                        r"'body\.1' \(Inner\)"):
+        mnn.convert(Outer(), "masked", example=torch.randn(1, 3, 4, 4))
 
 
 @pytest.mark.parametrize("op,match", [

@@ -1,7 +1,9 @@
 """Masked copies of trained plain models: ``convert(model, kind, inplace=False)``."""
 from __future__ import annotations
 
-from torch import nn
+from typing import Optional
+
+from torch import Tensor, nn
 
 from .base import MaskedModule
 from .container import MaskedSequential
@@ -20,7 +22,11 @@ def _sequential_of_layers(module: nn.Module) -> bool:
         _sequential_of_layers(child) or has_rule(child) for child in module.children())
 
 
-def convert(model: nn.Module, kind: str = "masked", *, inplace: bool = False, **options) -> nn.Module:
+_CAPTURES = ("auto", "fx", "export")
+
+
+def convert(model: nn.Module, kind: str = "masked", *, inplace: bool = False, capture: str = "auto",
+            example: Optional[Tensor] = None, check: bool = True, **options) -> nn.Module:
     """A masked model computed from a trained plain model; ``model``'s module tree is left as it is.
 
     **The result is a copy** (``inplace=False``, the default): it holds new ``Parameter`` and buffer tensors
@@ -68,6 +74,12 @@ def convert(model: nn.Module, kind: str = "masked", *, inplace: bool = False, **
         raise ValueError(f"convert: kind must be one of {sorted(_KINDS)}, got {kind!r}")
     if not isinstance(inplace, bool):
         raise TypeError(f"convert: inplace must be True or False, got {inplace!r}")
+    if capture not in _CAPTURES:
+        raise ValueError(f"convert: capture must be one of {list(_CAPTURES)}, got {capture!r}")
+    if example is not None and not isinstance(example, Tensor):
+        raise TypeError(f"convert: example must be an input tensor (N, C, *spatial), got {type(example).__name__}")
+    if not isinstance(check, bool):
+        raise TypeError(f"convert: check must be True or False, got {check!r}")
     kind = _KINDS[kind]
     if options and kind != "partial":
         raise ValueError(f"convert: options {sorted(options)} only apply to kind='partial'")
@@ -86,7 +98,7 @@ def convert(model: nn.Module, kind: str = "masked", *, inplace: bool = False, **
         return out
     from .graph import convert_graph
 
-    return convert_graph(model, kind, options, inplace)
+    return convert_graph(model, kind, options, inplace, capture=capture, example=example, check=check)
 
 
 def _convert_sequential(module: nn.Sequential, kind: str, options: dict, path: str, share: bool) -> MaskedSequential:

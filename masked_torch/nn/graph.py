@@ -13,6 +13,7 @@ result *dirty*: it is zeroed only where a layer or the output needs it, not afte
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import math
 import operator
@@ -25,6 +26,8 @@ from torch import Tensor, fx, nn
 
 from .. import functional as MF
 from .base import MaskedModule
+from .check import CaptureError, CaptureMismatch, check_capture
+from .outputs import unflatten_output
 from .container import Masked, Unmasked
 from .elementwise import is_elementwise
 from .registry import convert_module, has_rule, shared_copy
@@ -119,16 +122,24 @@ class MaskedGraphModule(MaskedModule, nn.Module):
     ``.code`` its Python source.
     """
 
-    def __init__(self, root: nn.Module, graphs: dict[bool, fx.Graph], class_name: str) -> None:
+    def __init__(self, root: nn.Module, graphs: Optional[dict[bool, fx.Graph]], class_name: str, spec=None,
+                 capture: str = "fx") -> None:
         super().__init__()
+        self._adopt(root)
+        self.training = root.training
+        self._class_name = class_name
+        self._graphs = graphs or {}
+        self._spec = spec
+        #: the front end that captured the graph: ``"fx"`` or ``"export"`` (``None`` until the first call)
+        self.capture = capture if graphs else None
+        self._pending: Optional[dict] = None
+        self._compile()
+
+    def _adopt(self, root: nn.Module) -> None:
         self._parameters = root._parameters
         self._buffers = root._buffers
         self._non_persistent_buffers_set = root._non_persistent_buffers_set
         self._modules = root._modules
-        self.training = root.training
-        self._class_name = class_name
-        self._graphs = graphs
-        self._compile()
 
     def _compile(self) -> None:
         fns, self._sources = {}, {}
@@ -141,19 +152,61 @@ class MaskedGraphModule(MaskedModule, nn.Module):
         object.__setattr__(self, "_fns", fns)
         # forward with the model's own signature (input, mask=None, *, other inputs), so that
         # inspect.signature, torch.export and ONNX see named inputs; it runs the train or eval graph
-        placeholders = [n for n in self._graphs[False].nodes if n.op == "placeholder"]
-        names = [n.target for n in placeholders]
+        if self._graphs:
+            placeholders = [n for n in self._graphs[False].nodes if n.op == "placeholder"]
+            names = [n.target for n in placeholders]
+        else:
+            placeholders, names = [], ["input", "mask"]
         params = [names[0], f"{names[1]}=None"]
         if len(names) > 2:
             params += ["*"] + [n for n in names[2:]]
         call = ", ".join(f"{n}={n}" for n in names)
-        src = f"def forward(self, {', '.join(params)}):\n    return self._fns[self.training](self, {call})\n"
+        body = f"self._fns[self.training](self, {call})"
+        if self._spec is not None:
+            body = f"self._structure({body})"
+        src = (f"def forward(self, {', '.join(params)}):\n"
+               f"    if self._pending is not None and self._first_call({names[0]}, {names[1]}, "
+               f"{{{', '.join(f'{n!r}: {n}' for n in names[2:])}}}):\n"
+               f"        return self.forward({', '.join(names[:2] + [f'{n}={n}' for n in names[2:]])})\n"
+               f"    return {body}\n")
         scope: dict = {}
         exec(compile(src, f"<masked {self._class_name} forward>", "exec"), scope)
         forward = scope["forward"]
         defaults = {n.target: n.args[0] for n in placeholders[2:] if n.args}
         forward.__kwdefaults__ = defaults or None
         object.__setattr__(self, "forward", forward.__get__(self))
+
+    def _structure(self, result):
+        """The flat outputs of an export capture and their masks, in the model's own output structure."""
+        out, masks = result
+        return unflatten_output(list(out), self._spec), unflatten_output(list(masks), self._spec)
+
+    def _first_call(self, input, mask, others: dict) -> bool:
+        """Capture on the first batch (no example was given), or check the capture against the model on it.
+        ``True``: the forward changed (call it again)."""
+        if torch.compiler.is_compiling():
+            if not self._graphs:
+                raise RuntimeError(f"{self._class_name}: captured on its first call, which must run eagerly: call "
+                                   f"it once before torch.compile, or convert with example=")
+            return False
+        pending, self._pending = self._pending, None
+        example = input
+        if mask is not None and isinstance(input, Tensor) and isinstance(mask, Tensor):
+            try:
+                example = input.masked_fill(MF._mask_as(mask, input) == 0, 0)
+            except RuntimeError:  # a mask of the wrong shape: the converted forward says so, in its own words
+                pass
+        try:
+            built = _build(pending["pre"], pending, example, others)
+        except BaseException:
+            self._pending = pending  # the next call tries again
+            raise
+        if built is None:
+            return False
+        self._adopt(built)
+        self._graphs, self._spec, self.capture = built._graphs, built._spec, built.capture
+        self._compile()
+        return True
 
     @property
     def graph(self) -> fx.Graph:
@@ -171,6 +224,8 @@ class MaskedGraphModule(MaskedModule, nn.Module):
         state = self.__dict__.copy()
         state.pop("_fns", None)
         state.pop("forward", None)
+        if state.get("_pending") is not None and self._graphs:
+            state["_pending"] = None  # a copy or a saved model is not checked on its first call
         # an fx.Graph pickles recursively, node by node (a deep model overflows the stack): store it flat
         flat = {id(g): _flatten(g) for g in self._graphs.values()}
         state["_graphs"] = {training: flat[id(g)] for training, g in self._graphs.items()}
@@ -252,7 +307,7 @@ def _trace(root: nn.Module, training: bool) -> fx.Graph:
         where = ""
         if stack and isinstance(stack[-1], tuple) and stack[-1][0]:
             where = f" in module {stack[-1][0]!r} ({getattr(stack[-1][1], '__name__', stack[-1][1])})"
-        raise TypeError(
+        raise CaptureError(
             f"convert: cannot trace {type(root).__name__} with torch.fx{where} ({type(exc).__name__}: {exc}). Masks follow "
             f"the model's graph, so forward must be traceable: no Python control flow on tensor values or "
             f"spatial sizes. Move such code out of forward, or convert the traceable submodules one by one "
@@ -512,7 +567,8 @@ class _Rewriter:
             return self.shape_read(node, env, args, kwargs)
         if _is_metadata_read(node):
             return _Val(self.copy_node(node, args, kwargs))
-        if isinstance(node.target, type) and issubclass(node.target, tuple) and hasattr(node.target, "_fields"):
+        if isinstance(node.target, type) and (issubclass(node.target, tuple) and hasattr(node.target, "_fields")
+                                              or dataclasses.is_dataclass(node.target)):
             return self.namedtuple(node, env, args, kwargs)
         if node.op == "call_function" and node.target is getattr:
             return self.attribute(node, env, args, kwargs)
@@ -616,7 +672,8 @@ class _Rewriter:
         return self.result(node, t, args, kwargs)
 
     def namedtuple(self, node, env, args, kwargs) -> _Val:
-        """A namedtuple of outputs (Inception's ``InceptionOutputs``): the same namedtuple of their masks."""
+        """A namedtuple or dataclass of outputs (Inception's ``InceptionOutputs``, a ``ModelOutput``): the same
+        structure of their masks."""
         mask_of = lambda n: env[n].mask if env[n].masked else None  # noqa: E731
         masks = self.g.create_node(node.op, node.target, fx.map_arg(node.args, mask_of),
                                    fx.map_arg(node.kwargs, mask_of))
@@ -1010,22 +1067,104 @@ def _swap_layers(root: nn.Module, graphs: list[fx.Graph], kind: str, options: di
             setattr(root.get_submodule(parent) if parent else root, child, new)
 
 
-def convert_graph(model: nn.Module, kind: str, options: dict, share: bool = False) -> MaskedGraphModule:
-    """The masked copy of any ``torch.fx``-traceable model (see :func:`masked_torch.nn.convert`; ``share``:
-    its ``inplace=True``)."""
-    root = shared_copy(model, share)
-    name = type(model).__name__
-    graphs = {False: _trace(root, False), True: _trace(root, True)}
-    for g in graphs.values():
-        _drop_unused_shape_reads(g)
-    same = graphs[False].python_code("self").src == graphs[True].python_code("self").src
-    if same:
+def _plain_graphs(pre: nn.Module, front: str, example: Optional[Tensor], name: str) -> tuple[dict, Any]:
+    """The model's graphs in eval and train mode, ``{training: graph}`` (one graph where they agree), and the
+    output structure (``None``: the graph returns it as it is)."""
+    if front == "fx":
+        graphs, spec = {False: _trace(pre, False), True: _trace(pre, True)}, None
+        for g in graphs.values():
+            _drop_unused_shape_reads(g)
+    else:
+        from .capture_export import export_capture
+
+        graphs, spec = {}, None
+        for training in (False, True):
+            graphs[training], spec = export_capture(pre, training, example, name)
+    if graphs[False].python_code("self").src == graphs[True].python_code("self").src:
         graphs[True] = graphs[False]
-    _swap_layers(root, list(graphs.values()), kind, options, share)
+    return graphs, spec
+
+
+def _rewrite(pre: nn.Module, graphs: dict, spec, kind: str, options: dict, name: str,
+             front: str) -> MaskedGraphModule:
+    root = shared_copy(pre, True)
+    _swap_layers(root, list(dict.fromkeys(graphs.values())), kind, options, True)
     rewritten = {}
     for training, graph in graphs.items():
-        if same and training:
+        if training and graph is graphs[False]:
             rewritten[True] = rewritten[False]
             continue
         rewritten[training] = _Rewriter(root, kind, options, f"Masked{name}").run(graph)
-    return MaskedGraphModule(root, rewritten, f"Masked{name}").train(model.training)
+    return MaskedGraphModule(root, rewritten, f"Masked{name}", spec, front).train(pre.training)
+
+
+def _mismatch(front: str, name: str, exc: CaptureMismatch) -> ValueError:
+    other = "export" if front == "fx" else "fx"
+    return ValueError(f"convert: the torch.{front} capture of {name} {exc}: its graph does not compute what "
+                      f"{name}.forward computes; try capture={other!r}")
+
+
+def _build(pre: nn.Module, how: dict, example: Optional[Tensor], others: Optional[dict] = None,
+           ) -> Optional[MaskedGraphModule]:
+    """Capture (fx first where ``capture="auto"``), check on ``example``, rewrite. ``None``: built already,
+    the check passed."""
+    name, kind, options, capture, check = how["name"], how["kind"], how["options"], how["capture"], how["check"]
+    if "graph" in how:  # built by fx at conversion; its check waited for a batch
+        try:
+            check_capture(pre, how["graph"], example, how["spec"], how["front"], name, others)
+            return None
+        except CaptureMismatch as exc:
+            if capture != "auto":
+                raise _mismatch(how["front"], name, exc) from None
+            fx_error = _mismatch("fx", name, exc)
+        fronts = ["export"]
+    else:
+        fx_error = how.get("fx_error")
+        fronts = how.get("fronts") or (["fx", "export"] if capture == "auto" else [capture])
+    for front in fronts:
+        if front == "export" and example is None:
+            return None  # captured on the first call
+        try:
+            graphs, spec = _plain_graphs(pre, front, example, name)
+            if check and example is not None:
+                check_capture(pre, graphs[False], example, spec, front, name, others)
+            return _rewrite(pre, graphs, spec, kind, options, name, front)
+        except CaptureMismatch as exc:
+            error = _mismatch(front, name, exc)
+        except (TypeError, ValueError) as exc:
+            if front == "export" or capture != "auto" or not isinstance(exc, CaptureError):
+                if fx_error is not None:  # both front ends failed: say why each did
+                    fx_why = str(fx_error).removeprefix("convert: ").split(". Masks follow")[0]
+                    raise type(exc)(f"{exc} (and torch.fx: {fx_why})") from None
+                raise
+            error = exc
+        if front == "fx":
+            fx_error = error
+    raise error
+
+
+def convert_graph(model: nn.Module, kind: str, options: dict, share: bool = False, *, capture: str = "auto",
+                  example: Optional[Tensor] = None, check: bool = True) -> MaskedGraphModule:
+    """The masked copy of a model captured by ``torch.fx`` or ``torch.export`` (see
+    :func:`masked_torch.nn.convert`; ``share``: its ``inplace=True``)."""
+    pre = shared_copy(model, share)
+    name = type(model).__name__
+    how = dict(pre=pre, name=name, kind=kind, options=options, capture=capture, check=check)
+    if example is not None:
+        return _build(pre, how, example)
+    if capture == "export":
+        out = MaskedGraphModule(pre, None, f"Masked{name}")
+        out._pending = how
+        return out
+    try:
+        graphs, spec = _plain_graphs(pre, "fx", None, name)
+        out = _rewrite(pre, graphs, spec, kind, options, name, "fx")
+    except CaptureError as exc:  # fx cannot trace it (an op without a rule, or one that depends on the canvas,
+        if capture == "fx":      # is refused at conversion, whatever captures it)
+            raise
+        out = MaskedGraphModule(pre, None, f"Masked{name}")  # torch.export captures it on the first call
+        out._pending = dict(how, fronts=["export"], fx_error=exc)
+        return out
+    if check:
+        out._pending = dict(how, graph=graphs[False], spec=spec, front="fx")
+    return out

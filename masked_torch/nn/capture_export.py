@@ -1,0 +1,179 @@
+"""The ``torch.export`` front end: a model's forward captured as ATen ops, brought to the form the rewriter reads.
+
+``torch.export`` (non-strict, batch and spatial dims ``Dim.AUTO``) runs the forward's real Python on symbolic
+shapes, so shape checks, ``isinstance`` and config code behave as in eager mode. The captured ATen graph is then
+brought back to the level of ``torch.fx``'s graphs, so that one set of mask rules serves both front ends:
+
+- each call of a layer that has a masked counterpart (the ATen ops recorded under one entry of a node's
+  ``nn_module_stack``) becomes one ``call_module`` node again (the layer is swapped as with fx);
+- parameters and buffers become ``get_attr`` nodes under their own names (``state_dict`` keys stay the model's);
+- every other ATen op becomes the torch function or Tensor method of its rule (:mod:`.rules`' ATen table);
+- the output is flattened; its structure (tuples, dicts, dataclasses) is kept apart (:mod:`.outputs`).
+
+A spatial size that the forward turns into a Python number (``int(h)``) makes ``torch.export`` fix it to the
+example's value; such a capture holds only for that canvas size and is refused, naming the dims.
+"""
+from __future__ import annotations
+
+import functools
+import operator
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, fx, nn
+
+from .check import CaptureError
+from .layers import has_rule
+from .outputs import flatten_output
+from .rules import VALUES_ONLY, aten_to_torch
+
+__all__ = ["export_capture"]
+
+_DROP = {torch.ops.aten._assert_scalar.default, torch.ops.aten.sym_constrain_range_for_size.default,
+         torch.ops.aten._assert_tensor_metadata.default}
+
+
+def _export(root: nn.Module, example: Tensor, name: str):
+    from torch.export import Dim, export
+
+    holder: dict = {}
+    forward = root.forward
+
+    @functools.wraps(forward)  # the model's own signature, which torch.export reads
+    def flat_forward(*args, **kwargs):
+        leaves, spec = flatten_output(forward(*args, **kwargs))
+        holder["spec"] = spec
+        return tuple(leaves)
+
+    dims = {0: Dim.AUTO, **{d: Dim.AUTO for d in range(2, example.dim())}}
+    root.forward = flat_forward
+    try:
+        ep = export(root, (example,), dynamic_shapes=(dims,), strict=False)
+    except Exception as exc:  # torch.export raises many types from user code and from its own checks
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CaptureError(f"convert: cannot capture {name} with torch.export ({type(exc).__name__}: {first})") from None
+    finally:
+        del root.forward
+    return ep, holder["spec"]
+
+
+def _fixed_dims(ep, example: Tensor) -> list[int]:
+    user = [n for n in ep.graph.nodes if n.op == "placeholder"
+            and n.name in set(ep.graph_signature.user_inputs)]
+    shape = user[0].meta["val"].shape
+    return [d for d in range(2, example.dim()) if isinstance(shape[d], int)]
+
+
+def _leaf_of(node: fx.Node, root: nn.Module) -> Optional[tuple[str, str]]:
+    """``(call key, module path)`` of the outermost layer with a mask rule that this ATen op belongs to."""
+    for key, (path, _cls) in (node.meta.get("nn_module_stack") or {}).items():
+        if not path:
+            continue
+        try:
+            module = root.get_submodule(path)
+        except AttributeError:
+            return None
+        if has_rule(module):
+            return key, path
+    return None
+
+
+def _groups(graph: fx.Graph, root: nn.Module, owned: dict) -> dict:
+    """``{last node: (path, input node, nodes)}`` for each call of a rule layer that is one value in, one out."""
+    runs: list = []
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target is torch.ops.aten.sym_size.int or node.target in _DROP:
+            continue
+        leaf = _leaf_of(node, root)
+        if leaf is None:
+            continue
+        if runs and runs[-1][0] == leaf[0]:
+            runs[-1][2].append(node)
+        else:
+            runs.append((leaf[0], leaf[1], [node]))
+    seen, groups = set(), {}
+    for key, path, nodes in runs:
+        if key in seen:  # one call split by other ops: leave it to the op rules
+            continue
+        seen.add(key)
+        inside = set(nodes)
+        inputs = {a for n in nodes for a in n.all_input_nodes if a not in inside
+                  and not (a.op == "placeholder" and owned.get(a.name, "").startswith(path + "."))}
+        outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+        tensor_inputs = [a for a in inputs if isinstance(a.meta.get("val"), Tensor)]
+        if len(tensor_inputs) != 1 or len(inputs) != 1 or len(outputs) != 1 or outputs[0] is not nodes[-1]:
+            continue
+        groups[nodes[-1]] = (path, tensor_inputs[0], inside)
+    return groups
+
+
+def _values_only(node: fx.Node) -> bool:
+    return (getattr(node.target, "overloadpacket", None) in VALUES_ONLY and bool(node.users) and all(
+        u.op == "call_function" and u.target is operator.getitem and u.args[1] == 0 for u in node.users))
+
+
+def export_capture(root: nn.Module, training: bool, example: Tensor, name: str) -> tuple[fx.Graph, Any]:
+    """The model's forward in ``training`` mode, captured on ``example``: ``(graph, output spec)``."""
+    modes = {m: m.training for m in root.modules()}
+    root.train(training)
+    try:
+        ep, spec = _export(root, example, name)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    fixed = _fixed_dims(ep, example)
+    if fixed:
+        sizes = ", ".join(f"dim {d} = {example.shape[d]}" for d in fixed)
+        raise ValueError(
+            f"convert: {name}.forward turns a spatial size of its input into a Python number (int(h), a size in "
+            f"Python arithmetic or a condition on its value), so torch.export fixed it to the example's ({sizes}); "
+            f"the capture would hold for that canvas size only. Pass sizes on as tensor shapes "
+            f"(F.interpolate(y, size=x.shape[-2:])) instead")
+    sig = ep.graph_signature
+    owned = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+    constants = sig.inputs_to_lifted_tensor_constants
+    groups = _groups(ep.graph, root, owned)
+    grouped = set().union(*(g[2] for g in groups.values())) if groups else set()
+
+    g = fx.Graph()
+    env: dict[fx.Node, Any] = {}
+    for node in ep.graph.nodes:
+        if node.op == "placeholder":
+            if node.name in owned:
+                env[node] = g.get_attr(owned[node.name])
+            elif node.name in constants:
+                target = constants[node.name]
+                value = ep.constants[target]
+                attr = "_export_constant_" + target.replace(".", "_")
+                root.register_buffer(attr, value.clone() if isinstance(value, Tensor) else value, persistent=False)
+                env[node] = g.get_attr(attr)
+            else:
+                env[node] = g.placeholder(node.name)
+        elif node.op == "output":
+            g.output(tuple(fx.map_arg(node.args[0], lambda n: env[n])))
+        elif node in groups:
+            path, source, _ = groups[node]
+            env[node] = g.call_module(path, (env[source],))
+        elif node in grouped or node.target in _DROP:
+            continue
+        elif node.op == "call_function" and _values_only(node):
+            # F.adaptive_max_pool2d(x, 1): ATen returns (values, indices) and the model reads [0]
+            packet = node.target.overloadpacket
+            args = fx.map_arg(node.args, lambda n: env[n])
+            values = g.call_function(VALUES_ONLY[packet], tuple(args), dict(node.kwargs))
+            for user in node.users:
+                env[user] = values
+        elif node in env:  # a [0] of a values-only op
+            continue
+        elif node.op == "call_function":
+            args = fx.map_arg(node.args, lambda n: env[n])
+            kwargs = fx.map_arg(node.kwargs, lambda n: env[n])
+            op, target, args, kwargs = aten_to_torch(node.target, args, kwargs)
+            new = g.create_node(op, target, args, kwargs, node.name)
+            new.meta["nn_module_stack"] = node.meta.get("nn_module_stack")
+            env[node] = new
+        else:
+            env[node] = g.node_copy(node, lambda n: env[n])
+    g.lint()
+    return g, spec
