@@ -60,6 +60,9 @@ __all__ = [
     "masked_max_dim",
     "masked_stack",
     "valid_extents",
+    "check_binary_mask",
+    "adaptive_sizes",
+    "masked_adaptive_pool",
 ]
 
 _Size = Union[int, Sequence[int]]
@@ -1335,6 +1338,10 @@ def interpolate_to(input: Tensor, mask: Optional[Tensor], like_mask: Optional[Te
     if mask is None or like_mask is None:
         return F.interpolate(input, size=size, mode=mode, **kwargs), None
     size = tuple(int(s) for s in size)
+    # a mask of size 1 along a dim (pooled features) holds for the whole dim
+    mask = mask.expand(tuple(mask.shape[:2]) + tuple(input.shape[2:])) if mask.dim() == input.dim() else mask
+    if like_mask.dim() == len(size) + 2 and all(a in (1, b) for a, b in zip(like_mask.shape[2:], size)):
+        like_mask = like_mask.expand(tuple(like_mask.shape[:2]) + size)
     if tuple(like_mask.shape[2:]) != size:
         raise ValueError(f"{name}: size {size} is not the spatial size of the tensor it was read from "
                          f"(mask {tuple(like_mask.shape)})")
@@ -1351,3 +1358,122 @@ def interpolate_to(input: Tensor, mask: Optional[Tensor], like_mask: Optional[Te
     seen = torch.tensor([a is not None for a in src], dtype=out_mask.dtype, device=out_mask.device)
     out_mask = out_mask * seen.view(-1, *([1] * (out_mask.dim() - 1)))
     return out * (out_mask != 0), out_mask
+
+
+# -- appended: mask values a converted model accepts; adaptive pooling per image -------------------------------
+
+
+def _skip_data_checks() -> bool:
+    """Inside ``torch.compile``, ``torch.export``, ``torch.jit`` or ``torch.fx`` tracing a check that reads the
+    mask's values (a host sync) cannot run: it is skipped there (eager calls check)."""
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or torch.jit.is_scripting() or torch.fx._symbolic_trace.is_fx_tracing())
+
+
+def check_binary_mask(mask: Optional[Tensor], name: str) -> Optional[Tensor]:
+    """A mask a converted model reads as validity: ``bool``, or every value exactly 0 or 1 (integer or float).
+
+    Any other value (255 of an 8-bit image mask, a soft 0.5, -1, NaN, Inf) raises ``ValueError`` naming
+    ``name``, the mask's dtype and value range, and the fix (``mask > 0``). Soft masks are a feature of the
+    masked layers a user builds; a converted model promises each image exactly what the plain model gives it
+    alone, which a scaled mask would break silently.
+
+    Cost: one elementwise pass over the mask and a reduction to one value, read on the host (a device sync on
+    GPU). Skipped for ``bool`` masks and under ``torch.compile``/``torch.export``/tracing. Returns ``mask``."""
+    if mask is None or not isinstance(mask, Tensor) or mask.dtype == torch.bool or _skip_data_checks():
+        return mask
+    if mask.is_complex():
+        return mask  # refused by check_mask with its own message
+    bad = ((mask != 0) & (mask != 1)).any()
+    if bool(bad):
+        if mask.is_floating_point() and bool(mask.isnan().any()):
+            found = "NaN"
+        else:
+            finite = mask[(mask != 0) & (mask != 1)]
+            found = f"values such as {finite.flatten()[0].item()!r}"
+        raise ValueError(
+            f"{name}: the mask must be 0/1 or bool (a converted model reads it as validity), got {mask.dtype} with "
+            f"{found}; pass mask > 0 (or mask.bool()) for 'valid where non-zero'")
+    return mask
+
+
+_ADAPTIVE = {
+    "mean": {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d},
+    "amax": {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d},
+}
+
+
+def adaptive_sizes(output_size, nd: int, name: str = "adaptive_pool") -> tuple[Optional[int], ...]:
+    """``output_size`` of an adaptive pool as ``nd`` entries, each a positive int or ``None`` (that dim kept);
+    ``ValueError`` naming ``name`` otherwise."""
+    sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * nd
+    if len(sizes) == 1 and nd > 1:
+        sizes = sizes * nd
+    if len(sizes) != nd or not all(s is None or (isinstance(s, int) and not isinstance(s, bool) and s > 0)
+                                    for s in sizes):
+        raise ValueError(f"{name}: output_size must be a positive int, None, or a tuple of {nd} of them, got "
+                         f"{output_size!r}")
+    return sizes
+
+
+def masked_adaptive_pool(
+    input: Tensor,
+    mask: Optional[Tensor],
+    output_size,
+    mode: str = "mean",
+    *,
+    nd: int,
+    zeroed: bool = False,
+    name: str = "adaptive_pool",
+) -> tuple[Tensor, Optional[Tensor]]:
+    """``F.adaptive_{avg,max}_pool{nd}d(input, output_size)`` per image: each image gets exactly what the plain
+    pool gives it alone (``mode`` ``"mean"`` or ``"amax"``).
+
+    * Output size 1 (or ``None``) along every dim (global pooling, ``(1, None)``): over the valid positions,
+      any mask (:func:`masked_reduce`, vectorised).
+    * Any other size (pyramid pooling, ``AdaptiveAvgPool2d((7, 7))``): each sample's valid region is the box
+      at the canvas origin whose extent the mask gives (as :func:`interpolate_to` reads it); the pool runs
+      on that box, so its bins are the image's own, also for an image smaller than the bin count. A mask
+      whose valid region is not such a box (holes; channels of a C-channel mask that differ) is refused with
+      ``ValueError``. One pool call per sample with sizes read from the mask (a host sync): eager mode;
+      ``torch.compile`` breaks the graph there.
+
+    The output mask is the mask reduced over the pooled dims (size 1 there: every bin of a sample with a
+    valid position is valid; a ``None`` dim keeps the mask's extent), as for global pooling; the output is 0
+    where it is 0.
+    """
+    sizes = adaptive_sizes(output_size, nd, name)
+    if mode not in _ADAPTIVE:
+        raise ValueError(f"{name}: mode must be 'mean' or 'amax', got {mode!r}")
+    pool = _ADAPTIVE[mode][nd]
+    if mask is None:
+        return pool(input, output_size), None
+    check_input(input, mask, nd, name)
+    pooled = tuple(2 + i for i, s in enumerate(sizes) if s is not None)
+    if not pooled:  # (None, None): the identity
+        return (input if zeroed else _zero_masked(input, mask)), mask
+    if all(s in (1, None) for s in sizes):
+        return masked_reduce(input, mask, pooled, True, mode, zeroed=zeroed, name=name)
+    valid = mask != 0
+    extents = valid_extents(mask)
+    counts = valid.flatten(2).sum(-1).tolist()  # (N, C_mask) valid positions of each sample and mask channel
+    out_shape = tuple(input.shape[:2]) + tuple(s if s is not None else input.shape[2 + i] for i, s in enumerate(sizes))
+    out = input.new_zeros(out_shape)
+    m_dtype = _mask_dtype(input)
+    out_mask = torch.zeros(tuple(mask.shape[:2]) + tuple(1 if s is not None else input.shape[2 + i]
+                                                           for i, s in enumerate(sizes)),
+                           dtype=m_dtype, device=mask.device)
+    for k, (extent, count) in enumerate(zip(extents, counts)):
+        if set(count) != {math.prod(extent)}:
+            raise ValueError(
+                f"{name}: output_size={output_size!r} pools each image's own region, which must be a box at the "
+                f"canvas origin (as pad_batch makes it); sample {k}'s mask {tuple(mask.shape)} has holes or differs "
+                f"between channels")
+        if math.prod(extent) == 0:
+            continue  # no valid position: zeros, mask 0
+        crop = input[(slice(k, k + 1), slice(None)) + tuple(slice(0, e) for e in extent)]
+        y = pool(crop, output_size)
+        out[(slice(k, k + 1), slice(None)) + tuple(slice(0, s) for s in y.shape[2:])] = y
+        out_mask[(k, slice(None)) + tuple(slice(None) if s is not None else slice(0, e)
+                                          for s, e in zip(sizes, extent))] = 1
+    return out, out_mask

@@ -922,16 +922,11 @@ class _Rewriter:
 
     def _adaptive(self, node, env, args, kwargs, nd, mode):
         b = self.bind(node, "adaptive", args, kwargs)
-        size = b["output_size"]
-        sizes = size if isinstance(size, (tuple, list)) else (size,) * nd
-        if isinstance(size, fx.Node) or any(s not in (1, None) for s in sizes) or all(s is None for s in sizes):
-            self.fail(node, f"output_size={size!r} pools the padded canvas, not each image; only global pooling "
-                            f"(output_size=1) has a per-image rule", ValueError)
         if b.get("return_indices"):
             self.fail(node, "return_indices=True is not supported", ValueError)
-        x = env[node.args[0]]
-        dims = tuple(2 + i for i, s in enumerate(sizes) if s == 1)  # None keeps that dim as it is
-        t = self.call(MF.masked_reduce, self.clean(x), x.mask, dims, True, mode, zeroed=True, name=self.label(node))
+        x = env[node.args[0]]  # global pooling over the valid positions, other sizes over each image's box
+        t = self.call(MF.masked_adaptive_pool, self.clean(x), x.mask, b["output_size"], mode, nd=nd, zeroed=True,
+                      name=self.label(node))
         return self.result(node, t, args, kwargs)
 
     def fn_adaptive_avg(self, node, env, args, kwargs, nd):

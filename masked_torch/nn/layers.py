@@ -84,9 +84,9 @@ def grid_mask(module: nn.Module, input: Tensor, mask: Tensor, output: Tensor, *,
                                 getattr(module, "dilation", 1), anchor="end", ceil_mode=module.ceil_mode,
                                 out_shape=output.shape[2:])
     if isinstance(module, (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)):
-        if any(s != 1 for s in output.shape[2:]):
-            raise ValueError(f"{name}: output size {tuple(output.shape[2:])} pools the padded canvas, not each image")
-        return mask.amax(dim=tuple(range(2, mask.dim())), keepdim=True)
+        sizes = MF.adaptive_sizes(module.output_size, nd, name)  # the mask of the per-image rule
+        dims = tuple(2 + i for i, s in enumerate(sizes) if s is not None)
+        return mask.amax(dim=dims, keepdim=True) if dims else mask
     if isinstance(module, nn.Upsample):
         MF.check_interpolate(module.size, module.scale_factor, module.mode, module.align_corners,
                              module.recompute_scale_factor, name=name)

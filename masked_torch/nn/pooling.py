@@ -1,4 +1,4 @@
-"""Pooling over the valid positions: windowed max/average pools, global (adaptive to 1) pools, spatial mean."""
+"""Pooling over the valid positions: windowed max/average pools, adaptive pools (global, or per image), spatial mean."""
 from __future__ import annotations
 
 from typing import Optional
@@ -70,27 +70,26 @@ class _MaskedAvgPoolNd(_Zeroed, MaskedModule):
 
 
 class _MaskedAdaptivePoolNd(_Zeroed, MaskedModule):
-    """Global pooling (``output_size`` 1 in every dimension) over the valid positions of each sample;
-    output mask ``(N, 1, 1, ...)`` (``(N, C, 1, ...)`` for a C-channel mask): 1 for samples (channels) with a
-    valid position. Any other ``output_size`` divides
-    the padded canvas, not each image, and is refused at construction."""
+    """Adaptive pooling per image: each image gets exactly what the plain layer gives it alone (see
+    :func:`masked_torch.functional.masked_adaptive_pool`). Global pooling (``output_size`` 1) pools the valid
+    positions of any mask; any other ``output_size`` (pyramid pooling's 2, 3, 6 bins, ``(7, 7)``) pools each
+    sample's valid region, which must be a box at the canvas origin (refused when it runs otherwise). Output
+    mask ``(N, 1, 1, ...)`` (``(N, C, 1, ...)`` for a C-channel mask): 1 for samples (channels) with a valid
+    position; a ``None`` dim keeps the mask's extent. ``return_indices=True`` is refused."""
 
     _nd: int
     _mode: str
 
-    def __init__(self, output_size) -> None:
-        super().__init__(output_size)
-        sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * self._nd
-        if len(sizes) != self._nd or any(s not in (1, None) for s in sizes) or all(s is None for s in sizes):
-            raise ValueError(f"{type(self).__name__}: output_size={output_size!r} pools the padded canvas, not "
-                             f"each image; only global pooling (output_size=1) has a per-image rule")
+    def __init__(self, output_size, *args, **kwargs) -> None:
+        super().__init__(output_size, *args, **kwargs)
+        MF.adaptive_sizes(output_size, self._nd, type(self).__name__)
+        if getattr(self, "return_indices", False):
+            raise ValueError(f"{type(self).__name__}: return_indices=True is not supported (indices into the "
+                             f"padded canvas are not each image's)")
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
-        MF.check_input(input, mask, self._nd, type(self).__name__)
-        sizes = self.output_size if isinstance(self.output_size, (tuple, list)) else (self.output_size,) * self._nd
-        dims = tuple(2 + i for i, s in enumerate(sizes) if s == 1)  # None keeps that dim as it is
-        return MF.masked_reduce(input, mask, dims, True, self._mode, zeroed=self.input_zeroed,
-                                name=type(self).__name__)
+        return MF.masked_adaptive_pool(input, mask, self.output_size, self._mode, nd=self._nd,
+                                       zeroed=self.input_zeroed, name=type(self).__name__)
 
 
 def _classes(base: type, plain: dict, extra: dict) -> list[type]:
