@@ -1364,10 +1364,11 @@ def interpolate_to(input: Tensor, mask: Optional[Tensor], like_mask: Optional[Te
 
 
 def _skip_data_checks() -> bool:
-    """Inside ``torch.compile``, ``torch.export``, ``torch.jit`` or ``torch.fx`` tracing a check that reads the
-    mask's values (a host sync) cannot run: it is skipped there (eager calls check)."""
+    """Inside ``torch.compile``, ``torch.export`` or ``torch.jit`` tracing a check that reads the mask's values
+    (a host sync) cannot run: it is skipped there (eager calls check; ``torch.fx`` passes a ``Proxy``, not a
+    tensor)."""
     return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
-            or torch.jit.is_scripting() or torch.fx._symbolic_trace.is_fx_tracing())
+            or torch.jit.is_scripting())
 
 
 def check_binary_mask(mask: Optional[Tensor], name: str) -> Optional[Tensor]:

@@ -1,14 +1,17 @@
 """Masked copies of trained plain models: ``convert(model, kind, inplace=False)``."""
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 from torch import Tensor, nn
+ (convert of a converted model gives the new kind exactly (layers, MaskedSequential, Masked/Unmasked rebuilt from their plain layers) or refuses in one line (a converted graph model of another kind or options, a plain model whose forward calls a masked module); what convert returns refuses a mask that is not 0/1 or bool (MF.check_binary_mask, a forward pre-hook, skipped under compile/export))
 
+from .. import functional as MF
 from .base import MaskedModule
 from .container import MaskedSequential
 from .elementwise import ELEMENTWISE
-from .registry import convert_module, has_rule, shared_copy
+from .registry import convert_module, has_rule
 
 __all__ = ["convert", "ELEMENTWISE"]
 
@@ -20,6 +23,44 @@ def _sequential_of_layers(module: nn.Module) -> bool:
     """An ``nn.Sequential`` (nested too) of layers that each have a rule of their own."""
     return type(module) is nn.Sequential and all(
         _sequential_of_layers(child) or has_rule(child) for child in module.children())
+
+
+class MaskValueCheck:
+    """The forward pre-hook ``convert`` registers on what it returns: the mask (the second input) must be 0/1
+    or bool, read as validity (:func:`masked_torch.functional.check_binary_mask`: one pass over the mask,
+    skipped under ``torch.compile``/``torch.export``). ``param`` is the mask's keyword name."""
+
+    def __init__(self, param: str = "mask") -> None:
+        self.param = param
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = args[1] if len(args) > 1 else kwargs.get(self.param)
+        MF.check_binary_mask(mask, module._get_name())
+
+
+def _guard_mask_values(out: nn.Module) -> nn.Module:
+    """One :class:`MaskValueCheck` on ``out`` (the model a user calls), none on its submodules (copies of
+    modules converted before)."""
+    for module in out.modules():
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, MaskValueCheck):
+                del module._forward_pre_hooks[key]
+                module._forward_pre_hooks_with_kwargs.pop(key, None)
+    params = list(inspect.signature(out.forward).parameters)
+    out.register_forward_pre_hook(MaskValueCheck(params[1] if len(params) > 1 else "mask"), with_kwargs=True)
+    return out
+
+
+def _refuse_masked_inside(model: nn.Module) -> None:
+    """A plain model whose forward calls a masked module itself (``out, _ = self.block(x)``) handles the
+    ``(output, mask)`` pair in its own code, which no mask rule follows: refused, naming the module."""
+    for path, module in model.named_modules():
+        if isinstance(module, MaskedModule):
+            raise TypeError(
+                f"convert: {path!r} ({module._get_name()}) is a masked module inside the plain model "
+                f"{type(model).__name__}, whose forward handles the (output, mask) it returns in its own code; "
+                f"build {type(model).__name__} with the plain layer there and convert that (converted.state_dict() "
+                f"loads into it)")
 
 
 _CAPTURES = ("auto", "fx", "export")
@@ -83,31 +124,18 @@ def convert(model: nn.Module, kind: str = "masked", *, inplace: bool = False, ca
     kind = _KINDS[kind]
     if options and kind != "partial":
         raise ValueError(f"convert: options {sorted(options)} only apply to kind='partial'")
-    if isinstance(model, MaskedModule):
-        return shared_copy(model, inplace)
-    if has_rule(model):
-        return convert_module(model, kind, options, share=inplace)
-    if _sequential_of_layers(model):
-        out = _convert_sequential(model, kind, options, "", inplace)
-        if kind != "plain":
-            # every layer after the first reads a masked layer's output, exactly 0 under its mask
-            leaves = [m for m in out.modules() if not isinstance(m, MaskedSequential)]
-            for layer in leaves[1:]:
-                if hasattr(layer, "input_zeroed"):
-                    layer.input_zeroed = True
-        return out
-    from .graph import convert_graph
+    if isinstance(model, MaskedModule) or has_rule(model) or _sequential_of_layers(model):
+        out = convert_module(model, kind, options, share=inplace)
+    else:
+        _refuse_masked_inside(model)
+        from .graph import convert_graph
 
-    return convert_graph(model, kind, options, inplace, capture=capture, example=example, check=check)
-
-
-def _convert_sequential(module: nn.Sequential, kind: str, options: dict, path: str, share: bool) -> MaskedSequential:
-    out = MaskedSequential()
-    for name, child in module.named_children():
-        where = f"{path}.{name}" if path else name
-        if type(child) is nn.Sequential:
-            new = _convert_sequential(child, kind, options, where, share)
-        else:
-            new = convert_module(child, kind, options, where, share)
-        out.add_module(name, new)
-    return out.train(module.training)
+        out = convert_graph(model, kind, options, inplace, capture=capture, example=example, check=check)
+        out._convert_kind = (kind, tuple(sorted(options.items())))  # what converting it again compares with
+    if isinstance(out, MaskedSequential) and kind != "plain":
+        # every layer after the first reads a masked layer's output, exactly 0 under its mask
+        leaves = [m for m in out.modules() if not isinstance(m, MaskedSequential)]
+        for layer in leaves[1:]:
+            if hasattr(layer, "input_zeroed"):
+                layer.input_zeroed = True
+    return _guard_mask_values(out)
