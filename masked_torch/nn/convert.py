@@ -103,11 +103,21 @@ def convert(model: nn.Module, kind: str = "masked", *, inplace: bool = False, ca
     permute, flatten, interpolate, ...) gets its mask rule. The result's ``forward(input, mask=None,
     **other_inputs)`` returns ``(output, out_mask)``, ``out_mask`` in the structure of ``output``; its
     ``state_dict`` keys are the plain model's. An ``nn.Sequential`` (nested too) of such layers becomes a
-    :class:`MaskedSequential` with the same child names; a single layer, its masked layer; a masked module,
-    a copy of itself (``inplace=True``: sharing its parameters and buffers).
+    :class:`MaskedSequential` with the same child names; a single layer, its masked layer.
+
+    **Converting a converted model** gives exactly what converting the plain model gives, or refuses: masked
+    layers, ``Masked``/``Unmasked`` and ``MaskedSequential`` become the layers ``kind`` makes of their plain
+    layers (a copy where they are that already; ``inplace=True``: sharing their tensors); a converted graph model
+    is copied for the same kind and options and refused (``TypeError``) for others, as is a plain model whose
+    forward calls a masked module itself.
+
+    **The mask** of what ``convert`` returns is validity: ``bool`` or 0/1 of any dtype; any other value (a 0/255
+    mask, a soft mask, NaN) raises ``ValueError`` when the model is called (a forward pre-hook running
+    :func:`masked_torch.functional.check_binary_mask`: one pass over the mask; skipped under ``torch.compile``
+    and ``torch.export``). Soft masks stay a feature of the masked layers a user builds.
 
     Raises ``TypeError`` for what has no rule or cannot be traced, ``ValueError`` for what depends on the
-    padded canvas rather than each image (``AdaptiveAvgPool2d((7, 7))``, ``interpolate(size=...)``,
+    padded canvas rather than each image (``interpolate(size=...)`` to a fixed size,
     ``align_corners=True``, reading a spatial size, ``padding_mode='reflect'``, ...), each naming the node, op
     and module path. Weights, buffers, training mode, dtype, device and frozen parameters carry over.
     """
