@@ -112,9 +112,9 @@ def test_partial_options_are_the_new_ones():
     assert kinds_of(again) == kinds_of(mnn.convert(model, "partial", update_mask=False, multichannel=True))
     assert [m.update_mask for m in again.modules() if isinstance(m, mnn.PartialConv2d)] == [False, False]
     graph = mnn.convert(build("resnet_basic"), "partial")
-    with pytest.raises(TypeError, match=r"was converted as kind 'partial' with options \{\} and its forward is rewritten for that, so it cannot become "
-                                         r"kind 'partial' with options \{'update_mask': False\} exactly; convert the "
-                                         r"plain model instead \(convert\(model, 'partial', update_mask=False\)\)"):
+    with pytest.raises(TypeError, match=r"was converted as kind 'partial' with options \{\} and its forward is "
+                                         r"rewritten for that, so it cannot become kind 'partial' with options "
+                                         r"\{'update_mask': False\} exactly; convert the plain model instead \(convert\(model, 'partial', update_mask=False\)\)"):
         mnn.convert(graph, "partial", update_mask=False)
     assert mnn.convert(graph, "partial") is not graph
 

@@ -162,7 +162,8 @@ def test_a_mask_with_holes_is_refused_when_the_model_runs(convert_first):
         call = lambda: masked(x, m)  # noqa: E731
     else:
         call = lambda: mnn.MaskedAdaptiveAvgPool2d(3)(x, m)  # noqa: E731
-    with pytest.raises(ValueError, match=r"box at the canvas origin .* sample 0's mask \(4, 1, 20, 17\) has holes") as info:
+    with pytest.raises(ValueError, match=r"box at the canvas origin .* sample 0's mask \(4, 1, 20, 17\) has "
+                                         r"holes") as info:
         call()
     assert "\n" not in str(info.value)
     # a hole is fine for global pooling: it pools the valid positions of any mask

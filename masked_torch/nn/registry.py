@@ -3,7 +3,6 @@ of which masked layer stands for which plain one is :mod:`~masked_torch.nn.layer
 from __future__ import annotations
 
 import copy
-
 from typing import Optional
 
 from torch import nn
@@ -22,7 +21,7 @@ __all__ = ["LAYERS", "PLAIN", "masked_counterpart", "convert_module", "convert_s
 PLAIN: dict[type, type] = {masked: plain for table in (LAYERS, CONVS["partial"]) for plain, masked in table.items()}
 
 
-def _constructor_args(module: nn.Module, t: type = None) -> tuple[tuple, dict]:
+def _constructor_args(module: nn.Module, t: Optional[type] = None) -> tuple[tuple, dict]:
     """The constructor arguments of the plain layer type ``t`` (``type(module)`` by default) that ``module``
     (that layer, or its masked layer) was built with."""
     t = t or type(module)
