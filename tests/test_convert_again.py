@@ -114,7 +114,8 @@ def test_partial_options_are_the_new_ones():
     graph = mnn.convert(build("resnet_basic"), "partial")
     with pytest.raises(TypeError, match=r"was converted as kind 'partial' with options \{\} and its forward is "
                                          r"rewritten for that, so it cannot become kind 'partial' with options "
-                                         r"\{'update_mask': False\} exactly; convert the plain model instead \(convert\(model, 'partial', update_mask=False\)\)"):
+                                         r"\{'update_mask': False\} exactly; convert the plain model instead "
+                                         r"\(convert\(model, 'partial', update_mask=False\)\)"):
         mnn.convert(graph, "partial", update_mask=False)
     assert mnn.convert(graph, "partial") is not graph
 
