@@ -168,15 +168,11 @@ def _convert_masked(module: nn.Module, kind: str, options: dict, path: str, shar
         if kind != "plain" and _built_as(module, kind, options):
             return _fresh(shared_copy(module, share))
         return convert_module(plain_layer(module, share), kind, options, path, share)
-    from .graph import MaskedGraphModule  # (graph imports this module)
-
-    if hasattr(module, "_convert_kind") or isinstance(module, MaskedGraphModule):
-        tag = getattr(module, "_convert_kind", None)
+    tag = getattr(module, "_convert_kind", None)  # a converted graph model: convert tags it (kind, options)
+    if tag is not None:
         if tag == (kind, tuple(sorted(options.items()))):
             return shared_copy(module, share)
-        made = f"was converted as kind {tag[0]!r}" if tag else "was converted as an unknown kind"
-        if tag and tag[0] == kind:
-            made += f" with options {dict(tag[1])}"
+        made = f"was converted as kind {tag[0]!r}" + (f" with options {dict(tag[1])}" if tag[0] == kind else "")
         _refuse(module, path, kind, options, made + " and its forward is rewritten for that")
     made = _conv_kind(module)
     if made is not None and made != kind:  # a subclass of a masked convolution (a lazy one, or the user's)
