@@ -124,3 +124,13 @@ def test_compiled_converted_model_runs_without_the_check():
     out, out_mask = compiled(x, m)
     ref, ref_mask = converted(x, m)
     assert torch.equal(out, ref) and torch.equal(out_mask, ref_mask)
+
+
+def test_export_captures_a_converted_model_without_the_check():
+    """torch.export (non-strict, as the dynamo ONNX exporter runs it) traces past the check."""
+    converted = mnn.convert(conv_stack(), "masked")
+    x, m = batch()
+    program = torch.export.export(converted, (x, m), strict=False)
+    out, out_mask = program.module()(x, m)
+    ref, ref_mask = converted(x, m)
+    assert torch.equal(out, ref) and torch.equal(out_mask, ref_mask)
