@@ -5,7 +5,6 @@ import inspect
 from typing import Optional
 
 from torch import Tensor, nn
- (convert of a converted model gives the new kind exactly (layers, MaskedSequential, Masked/Unmasked rebuilt from their plain layers) or refuses in one line (a converted graph model of another kind or options, a plain model whose forward calls a masked module); what convert returns refuses a mask that is not 0/1 or bool (MF.check_binary_mask, a forward pre-hook, skipped under compile/export))
 
 from .. import functional as MF
 from .base import MaskedModule
