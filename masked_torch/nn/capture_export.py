@@ -16,6 +16,7 @@ example's value; such a capture holds only for that canvas size and is refused, 
 from __future__ import annotations
 
 import functools
+import re
 import operator
 
 from typing import Any, Optional
@@ -58,11 +59,18 @@ def _export(root: nn.Module, example: Tensor, name: str):
     return ep, holder["spec"]
 
 
-def _fixed_dims(ep, example: Tensor) -> list[int]:
-    user = [n for n in ep.graph.nodes if n.op == "placeholder"
-            and n.name in set(ep.graph_signature.user_inputs)]
+def _fixed_sizes(ep, example: Tensor) -> list[str]:
+    """Where the capture holds for the example's canvas size only: a spatial dim fixed to its value, or a
+    guard that pins an expression of a spatial size to a number (``int(h // 4)`` makes ``(h - 1) // 4 + 1 ==
+    10`` a guard and ``10`` a constant of the graph)."""
+    user = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in set(ep.graph_signature.user_inputs)]
     shape = user[0].meta["val"].shape
-    return [d for d in range(2, example.dim()) if isinstance(shape[d], int)]
+    fixed = [f"dim {d} = {example.shape[d]}" for d in range(2, example.dim()) if isinstance(shape[d], int)]
+    for guard in getattr(ep, "_guards_code", None) or []:  # torch.export's guards, as Python source
+        dims = {int(d) for d in re.findall(r"size\(\)\[(\d+)\]", guard)}
+        if any(d >= 2 for d in dims) and re.search(r"==\s*-?\d+\s*$", guard) and "%" not in guard:
+            fixed.append(re.sub(r"L\['\w+'\]\.", "", guard))
+    return fixed
 
 
 def _leaf_of(node: fx.Node, root: nn.Module) -> Optional[tuple[str, str]]:
@@ -122,9 +130,9 @@ def export_capture(root: nn.Module, training: bool, example: Tensor, name: str) 
     finally:
         for m, mode in modes.items():
             m.training = mode
-    fixed = _fixed_dims(ep, example)
+    fixed = _fixed_sizes(ep, example)
     if fixed:
-        sizes = ", ".join(f"dim {d} = {example.shape[d]}" for d in fixed)
+        sizes = "; ".join(fixed[:3])
         raise ValueError(
             f"convert: {name}.forward turns a spatial size of its input into a Python number (int(h), a size in "
             f"Python arithmetic or a condition on its value), so torch.export fixed it to the example's ({sizes}); "
