@@ -146,10 +146,21 @@ def export_capture(root: nn.Module, training: bool, example: Tensor, name: str) 
 
     g = fx.Graph()
     env: dict[fx.Node, Any] = {}
+    attrs: dict[str, fx.Node] = {}
+
+    def value(n: fx.Node) -> Any:
+        """A node's value in the new graph; a parameter or buffer is read where first used (those of the
+        swapped layers never are: the layer reads its own)."""
+        if n.op == "placeholder" and n.name in owned:
+            if n.name not in attrs:
+                attrs[n.name] = g.get_attr(owned[n.name])
+            return attrs[n.name]
+        return env[n]
+
     for node in ep.graph.nodes:
         if node.op == "placeholder":
             if node.name in owned:
-                env[node] = g.get_attr(owned[node.name])
+                continue
             elif node.name in constants:
                 target = constants[node.name]
                 value = ep.constants[target]
@@ -159,29 +170,29 @@ def export_capture(root: nn.Module, training: bool, example: Tensor, name: str) 
             else:
                 env[node] = g.placeholder(node.name)
         elif node.op == "output":
-            g.output(tuple(fx.map_arg(node.args[0], lambda n: env[n])))
+            g.output(tuple(fx.map_arg(node.args[0], value)))
         elif node in groups:
             path, source, _ = groups[node]
-            env[node] = g.call_module(path, (env[source],))
+            env[node] = g.call_module(path, (value(source),))
         elif node in grouped or node.target in _DROP:
             continue
         elif node.op == "call_function" and _values_only(node):
             # F.adaptive_max_pool2d(x, 1): ATen returns (values, indices) and the model reads [0]
             packet = node.target.overloadpacket
-            args = fx.map_arg(node.args, lambda n: env[n])
+            args = fx.map_arg(node.args, value)
             values = g.call_function(VALUES_ONLY[packet], tuple(args), dict(node.kwargs))
             for user in node.users:
                 env[user] = values
         elif node in env:  # a [0] of a values-only op
             continue
         elif node.op == "call_function":
-            args = fx.map_arg(node.args, lambda n: env[n])
-            kwargs = fx.map_arg(node.kwargs, lambda n: env[n])
+            args = fx.map_arg(node.args, value)
+            kwargs = fx.map_arg(node.kwargs, value)
             op, target, args, kwargs = aten_to_torch(node.target, args, kwargs)
             new = g.create_node(op, target, args, kwargs, node.name)
             new.meta["nn_module_stack"] = node.meta.get("nn_module_stack")
             env[node] = new
         else:
-            env[node] = g.node_copy(node, lambda n: env[n])
+            env[node] = g.node_copy(node, value)
     g.lint()
     return g, spec

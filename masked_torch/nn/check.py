@@ -45,6 +45,13 @@ def _close(a: Any, b: Any) -> bool:
     return True
 
 
+def _same_structure(a: Any, b: Any) -> bool:
+    try:
+        return bool(flatten_output(a)[1] == flatten_output(b)[1])
+    except Exception:  # a constant in the output that does not compare: the tensors were compared already
+        return True
+
+
 def _copy(out: Any) -> Any:
     """A layer's output as it was when the layer returned (a later in-place op would change it)."""
     leaves, spec = flatten_output(out)
@@ -112,6 +119,9 @@ def check_capture(root: nn.Module, graph: fx.Graph, example: Tensor, spec, front
                 out = unflatten_output(list(out), spec)
             if not _close(out, expected):
                 raise CaptureMismatch("differs from the model's forward in its output")
+            if not _same_structure(out, expected):
+                raise CaptureMismatch(f"returns a {type(out).__name__} where the model's forward returns a "
+                                      f"{type(expected).__name__}")
     finally:
         for h in hooks:
             h.remove()

@@ -1095,7 +1095,8 @@ def _rewrite(pre: nn.Module, graphs: dict, spec, kind: str, options: dict, name:
 
 def _mismatch(front: str, name: str, exc: CaptureMismatch) -> ValueError:
     other = "export" if front == "fx" else "fx"
-    return ValueError(f"convert: the torch.{front} capture of {name} {exc}: its graph does not compute what "
+    why = str(exc).splitlines()[0]  # fx's interpreter adds notes on the lines after
+    return ValueError(f"convert: the torch.{front} capture of {name} {why}: its graph does not compute what "
                       f"{name}.forward computes; try capture={other!r}")
 
 
