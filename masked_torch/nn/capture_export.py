@@ -16,6 +16,7 @@ example's value; such a capture holds only for that canvas size and is refused, 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import operator
 
@@ -49,6 +50,9 @@ def _export(root: nn.Module, example: Tensor, name: str):
 
     dims = {0: Dim.AUTO, **{d: Dim.AUTO for d in range(2, example.dim())}}
     root.forward = flat_forward
+    shapes_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    level = shapes_log.level
+    shapes_log.setLevel(logging.ERROR)  # its warnings (sympy failing to simplify a size) are not the user's
     try:
         ep = export(root, (example,), dynamic_shapes=(dims,), strict=False)
     except Exception as exc:  # torch.export raises many types from user code and from its own checks
@@ -56,6 +60,7 @@ def _export(root: nn.Module, example: Tensor, name: str):
         raise CaptureError(f"convert: cannot capture {name} with torch.export ({type(exc).__name__}: {first})") from None
     finally:
         del root.forward
+        shapes_log.setLevel(level)
     return ep, holder["spec"]
 
 

@@ -190,6 +190,7 @@ class MaskedGraphModule(MaskedModule, nn.Module):
                                    f"it once before torch.compile, or convert with example=")
             return False
         pending, self._pending = self._pending, None
+        _take_tensors(pending["pre"], self)  # .to(), .double(), load_state_dict since conversion: as self has them
         example = input
         if mask is not None and isinstance(input, Tensor) and isinstance(mask, Tensor):
             try:
@@ -253,6 +254,21 @@ class MaskedGraphModule(MaskedModule, nn.Module):
 
     def _get_name(self) -> str:
         return self._class_name
+
+
+def _take_tensors(plain: nn.Module, converted: nn.Module) -> None:
+    """``plain`` (the module tree the capture and its check run on) holds ``converted``'s current parameter
+    and buffer tensors under the same names."""
+    tensors = [*converted.named_parameters(remove_duplicate=False), *converted.named_buffers(remove_duplicate=False)]
+    for name, tensor in tensors:
+        path, _, attr = name.rpartition(".")
+        try:
+            module = plain.get_submodule(path)
+        except AttributeError:
+            continue
+        for table in (module._parameters, module._buffers):
+            if attr in table:
+                table[attr] = tensor
 
 
 @dataclass(frozen=True)
