@@ -99,12 +99,15 @@ PROG = _program_name()
 
 _USAGE = f"""%(prog)s [options]
        {PROG} sweep [sweep options]
+       {PROG} train [train options]
        torchrun --nproc-per-node N {PROG.replace("python -m", "-m")} [options]"""
 
 _EPILOG = f"""\
 subcommand:
   sweep                       run a grid of settings (--vary NAME=V1,V2, a TOML --grid) in worker
                               processes into one tidy parquet; its options: sweep --help
+  train                       train conv / pconv / mconv from the same weights on the same padded
+                              batches and record every epoch; its options: train --help
 
 examples:
   {PROG} --out results               # the README figures (make figures)
@@ -303,6 +306,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["sweep"]:
         return sweep_main(argv[1:])
+    if argv[:1] == ["train"]:
+        from .train_cli import train_main
+
+        return train_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = parser.prog

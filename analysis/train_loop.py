@@ -56,7 +56,8 @@ from .train_data import Labelled, holdout_split, load_data
 from .train_measure import GradNorms, heldout, pad, probe_stats, sensitivity
 from .train_model import build_classifier, multiples
 
-__all__ = ["KINDS", "TrainSettings", "TrainResults", "run_training", "epoch_batches", "FRAMES", "learning_rate"]
+__all__ = ["KINDS", "TrainSettings", "TrainResults", "run_training", "write_training", "epoch_batches", "FRAMES",
+           "learning_rate", "resume_path", "final_path"]
 
 KINDS = ("conv", "pconv", "mconv")
 #: The frames a run writes: name -> file.
@@ -361,3 +362,36 @@ def _measure(run: _Seed, settings: TrainSettings, *, train_loss: dict, grads: di
         if with_sensitivity:
             sens = sensitivity(model, held, settings.batch_size, canvas, alone, dtype, seed=run.seed, epoch=epoch)
             run.frames["sensitivity"].append(_tagged(sens, run.seed, k, epoch))
+
+
+def write_training(results: TrainResults, out, *, dpi: int = 120) -> list[Path]:
+    """The frames (:data:`FRAMES`, with the run's settings in their metadata) and the figures
+    (:data:`~masked_torch.analysis.plot_train.TRAIN_FIGURES`) under ``out``, all or nothing
+    (:class:`~masked_torch.analysis.files.StagedFiles`); returns the paths written."""
+    import matplotlib.pyplot as plt
+
+    from . import plot_train
+    from .files import StagedFiles, write_parquet
+    from .plot import save_png
+
+    figures = {key: f"figures/{name}" for key, name in plot_train.TRAIN_FIGURES.items()}
+    files = StagedFiles(out, replaces=(*FRAMES.values(), *figures.values()))
+    meta = results.metadata()
+    figs = {}
+    try:
+        curves = results.frames["curves"]
+        curves.attrs["classes"] = list(results.classes)
+        figs["curves"] = plot_train.plot_learning_curves(curves)
+        figs["stats"] = plot_train.plot_training_stats(results.frames["stats"])
+        figs["sensitivity"] = plot_train.plot_train_sensitivity(results.frames["sensitivity"])
+        for key, fig in figs.items():
+            save_png(fig, files.stage(figures[key]), dpi=dpi)
+        for name, file in FRAMES.items():
+            write_parquet(results.frames[name], files.stage(file), meta)
+    except BaseException:
+        files.discard()
+        raise
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
+    return files.commit()
