@@ -114,6 +114,7 @@ class TrainResults:
     skipped: list
     seconds: float
     checkpoints: list  # final per-kind checkpoint paths (rank 0)
+    models: dict = dataclasses.field(default_factory=dict)  # seed -> {stack: trained model} (every rank)
 
     def metadata(self) -> dict:
         return dict(settings=self.settings.as_dict(), classes=list(self.classes), num_train=self.num_train,
@@ -295,7 +296,7 @@ def run_training(settings: TrainSettings, out, *, progress: bool = True, data: O
     frames = {name: pd.concat([p for run in runs for p in run.frames[name]], ignore_index=True)
               if any(run.frames[name] for run in runs) else pd.DataFrame() for name in FRAMES}
     return TrainResults(settings, frames, data.classes, len(train), len(held), data.sizes, data.skipped,
-                        time.perf_counter() - start, checkpoints)
+                        time.perf_counter() - start, checkpoints, {run.seed: run.models for run in runs})
 
 
 def _checkpoint(run: _Seed, settings: TrainSettings, out: Path, rank: int, world: int) -> None:
