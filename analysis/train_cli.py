@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from .cli import PROG, _error, _HelpFormatter, _integer, _Parser, _positive
+from .cli_parts import PROG, _error, _HelpFormatter, _integer, _Parser, _positive, _stacks
 
 _DESCRIPTION = """\
 Train one classifier three ways -- conv (the plain network on the padded batch), pconv (partial
@@ -80,12 +80,6 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def _kinds(text: str) -> tuple[str, ...]:
-    from .cli import _stacks
-
-    return _stacks(text)
-
-
 def build_train_parser() -> argparse.ArgumentParser:
     from .choices import STACKS
 
@@ -115,7 +109,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     net.add_argument("--weights", default=None, metavar="PATH",
                      help="start from this checkpoint of the same classifier (e.g. checkpoints/mconv_seed0.pt of "
                           "an earlier run); default: seeded init")
-    net.add_argument("--stacks", type=_kinds, default=",".join(STACKS), metavar="KINDS",
+    net.add_argument("--stacks", type=_stacks, default=",".join(STACKS), metavar="KINDS",
                      help=f"comma-separated kinds to train, a subset of {','.join(STACKS)}")
     net.add_argument("--seeds", type=_seeds, default=(0, 1, 2), metavar="S1,S2",
                      help="training seeds (initial weights, data order, batchings), comma-separated "
