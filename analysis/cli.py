@@ -24,7 +24,8 @@ import os
 import sys
 import time
 
-from .cli_parts import PROG, _error, _HelpFormatter, _integer, _Parser, _positive, _stacks  # noqa: F401
+from .cli_parts import (PROG, _error, _HelpFormatter, _integer, _nothing_written, _Parser, _positive,  # noqa: F401
+                        _stacks, _write_phase)
 
 _USAGE = f"""%(prog)s [options]
        {PROG} sweep [sweep options]
@@ -216,15 +217,6 @@ _PRESET_FIXES = ("data", "num_images", "max_side", "normalize", "batch_size", "b
                  "model", "weights", "depth", "bias", "activation", "init", "seed", "figure_image")
 
 
-def _nothing_written(prog: str, out) -> int:
-    """Ctrl-C before the renames: one line, exit status 130."""
-    from masked_torch.analysis.files import safe_text
-
-    print(f"{prog}: interrupted; nothing was written, files already in {safe_text(str(out))} were left as they were",
-          file=sys.stderr)
-    return 130
-
-
 def main(argv=None) -> int:
     start = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -280,8 +272,7 @@ def main(argv=None) -> int:
     import torch
 
     from masked_torch.analysis.data import DataError
-    from masked_torch.analysis.distributed import init_from_env, shutdown
-    from masked_torch.analysis.files import InterruptedAfterWriting
+    from masked_torch.analysis.distributed import init_from_env
     from masked_torch.analysis.run import run_experiment, write_outputs
     from masked_torch.analysis.seed import run_seed, seed_settings
 
@@ -312,19 +303,9 @@ def main(argv=None) -> int:
         return _error(prog, f"{safe_text(str(exc))}; nothing was written")
     except KeyboardInterrupt:
         return _nothing_written(prog, args.out)
-    try:
-        # rank 0 writes the parquet files and the figures; the other ranks write nothing
-        written = write_outputs(results, args.out, dpi=args.dpi) if rank == 0 else []
-        shutdown()
-    except OSError as exc:
-        return _error(prog, f"cannot write to {safe_text(args.out)}: {exc.strerror or exc}; files already there "
-                            f"were left as they were")
-    except InterruptedAfterWriting:
-        print(f"{prog}: interrupted after the results were written; {safe_text(args.out)} holds this run's "
-              f"complete results", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        return _nothing_written(prog, args.out)
+    status, written = _write_phase(prog, args.out, lambda: write_outputs(results, args.out, dpi=args.dpi), rank)
+    if status is not None:
+        return status
     if not args.quiet and rank == 0:
         total = time.perf_counter() - start
         procs = f", {world} processes" if world > 1 else ""

@@ -84,3 +84,35 @@ PROG = _program_name()
 def _error(prog: str, message: str) -> int:
     print(f"{prog}: error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr)
     return 2
+
+
+def _nothing_written(prog: str, out) -> int:
+    """Ctrl-C before the renames: one line, exit status 130."""
+    from masked_torch.analysis.files import safe_text
+
+    print(f"{prog}: interrupted; nothing was written, files already in {safe_text(str(out))} were left as they were",
+          file=sys.stderr)
+    return 130
+
+
+def _write_phase(prog: str, out, write, rank: int):
+    """``(exit status or None, paths written)``: rank 0 runs ``write()`` (its files all or nothing), then every rank
+    leaves the process group. A write error, Ctrl-C during the renames (the run's files are then complete) and Ctrl-C
+    before them (nothing was written) are each one line on stderr."""
+    from masked_torch.analysis.distributed import shutdown
+    from masked_torch.analysis.files import InterruptedAfterWriting, safe_text
+
+    try:
+        # rank 0 writes the parquet files and the figures; the other ranks write nothing
+        written = write() if rank == 0 else []
+        shutdown()
+    except OSError as exc:
+        return _error(prog, f"cannot write to {safe_text(str(out))}: {exc.strerror or exc}; files already there "
+                            f"were left as they were"), []
+    except InterruptedAfterWriting:
+        print(f"{prog}: interrupted after the results were written; {safe_text(str(out))} holds this run's "
+              f"complete results", file=sys.stderr)
+        return 130, []
+    except KeyboardInterrupt:
+        return _nothing_written(prog, out), []
+    return None, written

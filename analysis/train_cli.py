@@ -12,11 +12,12 @@ and the same command resumes from them.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 
-from .cli_parts import PROG, _error, _HelpFormatter, _integer, _Parser, _positive, _stacks
+from .cli_parts import PROG, _error, _HelpFormatter, _integer, _Parser, _positive, _stacks, _write_phase
 
 _DESCRIPTION = """\
 Train one classifier three ways -- conv (the plain network on the padded batch), pconv (partial
@@ -35,36 +36,15 @@ figures/train_*.png under --out, and checkpoints/{{conv,pconv,mconv}}_seed{{S}}.
 An interrupted run resumes from its last completed epoch: run the same command again (--fresh starts over)."""
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"--holdout must be a number between 0 and 1, got {text!r}")
-    return value
-
-
-def _positive_float(name: str):
+def _number(name: str, what: str, ok):
+    """An argparse type: a float for which ``ok(value)`` holds (NaN never does), else one line saying ``what``."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            value = -1.0
-        if not value > 0 or value != value or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
-        return value
-    return parse
-
-
-def _non_negative_float(name: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = -1.0
-        if not 0 <= value < float("inf"):
-            raise argparse.ArgumentTypeError(f"{name} must be a non-negative number, got {text!r}")
+            value = float("nan")
+        if value != value or not ok(value):
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}")
         return value
     return parse
 
@@ -95,7 +75,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                       help="shapes: smallest image side")
     data.add_argument("--max-side", type=_integer("--max-side", 8), default=160, metavar="PIXELS",
                       help="shapes: largest image side; a folder: larger images are shrunk to this")
-    data.add_argument("--holdout", type=_fraction, default=0.25, metavar="FRACTION",
+    data.add_argument("--holdout", type=_number("--holdout", "a number between 0 and 1", lambda v: 0 < v < 1),
+                      default=0.25, metavar="FRACTION",
                       help="share of each class held out (by name hash: the same split for every seed)")
     data.add_argument("--strict", action="store_true", help="an unreadable image file is an error, not a skip")
 
@@ -117,8 +98,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     net.add_argument("--epochs", type=_positive("--epochs"), default=8, metavar="N")
     net.add_argument("--batch-size", type=_integer("--batch-size", 2), default=16, metavar="N",
                      help="images per padded batch")
-    net.add_argument("--lr", type=_positive_float("--lr"), default=0.01, help="Adam's step size, cosine-decayed to 0")
-    net.add_argument("--weight-decay", type=_non_negative_float("--weight-decay"), default=0.0)
+    net.add_argument("--lr", type=_number("--lr", "a positive number", lambda v: 0 < v < math.inf), default=0.01,
+                     help="Adam's step size, cosine-decayed to 0")
+    net.add_argument("--weight-decay", default=0.0,
+                     type=_number("--weight-decay", "a non-negative number", lambda v: 0 <= v < math.inf))
     net.add_argument("--probe-images", type=_positive("--probe-images"), default=16, metavar="N",
                      help="held-out images whose activation statistics are recorded every epoch")
     net.add_argument("--sensitivity-every", type=_integer("--sensitivity-every", 0), default=2, metavar="N",
@@ -183,8 +166,8 @@ def train_main(argv) -> int:
 
     matplotlib.use("Agg")
     from .data import DataError
-    from .distributed import init_from_env, shutdown
-    from .files import InterruptedAfterWriting, safe_text
+    from .distributed import init_from_env
+    from .files import safe_text
     from .settings import SettingsError
     from .train_loop import TrainSettings, resume_path, run_training, write_training
 
@@ -214,16 +197,9 @@ def train_main(argv) -> int:
               f"(seeds {', '.join(map(str, done)) or 'none'}): run the same command again to resume",
               file=sys.stderr)
         return 130
-    try:
-        written = write_training(results, out, dpi=args.dpi) if rank == 0 else []
-        shutdown()
-    except OSError as exc:
-        return _error(prog, f"cannot write to {safe_text(out)}: {exc.strerror or exc}; files already there were "
-                            f"left as they were")
-    except InterruptedAfterWriting:
-        print(f"{prog}: interrupted after the results were written; {safe_text(out)} holds this run's complete "
-              f"results", file=sys.stderr)
-        return 130
+    status, written = _write_phase(prog, out, lambda: write_training(results, out, dpi=args.dpi), rank)
+    if status is not None:
+        return status
     if not args.quiet and rank == 0:
         curves = results.frames["curves"]
         last = curves[curves["epoch"] == curves["epoch"].max()].groupby("stack")["heldout_acc"]
