@@ -201,9 +201,10 @@ class _Seed:
 
     def __init__(self, settings: TrainSettings, seed: int, num_classes: int, dtype: torch.dtype, world: int):
         self.seed = seed
+        # in its dtype before converting: a converted graph model is built at its first call from the plain one
         self.plain = build_classifier(settings.model, num_classes, width=settings.width, depth=settings.depth,
-                                      seed=seed, weights=settings.weights)
-        self.models = {k: m.to(dtype).train() for k, m in build_variants(self.plain, settings.stacks).items()}
+                                      seed=seed, weights=settings.weights).to(dtype)
+        self.models = {k: m.train() for k, m in build_variants(self.plain, settings.stacks).items()}
         self.optimizers = {k: torch.optim.Adam(m.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
                            for k, m in self.models.items()}
         self.trained = self.models
@@ -261,7 +262,7 @@ def run_training(settings: TrainSettings, out, *, progress: bool = True, data: O
     for seed in settings.seeds:
         run = _Seed(settings, seed, len(data.classes), dtype, world)
         if table is None:
-            example = torch.zeros(1, 3, max(64, 2 * canvas), max(64, 2 * canvas))
+            example = torch.zeros(1, 3, max(64, 2 * canvas), max(64, 2 * canvas), dtype=dtype)
             table = layer_table(copy.deepcopy(run.plain).eval(), example)
         state = None if fresh else _load_resume(out, seed, settings)
         if state is not None:

@@ -5,7 +5,9 @@ classification head, seeded without touching the global random stream.
   the first with stride 2, a 2x2 max pool after the second: a receptive field of 17 pixels), then the head: global
   average pool, flatten, linear. It runs on an image of any size, so "alone" is the image exactly;
 * ``stack`` / ``unet`` (:mod:`~masked_torch.analysis.models`) -- the suite's network (``depth`` levels) followed by
-  the head (the U-Net's output has one channel per class, pooled); their canvases must be a multiple of
+  a 1x1 convolution to one channel per class (the U-Net's own ``outc``) and the global average pool: the linear map
+  before the pool, because mconv's stack ends on fractional per-channel masks that a linear layer after the pool
+  would mix (for the plain network the order makes no difference); their canvases must be a multiple of
   ``2**depth``, also alone;
 * ``resnet18`` -- the suite's ResNet-18 with ``num_classes`` outputs (its own global pool and ``fc``).
 
@@ -68,7 +70,10 @@ def build_classifier(name: str, num_classes: int, *, width: Optional[int] = None
         else:
             features = build_model("stack", depth=depth, seed=seed, **options)
             channels = [m for m in features.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-            model = nn.Sequential(OrderedDict(features=features, **_head(channels, num_classes)))
+            # linear before the pool (a 1x1 conv: the same map for the plain network): mconv's stack ends on
+            # fractional per-channel masks, which a linear layer after the pool would mix
+            model = nn.Sequential(OrderedDict(features=features, classify=nn.Conv2d(channels, num_classes, 1),
+                                              pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten()))
     finally:
         torch.random.set_rng_state(state)
     if weights is not None:

@@ -146,6 +146,19 @@ def test_batches_of_one_image_are_the_image_alone_for_every_kind():
         assert sens["max_logit_change"].max() <= FLOAT64_LOGIT_TOL, kind
 
 
+@pytest.mark.parametrize("model, depth", [("stack", 2), ("unet", 2), ("resnet18", 3)])
+def test_every_suite_model_trains_and_its_masked_kinds_do_not_depend_on_the_batch(tmp_path, model, depth):
+    """--model: the suite's networks with a classification head, one epoch in float64; pconv's and mconv's held-out
+    logits do not depend on the batch, conv's do."""
+    settings = TINY.replace(model=model, depth=depth, epochs=1, dtype="float64", num_images=24)
+    result = run_training(settings, tmp_path, progress=False)
+    sens = result.frames["sensitivity"]
+    worst = sens.groupby("stack")["max_logit_change"].max()
+    assert worst["pconv"] <= FLOAT64_LOGIT_TOL and worst["mconv"] <= FLOAT64_LOGIT_TOL, worst.to_dict()
+    assert worst["conv"] > 1e3 * FLOAT64_LOGIT_TOL
+    assert result.frames["curves"]["train_loss"].notna().sum() == 3
+
+
 # ------------------------------------------------------------------------------------------------ resume
 def test_a_run_stopped_after_an_epoch_resumes_to_the_same_frames(tmp_path):
     settings = TINY.replace(seeds=(0, 1), epochs=3)
