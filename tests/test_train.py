@@ -195,6 +195,13 @@ def test_final_checkpoint_loads_with_weights_and_other_settings_are_not_resumed(
         run_training(TINY.replace(epochs=2), tmp_path, progress=False)
     with pytest.raises(ValueError, match="shapes differ"):
         load_weights(build_classifier("small", 3, width=8), path)
+    # fine-tuning: a run started from the checkpoint measures, before its first step, what the first run measured
+    # after its last (the same held-out images, the same weights and BatchNorm statistics)
+    tuned = run_training(TINY.replace(epochs=1, weights=str(path)), tmp_path / "tuned", progress=False)
+    before = tuned.frames["curves"].query("stack == 'mconv' and epoch == 0")
+    after = result.frames["curves"].query("stack == 'mconv' and epoch == 1")
+    assert before["heldout_loss"].item() == after["heldout_loss"].item()
+    assert before["heldout_acc"].item() == after["heldout_acc"].item()
 
 
 def test_outputs_are_written_with_figures(tmp_path):
