@@ -258,11 +258,38 @@ def test_the_cli_refuses_bad_flags_in_one_line(tmp_path, capsys, flag):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_cli_trains_and_writes(tmp_path):
+def test_a_killed_command_resumes_to_the_frames_of_an_uninterrupted_run(tmp_path):
+    """SIGKILL the command line (the clone's script) after its first epoch's checkpoint, run it again: the same
+    frames as one run that was never interrupted (the checkpoints are replaced atomically, so a kill never leaves half
+    of one), and the final checkpoints."""
+    import signal
+    import time
+
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(ROOT / "visualize_activations_2d.py"), "train", "--num-images", "24",
-                           "--min-side", "16", "--max-side", "32", "--width", "4", "--seeds", "0", "--epochs", "1",
-                           "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert all((out / name).exists() for name in FRAMES.values())
-    assert (out / "checkpoints" / "conv_seed0.pt").exists()
+    args = [sys.executable, str(ROOT / "visualize_activations_2d.py"), "train", "--num-images", "24", "--min-side", "16",
+            "--max-side", "32", "--width", "4", "--seeds", "0", "--epochs", "3", "--batch-size", "6",
+            "--probe-images", "4", "--sensitivity-every", "0", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    resume = out / "checkpoints" / "resume_seed0.pt"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if resume.exists() and torch.load(resume, weights_only=True)["epoch"] >= 1:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = torch.load(resume, weights_only=True)["epoch"]
+    assert 1 <= done < 3 and not (out / FRAMES["curves"]).exists()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    whole = run_training(TrainSettings(num_images=24, min_side=16, max_side=32, width=4, seeds=(0,), epochs=3,
+                                       batch_size=6, probe_images=4, sensitivity_every=0), tmp_path / "whole",
+                         progress=False)
+    for name, file in FRAMES.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(out / file), whole.frames[name], check_exact=True)
+    assert all(final_path(out, kind, 0).exists() for kind in ("conv", "pconv", "mconv"))
