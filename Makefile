@@ -27,6 +27,7 @@ figures: setup
 	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results/resnet18 --model resnet18 --quiet
 	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results/unet --model unet --quiet
 	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results/holes --mask holes --quiet
+	MPLBACKEND=Agg $(PY) visualize_activations_2d.py train --out results/train --fresh --quiet
 
 # Re-run both notebooks and save them with their (small) outputs, e.g. after make figures.
 notebooks: setup

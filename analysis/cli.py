@@ -24,87 +24,20 @@ import os
 import sys
 import time
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage block) and exits with status 2."""
-
-    def error(self, message: str):  # noqa: D401
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Each default said once, as it would be typed: ``(default: X)`` is appended to an option's help unless
-    the help already says what the default is (the word "default"), the option is off by default (a plain
-    flag), or it has no default (``None``, an empty list)."""
-
-    def __init__(self, prog):
-        super().__init__(prog, max_help_position=30, width=min(100, _terminal_width()))
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        d = action.default
-        if ("default" in text.lower() or not action.option_strings or d is None or d is False
-                or d is argparse.SUPPRESS or d == []):
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-def _terminal_width() -> int:
-    import shutil
-
-    return shutil.get_terminal_size((100, 24)).columns - 2
-
-
-def _integer(name: str, minimum: int):
-    """An argparse type: an integer of at least ``minimum`` (1: positive, 0: non-negative)."""
-    what = "a positive integer" if minimum == 1 else "a non-negative integer"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}")
-        return value
-    return parse
-
-
-def _positive(name: str):
-    return _integer(name, 1)
-
-
-def _stacks(text: str) -> tuple[str, ...]:
-    from masked_torch.analysis.choices import STACKS
-
-    names = tuple(s.strip() for s in text.split(",") if s.strip())
-    bad = [s for s in names if s not in STACKS]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(
-            f"--stacks takes a comma-separated subset of {','.join(STACKS)}, got {text!r}")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"--stacks lists a stack twice: {text!r}")
-    return names
-
-
-def _program_name() -> str:
-    """How the user called the command (for usage lines): the console script, ``python -m`` or the script."""
-    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if name == "__main__.py":
-        return "python -m masked_torch.analysis"
-    return name if name in ("masked-torch-activations", "visualize_activations_2d.py") else "visualize_activations_2d.py"
-
-
-PROG = _program_name()
+from .cli_parts import (PROG, _error, _HelpFormatter, _integer, _nothing_written, _Parser, _positive,  # noqa: F401
+                        _stacks, _write_phase)
 
 _USAGE = f"""%(prog)s [options]
        {PROG} sweep [sweep options]
+       {PROG} train [train options]
        torchrun --nproc-per-node N {PROG.replace("python -m", "-m")} [options]"""
 
 _EPILOG = f"""\
 subcommand:
   sweep                       run a grid of settings (--vary NAME=V1,V2, a TOML --grid) in worker
                               processes into one tidy parquet; its options: sweep --help
+  train                       train conv / pconv / mconv from the same weights on the same padded
+                              batches and record every epoch; its options: train --help
 
 examples:
   {PROG} --out results               # the README figures (make figures)
@@ -284,25 +217,15 @@ _PRESET_FIXES = ("data", "num_images", "max_side", "normalize", "batch_size", "b
                  "model", "weights", "depth", "bias", "activation", "init", "seed", "figure_image")
 
 
-def _error(prog: str, message: str) -> int:
-    print(f"{prog}: error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr)
-    return 2
-
-
-def _nothing_written(prog: str, out) -> int:
-    """Ctrl-C before the renames: one line, exit status 130."""
-    from masked_torch.analysis.files import safe_text
-
-    print(f"{prog}: interrupted; nothing was written, files already in {safe_text(str(out))} were left as they were",
-          file=sys.stderr)
-    return 130
-
-
 def main(argv=None) -> int:
     start = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["sweep"]:
         return sweep_main(argv[1:])
+    if argv[:1] == ["train"]:
+        from .train_cli import train_main
+
+        return train_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = parser.prog
@@ -349,8 +272,7 @@ def main(argv=None) -> int:
     import torch
 
     from masked_torch.analysis.data import DataError
-    from masked_torch.analysis.distributed import init_from_env, shutdown
-    from masked_torch.analysis.files import InterruptedAfterWriting
+    from masked_torch.analysis.distributed import init_from_env
     from masked_torch.analysis.run import run_experiment, write_outputs
     from masked_torch.analysis.seed import run_seed, seed_settings
 
@@ -381,19 +303,9 @@ def main(argv=None) -> int:
         return _error(prog, f"{safe_text(str(exc))}; nothing was written")
     except KeyboardInterrupt:
         return _nothing_written(prog, args.out)
-    try:
-        # rank 0 writes the parquet files and the figures; the other ranks write nothing
-        written = write_outputs(results, args.out, dpi=args.dpi) if rank == 0 else []
-        shutdown()
-    except OSError as exc:
-        return _error(prog, f"cannot write to {safe_text(args.out)}: {exc.strerror or exc}; files already there "
-                            f"were left as they were")
-    except InterruptedAfterWriting:
-        print(f"{prog}: interrupted after the results were written; {safe_text(args.out)} holds this run's "
-              f"complete results", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        return _nothing_written(prog, args.out)
+    status, written = _write_phase(prog, args.out, lambda: write_outputs(results, args.out, dpi=args.dpi), rank)
+    if status is not None:
+        return status
     if not args.quiet and rank == 0:
         total = time.perf_counter() - start
         procs = f", {world} processes" if world > 1 else ""
