@@ -105,8 +105,10 @@ def plot_training_stats(stats: pd.DataFrame, *, path=None, dpi: int = 120) -> Fi
         for i, (column, label) in enumerate(rows):
             ax = axes[i, j]
             data = part if column != "dead_frac" else part[part["kind"] == "act"]
+            data = data.assign(output=data["kind"].map({"conv": "conv output", "act": "ReLU output"}))
             sns.lineplot(data=data, x="epoch", y=column, hue="layer", hue_order=[l for l in layers if l in
-                         set(data["layer"])], palette=palette, style="kind", style_order=["conv", "act"],
+                         set(data["layer"])], palette=palette, style="output",
+                         style_order=["conv output", "ReLU output"],
                          errorbar=None, marker="o", markersize=3, ax=ax, legend=(i == 0 and j == len(kinds) - 1))
             if column == "median_var":
                 _symlog(ax, summary["median_var"])
