@@ -105,11 +105,13 @@ def _groups(graph: fx.Graph, root: nn.Module, owned: dict) -> dict:
             runs[-1][2].append(node)
         else:
             runs.append((leaf[0], leaf[1], [node]))
-    seen, groups = set(), {}
+    calls: dict = {}
+    for key, _, _ in runs:
+        calls[key] = calls.get(key, 0) + 1
+    groups = {}
     for key, path, nodes in runs:
-        if key in seen:  # one call split by other ops: leave it to the op rules
+        if calls[key] > 1:  # one call split by other ops: leave all of it to the op rules
             continue
-        seen.add(key)
         inside = set(nodes)
         inputs = {a for n in nodes for a in n.all_input_nodes if a not in inside
                   and not (a.op == "placeholder" and owned.get(a.name, "").startswith(path + "."))}
