@@ -283,14 +283,13 @@ def _hold_interrupt():
 class StagedFiles:
     """A run's set of files under ``out``, written all or nothing (see the module docstring)::
 
-        files = StagedFiles(out)                      # rolls back / cleans what a killed run left
-        try:
+        with StagedFiles(out) as files:               # rolls back / cleans what a killed run left
             write_parquet(frame, files.stage(STATS_FILE), meta)   # each file to its temporary name
             ...
-        except BaseException:
-            files.discard()                           # nothing was changed in ``out``
-            raise
-        paths = files.commit()                        # all in, old files of the set removed
+        paths = files.paths                           # all in, old files of the set removed
+
+    An exception in the ``with`` block discards the staged files (nothing was changed in ``out``) and goes on;
+    a block that ends normally commits them (:meth:`commit`, whose paths are :attr:`paths`).
     """
 
     def __init__(self, out, replaces: Iterable[str] = RESULT_FILES):
@@ -298,7 +297,17 @@ class StagedFiles:
         self.replaces = tuple(replaces)
         self._staged: dict[str, str] = {}  # final -> temporary, relative to out
         self._made: list[Path] = []
+        self.paths: list[Path] = []
         recover(self.out)
+
+    def __enter__(self) -> "StagedFiles":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            self.paths = self.commit()
+        else:
+            self.discard()
 
     def stage(self, name: str) -> Path:
         """The temporary path to write ``name`` (relative to ``out``) to; its folder is made."""
@@ -379,14 +388,10 @@ class StagedFiles:
 def write_parquet_set(out, frames: dict, metadata: Optional[dict] = None) -> list[Path]:
     """Several parquet files under ``out`` (``{name: frame}``, names relative to it), each with ``metadata``,
     all or nothing through :class:`StagedFiles`; returns the paths written."""
-    files = StagedFiles(out, replaces=tuple(frames))
-    try:
+    with StagedFiles(out, replaces=tuple(frames)) as files:
         for name, frame in frames.items():
             write_parquet(frame, files.stage(name), metadata)
-    except BaseException:
-        files.discard()
-        raise
-    return files.commit()
+    return files.paths
 
 
 def write_text_atomic(path, text: str) -> Path:

@@ -305,30 +305,27 @@ def write_outputs(results: Results, out, *, dpi: int = 120) -> list[Path]:
 
     from . import plot
 
-    files = StagedFiles(out)  # also rolls back / removes what a killed run left in out
     meta = run_metadata(results)
     figs = {}
     try:
-        figs["maps"] = plot.plot_activation_maps(results.maps, rgb=results.rgb,
-                                                 update_mask=results.settings.update_mask)
-        figs["stats"] = plot.plot_channel_stats(results.stats)
-        if not results.padding.empty:  # a preset without batches (--preset seed) has no padding frame
-            figs["padding"] = plot.plot_padding_sensitivity(results.padding)
-        if not results.image_stats.empty:
-            figs["image_stats"] = plot.plot_stats_vs_padding(results.image_stats)
-        for key, fig in figs.items():
-            plot.save_png(fig, files.stage(f"figures/{FIGURES[key]}"), dpi=dpi)  # under plot.PNG_CAP bytes
-        write_parquet(results.stats, files.stage(STATS_FILE), meta)
-        if not results.padding.empty:
-            write_parquet(results.padding, files.stage(PADDING_FILE), meta)
-        if not results.image_stats.empty:
-            write_parquet(results.image_stats, files.stage(IMAGE_STATS_FILE), meta)
-        if not results.tensor_stats.empty:
-            write_parquet(results.tensor_stats, files.stage(TENSOR_STATS_FILE), meta)
-    except BaseException:
-        files.discard()
-        raise
+        with StagedFiles(out) as files:
+            figs["maps"] = plot.plot_activation_maps(results.maps, rgb=results.rgb,
+                                                     update_mask=results.settings.update_mask)
+            figs["stats"] = plot.plot_channel_stats(results.stats)
+            if not results.padding.empty:  # a preset without batches (--preset seed) has no padding frame
+                figs["padding"] = plot.plot_padding_sensitivity(results.padding)
+            if not results.image_stats.empty:
+                figs["image_stats"] = plot.plot_stats_vs_padding(results.image_stats)
+            for key, fig in figs.items():
+                plot.save_png(fig, files.stage(f"figures/{FIGURES[key]}"), dpi=dpi)  # under plot.PNG_CAP bytes
+            write_parquet(results.stats, files.stage(STATS_FILE), meta)
+            if not results.padding.empty:
+                write_parquet(results.padding, files.stage(PADDING_FILE), meta)
+            if not results.image_stats.empty:
+                write_parquet(results.image_stats, files.stage(IMAGE_STATS_FILE), meta)
+            if not results.tensor_stats.empty:
+                write_parquet(results.tensor_stats, files.stage(TENSOR_STATS_FILE), meta)
     finally:
         for fig in figs.values():
             plt.close(fig)
-    return files.commit()
+    return files.paths

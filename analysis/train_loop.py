@@ -377,23 +377,20 @@ def write_training(results: TrainResults, out, *, dpi: int = 120) -> list[Path]:
     from .plot import save_png
 
     figures = {key: f"figures/{name}" for key, name in plot_train.TRAIN_FIGURES.items()}
-    files = StagedFiles(out, replaces=(*FRAMES.values(), *figures.values()))
     meta = results.metadata()
     figs = {}
     try:
-        curves = results.frames["curves"]
-        curves.attrs["classes"] = list(results.classes)
-        figs["curves"] = plot_train.plot_learning_curves(curves)
-        figs["stats"] = plot_train.plot_training_stats(results.frames["stats"])
-        figs["sensitivity"] = plot_train.plot_train_sensitivity(results.frames["sensitivity"])
-        for key, fig in figs.items():
-            save_png(fig, files.stage(figures[key]), dpi=dpi)
-        for name, file in FRAMES.items():
-            write_parquet(results.frames[name], files.stage(file), meta)
-    except BaseException:
-        files.discard()
-        raise
+        with StagedFiles(out, replaces=(*FRAMES.values(), *figures.values())) as files:
+            curves = results.frames["curves"]
+            curves.attrs["classes"] = list(results.classes)
+            figs["curves"] = plot_train.plot_learning_curves(curves)
+            figs["stats"] = plot_train.plot_training_stats(results.frames["stats"])
+            figs["sensitivity"] = plot_train.plot_train_sensitivity(results.frames["sensitivity"])
+            for key, fig in figs.items():
+                save_png(fig, files.stage(figures[key]), dpi=dpi)
+            for name, file in FRAMES.items():
+                write_parquet(results.frames[name], files.stage(file), meta)
     finally:
         for fig in figs.values():
             plt.close(fig)
-    return files.commit()
+    return files.paths
