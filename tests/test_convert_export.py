@@ -125,8 +125,8 @@ def test_a_capture_fixed_to_the_example_canvas_is_refused():
     """int() of a spatial size: torch.export pins that size to the example's (a guard and a constant in the
     graph), so the capture would hold for one canvas size only."""
     model = build("int_size")
-    with pytest.raises(ValueError, match=r"turns a spatial size of its input into a Python number .*"
-                                         r"fixed it to the example's .*== \d+"):
+    with pytest.raises(ValueError, match=r"torch\.export fixed a size computed from the spatial size of "
+                                         r"IntSizeFCN's input to its value on the example \(.*== \d+"):
         mnn.convert(model, "masked", example=torch.randn(*PATTERNS["int_size"].example, dtype=torch.float64))
 
 

@@ -141,10 +141,11 @@ def export_capture(root: nn.Module, training: bool, example: Tensor, name: str) 
     if fixed:
         sizes = "; ".join(fixed[:3])
         raise ValueError(
-            f"convert: {name}.forward turns a spatial size of its input into a Python number (int(h), a size in "
-            f"Python arithmetic or a condition on its value), so torch.export fixed it to the example's ({sizes}); "
-            f"the capture would hold for that canvas size only. Pass sizes on as tensor shapes "
-            f"(F.interpolate(y, size=x.shape[-2:])) instead")
+            f"convert: torch.export fixed a size computed from the spatial size of {name}'s input to its value "
+            f"on the example ({sizes}): the capture would hold for this canvas size only. Python arithmetic on a "
+            f"size (int(h), a size used as a Python number) does this, and so does a map that is 1 pixel wide at "
+            f"this size (torch.export fixes sizes of 1). Pass sizes on as tensor shapes "
+            f"(F.interpolate(y, size=x.shape[-2:])), or give an example= whose maps are all larger than 1")
     sig = ep.graph_signature
     owned = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     constants = sig.inputs_to_lifted_tensor_constants
