@@ -262,6 +262,73 @@ def check(net: Net, capture: str | None) -> dict:
 CAPTURE_DEFAULT = "fx"
 
 
+def op_name(target) -> str:
+    """``aten.conv2d.default`` for an ATen overload, ``operator.floordiv`` for a SymInt Python op."""
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    return f"{getattr(target, '__module__', '') or ''}.{getattr(target, '__name__', target)}".lstrip(".")
+
+
+def export_inventory(net: Net) -> dict:
+    """``torch.export`` (non-strict, ``Dim.AUTO`` batch and spatial dims) of the network on its padded batch:
+    time, the input's captured shape, the ATen ops of the graph (raw and after ``run_decompositions()``),
+    and whether the exported program gives the model's output on another canvas (one multiple larger)."""
+    from collections import Counter
+    from torch.export import Dim, export
+
+    row = {"network": net.name}
+    try:
+        model, imgs = built(net)
+    except Exception as e:  # noqa: BLE001
+        return {**row, "result": f"not built: {first_line(e)}"}
+    x, _ = pad_batch(imgs, net.multiple)
+    auto = Dim.AUTO
+    t0 = time.perf_counter()
+    try:
+        ep = export(model, (x,), dynamic_shapes=({0: auto, 2: auto, 3: auto},), strict=False)
+    except Exception as e:  # noqa: BLE001
+        return {**row, "result": "fails", "reason": first_line(e), "export_s": time.perf_counter() - t0}
+    row["export_s"] = time.perf_counter() - t0
+    placeholder = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs)
+    row["input"] = tuple(str(d) for d in placeholder.meta["val"].shape)
+    row["ranges"] = {str(k): (int(v.lower), str(v.upper)) for k, v in ep.range_constraints.items()}
+    row["ops"] = Counter(op_name(n.target) for n in ep.graph.nodes if n.op == "call_function")
+    row["ops_decomposed"] = Counter(op_name(n.target) for n in ep.run_decompositions().graph.nodes
+                                    if n.op == "call_function")
+    x2, _ = pad_batch(imgs + [torch.zeros(3, *(s + net.multiple * (1 + (net.multiple == 1))
+                                               for s in x.shape[2:]), dtype=x.dtype)], net.multiple)
+    try:
+        with torch.no_grad():
+            got, want = tensors(ep.module()(x2)), tensors(model(x2))
+        err = rel_err(got, want)
+        row["result"] = "exact" if err <= EXACT else f"differs ({err:.1e})"
+    except Exception as e:  # noqa: BLE001
+        row["result"] = "specialised"
+        row["reason"] = f"on another canvas {tuple(x2.shape)}: {first_line(e)}"
+    return row
+
+
+def print_inventory(nets: list[Net]) -> None:
+    from collections import Counter
+
+    used, used_dec = Counter(), Counter()
+    for net in nets:
+        r = export_inventory(net)
+        ops = r.get("ops", {})
+        used.update(set(ops))
+        used_dec.update(set(r.get("ops_decomposed", {})))
+        print(f"{net.name}: {r['result']}, export {r.get('export_s', float('nan')):.1f} s, input "
+              f"{r.get('input')}, ranges {r.get('ranges')} {r.get('reason', '')}", flush=True)
+        if ops:
+            print("    " + " ".join(sorted(ops)))
+    print("\nATen ops (raw ep.graph): networks using each")
+    for op, k in sorted(used.items()):
+        print(f"  {op}: {k}")
+    print("\nafter run_decompositions(): networks using each")
+    for op, k in sorted(used_dec.items()):
+        print(f"  {op}: {k}")
+
+
 def main(argv=None) -> int:
     global CAPTURE_DEFAULT
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -269,9 +336,16 @@ def main(argv=None) -> int:
                    help="front end passed to convert (default: convert's own default, 'auto' once it exists)")
     p.add_argument("--only", nargs="*", default=None, help="network names (substrings) to run")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--inventory", action="store_true",
+                   help="instead: torch.export each network (Dim.AUTO) and list the ATen ops of its graph")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
+    if args.inventory:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print_inventory([n for n in NETWORKS if (not args.only or any(s.lower() in n.name.lower() for s in args.only))
+                         and importlib.util.find_spec(n.library) is not None])
+        return 0
     accepts = "capture" in inspect.signature(mnn.convert).parameters
     if not accepts:
         if args.capture not in (None, "fx"):
