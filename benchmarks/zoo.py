@@ -17,9 +17,13 @@ size constraints (multiples of its output stride) are padded into one batch:
 
 Each is told apart as ``refused`` (convert raised: the reason is the exception's first line), ``crash`` (the
 converted model raised when run), ``differs`` (it ran and gave another answer: silently wrong), ``exact`` /
-``invariant``. ``convert s`` is the time to convert (capture included). ``--capture`` is passed to ``convert``
-only when given and the installed ``convert`` accepts it; the ``capture`` column says what was asked (or what the
-converted model reports in a ``capture`` attribute, if it has one).
+``invariant``. ``convert s`` is the time to convert (capture included, unless the capture waits for the first
+call); ``1st call s`` the converted model's first call on the padded batch (a deferred capture and its check
+included). ``--capture`` is passed to ``convert`` only when given and the installed ``convert`` accepts it; the
+``capture`` column says what the converted model reports in its ``capture`` attribute, or else what was asked.
+
+``--inventory`` instead exports each network with ``torch.export`` (non-strict, ``Dim.AUTO`` batch and spatial
+dims) and lists the ATen ops of its graph, raw and after ``run_decompositions()``.
 """
 from __future__ import annotations
 
@@ -128,8 +132,8 @@ NETWORKS: list[Net] = [
         spatial_dims=2, in_channels=3, out_channels=4)), 1, _ODD),
     Net("monai ResNet18", "monai", _monai(lambda n: n.resnet18(
         spatial_dims=2, n_input_channels=3, num_classes=4)), 1, _ODD),
-    Net("hf ResNet", "transformers", _hf("ResNetConfig", "ResNetForImageClassification",
-                                        depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 256], embedding_size=32), 1, _ODD),
+    Net("hf ResNet", "transformers", _hf("ResNetConfig", "ResNetForImageClassification", depths=[1, 1, 1, 1],
+                                        hidden_sizes=[32, 64, 128, 256], embedding_size=32), 1, _ODD),
     Net("hf ConvNext", "transformers", _hf("ConvNextConfig", "ConvNextForImageClassification",
                                           depths=[1, 1, 2, 1], hidden_sizes=[16, 32, 64, 128]), 1, _ODD),
 ]
@@ -228,13 +232,16 @@ def check(net: Net, capture: str | None) -> dict:
         row.update(masked="refused", err=None, convert_s=time.perf_counter() - t0, reason=first_line(e))
     else:
         row["convert_s"] = time.perf_counter() - t0
-        row["capture"] = getattr(masked, "capture", None) or row["capture"]
         try:
             with torch.no_grad():
-                out, _ = masked(x, m)
+                t1 = time.perf_counter()
+                out, _ = masked(x, m)  # a capture deferred to the first call happens here
+                row["first_call_s"] = time.perf_counter() - t1
+            row["capture"] = getattr(masked, "capture", None) or row["capture"]
             err = max(rel_err(cut(out, k, a), [t[0] for t in tensors(a)]) for k, a in enumerate(alone))
         except Exception as e:  # noqa: BLE001
             row.update(masked="crash", err=None, reason=first_line(e))
+            row["capture"] = getattr(masked, "capture", None) or row["capture"]
         else:
             kind_ok = type(out) is type(alone[0]) or isinstance(alone[0], torch.Tensor)
             row.update(masked="exact" if err <= EXACT and kind_ok else "differs", err=err,
@@ -369,15 +376,15 @@ def main(argv=None) -> int:
         row = check(net, capture)
         rows.append(row)
         err = "" if row.get("err") is None else f"{row['err']:.1e}"
-        print(f"{time.perf_counter() - t0:6.1f}s  {net.name}: masked {row['masked']} {err} partial "
+        print(f"{time.perf_counter() - t0:6.1f}s  {net.name} [{row['capture']}]: masked {row['masked']} {err} partial "
               f"{row.get('partial')} {row.get('reason', '')}", flush=True)
     print(f"\n{len(rows)} networks in {time.perf_counter() - t_all:.0f} s\n")
-    print("| network | library | capture | masked | max rel err | partial | convert s | reason |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| network | library | capture | masked | max rel err | partial | convert s | 1st call s | reason |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         err = "" if r.get("err") is None else f"{r['err']:.1e}"
         print(f"| {r['network']} | {r['library']} | {r['capture']} | {r['masked']} | {err} | {r.get('partial')} | "
-              f"{r['convert_s']:.2f} | {r.get('reason', '')} |")
+              f"{r['convert_s']:.2f} | {r.get('first_call_s', float('nan')):.2f} | {r.get('reason', '')} |")
     counts = {}
     for r in rows:
         counts[r["masked"]] = counts.get(r["masked"], 0) + 1
