@@ -1,6 +1,7 @@
 """convert() tried as a new user would, on networks of libraries nobody here wrote.
 
-    PYTHONPATH=. python benchmarks/zoo.py [--capture fx|export|auto] [--only NAME ...] [--threads 2]
+    PYTHONPATH=. python benchmarks/zoo.py [--capture fx|export|auto] [--example] [--only NAME ...] [--threads 2]
+    PYTHONPATH=. python benchmarks/zoo.py --inventory [--only NAME ...]
 
 Networks of segmentation_models_pytorch, MONAI and Hugging Face transformers, with random weights (nothing
 downloads: ``encoder_weights=None``, ``pretrained=False``, configs built locally, the hub set offline); a library
@@ -15,12 +16,15 @@ size constraints (multiples of its output stride) are padded into one batch:
 * ``partial``: ``convert(model, "partial", update_mask=False)``; each image's output in the batch against the
   same image padded alone into another canvas (one output-stride larger): padding-invariant when <= 1e-9.
 
-Each is told apart as ``refused`` (convert raised: the reason is the exception's first line), ``crash`` (the
-converted model raised when run), ``differs`` (it ran and gave another answer: silently wrong), ``exact`` /
-``invariant``. ``convert s`` is the time to convert (capture included, unless the capture waits for the first
-call); ``1st call s`` the converted model's first call on the padded batch (a deferred capture and its check
-included). ``--capture`` is passed to ``convert`` only when given and the installed ``convert`` accepts it; the
-``capture`` column says what the converted model reports in its ``capture`` attribute, or else what was asked.
+Each is told apart as ``refused`` (convert raised: the reason is the exception's first line), ``refused (1st
+call)`` (the capture waits for the first call, as it does without ``example=``, and the converter refused the
+model there), ``crash`` (the captured, converted model raised when run), ``differs`` (it ran and gave another
+answer: silently wrong), ``exact`` / ``invariant``. ``convert s`` is the time to convert (capture included,
+unless the capture waits for the first call); ``1st call s`` the converted model's first call on the padded
+batch (a deferred capture and its check included). ``--capture`` is passed to ``convert`` only when given and
+the installed ``convert`` accepts it; the ``capture`` column says what the converted model reports in its
+``capture`` attribute, or else what was asked. ``--example`` passes ``example=`` (the padded batch with zeros in
+the padding) so that the capture happens in ``convert``.
 
 ``--inventory`` instead exports each network with ``torch.export`` (non-strict, ``Dim.AUTO`` batch and spatial
 dims) and lists the ATen ops of its graph, raw and after ``run_decompositions()``.
@@ -213,7 +217,7 @@ def built(net: Net) -> tuple[torch.nn.Module, list[torch.Tensor]]:
     return randomize_batchnorm(model, 0).double().eval(), imgs
 
 
-def check(net: Net, capture: str | None) -> dict:
+def check(net: Net, capture: str | None, with_example: bool = False) -> dict:
     row = {"network": net.name, "library": net.library, "capture": capture or CAPTURE_DEFAULT}
     try:
         model, imgs = built(net)
@@ -224,23 +228,25 @@ def check(net: Net, capture: str | None) -> dict:
                    reason=f"the unmodified model fails: {first_line(e)}")
         return row
     x, m = nan_padded(imgs, net.multiple)
+    example = {"example": x.nan_to_num(0.0)} if with_example else {}
 
     t0 = time.perf_counter()
     try:
-        masked = convert(model, "masked", capture)
+        masked = convert(model, "masked", capture, **example)
     except Exception as e:  # noqa: BLE001 -- a refusal is a result
         row.update(masked="refused", err=None, convert_s=time.perf_counter() - t0, reason=first_line(e))
     else:
         row["convert_s"] = time.perf_counter() - t0
+        deferred = getattr(masked, "capture", "") is None  # captured on the first call
         try:
             with torch.no_grad():
                 t1 = time.perf_counter()
-                out, _ = masked(x, m)  # a capture deferred to the first call happens here
+                out, _ = masked(x, m)
                 row["first_call_s"] = time.perf_counter() - t1
             row["capture"] = getattr(masked, "capture", None) or row["capture"]
             err = max(rel_err(cut(out, k, a), [t[0] for t in tensors(a)]) for k, a in enumerate(alone))
         except Exception as e:  # noqa: BLE001
-            row.update(masked="crash", err=None, reason=first_line(e))
+            row.update(masked=failed(masked, deferred), err=None, reason=first_line(e))
             row["capture"] = getattr(masked, "capture", None) or row["capture"]
         else:
             kind_ok = type(out) is type(alone[0]) or isinstance(alone[0], torch.Tensor)
@@ -249,10 +255,11 @@ def check(net: Net, capture: str | None) -> dict:
                                                  f"{type(alone[0]).__name__}")
 
     try:
-        partial = convert(model, "partial", capture, update_mask=False)
+        partial = convert(model, "partial", capture, update_mask=False, **example)
     except Exception as e:  # noqa: BLE001
         row.update(partial="refused", reason=row.get("reason") or first_line(e))
     else:
+        deferred = getattr(partial, "capture", "") is None
         try:
             x2, m2 = nan_padded(imgs, net.multiple, extra=1)
             with torch.no_grad():
@@ -261,9 +268,16 @@ def check(net: Net, capture: str | None) -> dict:
             perr = max(rel_err(cut(out, k, a), cut(out2, k, a)) for k, a in enumerate(alone))
             row["partial"] = "invariant" if perr <= EXACT else f"varies ({perr:.1e})"
         except Exception as e:  # noqa: BLE001
-            row.update(partial="crash")
+            row.update(partial=failed(partial, deferred))
             row["reason"] = row.get("reason") or f"partial: {first_line(e)}"
     return row
+
+
+def failed(converted, deferred: bool) -> str:
+    """An exception from a converted model's call: ``refused (1st call)`` when the capture deferred to that
+    call did not complete (the converter refused the model there), ``crash`` when the captured model itself
+    failed."""
+    return "refused (1st call)" if deferred and getattr(converted, "capture", None) is None else "crash"
 
 
 CAPTURE_DEFAULT = "fx"
@@ -342,6 +356,9 @@ def main(argv=None) -> int:
     p.add_argument("--capture", choices=["fx", "export", "auto"], default=None,
                    help="front end passed to convert (default: convert's own default, 'auto' once it exists)")
     p.add_argument("--only", nargs="*", default=None, help="network names (substrings) to run")
+    p.add_argument("--example", action="store_true",
+                   help="pass example= (the padded batch, zeros in the padding): capture at conversion, not on the "
+                        "first call")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--inventory", action="store_true",
                    help="instead: torch.export each network (Dim.AUTO) and list the ATen ops of its graph")
@@ -360,6 +377,9 @@ def main(argv=None) -> int:
                   f"--capture {args.capture} cannot be tried", file=sys.stderr)
             return 2
         capture, CAPTURE_DEFAULT = None, "fx"
+        if args.example:
+            print("zoo.py: the installed masked_torch.nn.convert has no example argument", file=sys.stderr)
+            return 2
     else:
         capture = args.capture
         CAPTURE_DEFAULT = inspect.signature(mnn.convert).parameters["capture"].default
@@ -373,7 +393,7 @@ def main(argv=None) -> int:
             print(f"skip {net.name}: {net.library} is not installed")
             continue
         t0 = time.perf_counter()
-        row = check(net, capture)
+        row = check(net, capture, args.example)
         rows.append(row)
         err = "" if row.get("err") is None else f"{row['err']:.1e}"
         print(f"{time.perf_counter() - t0:6.1f}s  {net.name} [{row['capture']}]: masked {row['masked']} {err} partial "
