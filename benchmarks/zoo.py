@@ -246,7 +246,7 @@ def check(net: Net, capture: str | None, with_example: bool = False) -> dict:
             row["capture"] = getattr(masked, "capture", None) or row["capture"]
             err = max(rel_err(cut(out, k, a), [t[0] for t in tensors(a)]) for k, a in enumerate(alone))
         except Exception as e:  # noqa: BLE001
-            row.update(masked=failed(masked, deferred), err=None, reason=first_line(e))
+            row.update(masked=failed(masked, deferred, e), err=None, reason=first_line(e))
             row["capture"] = getattr(masked, "capture", None) or row["capture"]
         else:
             kind_ok = type(out) is type(alone[0]) or isinstance(alone[0], torch.Tensor)
@@ -268,16 +268,18 @@ def check(net: Net, capture: str | None, with_example: bool = False) -> dict:
             perr = max(rel_err(cut(out, k, a), cut(out2, k, a)) for k, a in enumerate(alone))
             row["partial"] = "invariant" if perr <= EXACT else f"varies ({perr:.1e})"
         except Exception as e:  # noqa: BLE001
-            row.update(partial=failed(partial, deferred))
+            row.update(partial=failed(partial, deferred, e))
             row["reason"] = row.get("reason") or f"partial: {first_line(e)}"
     return row
 
 
-def failed(converted, deferred: bool) -> str:
-    """An exception from a converted model's call: ``refused (1st call)`` when the capture deferred to that
-    call did not complete (the converter refused the model there), ``crash`` when the captured model itself
-    failed."""
-    return "refused (1st call)" if deferred and getattr(converted, "capture", None) is None else "crash"
+def failed(converted, deferred: bool, error: BaseException) -> str:
+    """An exception from a converted model's call: ``refused (1st call)`` when the converter refused the model
+    there (a capture deferred to that call did not complete, or the converter's own words, ``convert: ...``, as
+    when a capture's check sends it to the other front end, which refuses), ``crash`` when the converted model
+    itself failed."""
+    ours = str(error).startswith("convert:")
+    return "refused (1st call)" if ours or (deferred and getattr(converted, "capture", None) is None) else "crash"
 
 
 CAPTURE_DEFAULT = "fx"
