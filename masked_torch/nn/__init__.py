@@ -14,9 +14,10 @@ from .conv import (
 )
 from .convert import convert
 from .elementwise import ELEMENTWISE
-from .graph import MaskedGraphModule, register_elementwise
+from .graph import MaskedGraphModule
 from .linear import MaskedFlatten, MaskedLinear
 from .norm import MaskedGroupNorm, MaskedInstanceNorm1d, MaskedInstanceNorm2d, MaskedInstanceNorm3d, MaskedLayerNorm
+from .rules import register_elementwise, register_rule
 from .pooling import (
     MaskedAdaptiveAvgPool1d, MaskedAdaptiveAvgPool2d, MaskedAdaptiveAvgPool3d,
     MaskedAdaptiveMaxPool1d, MaskedAdaptiveMaxPool2d, MaskedAdaptiveMaxPool3d,
@@ -29,7 +30,7 @@ from .shuffle import MaskedUnshuffle1d, MaskedUnshuffle2d, MaskedUnshuffle3d
 
 __all__ = [
     "MaskedModule", "MaskedSequential", "Masked", "Unmasked", "convert", "ELEMENTWISE", "MaskedGraphModule",
-    "register_elementwise",
+    "register_elementwise", "register_rule",
     "PartialConv1d", "PartialConv2d", "PartialConv3d",
     "MaskedConv1d", "MaskedConv2d", "MaskedConv3d",
     "LazyPartialConv1d", "LazyPartialConv2d", "LazyPartialConv3d",

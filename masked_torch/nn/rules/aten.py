@@ -3,7 +3,8 @@ that has the rule (so a rule is written once, for the function, and serves every
 
 An ATen op whose name is a Tensor method (``add``, ``mean``, ``permute``, ``relu_``, ``size`` ...) becomes that
 method call with the same arguments; the others are listed in :data:`ATEN`, each with the function of its rule
-and how its arguments map. :func:`register_aten` adds one (a custom op: ``torch.ops.mylib.op.default``).
+and how its arguments map. :func:`register_aten` adds one (a custom op: ``torch.ops.mylib.op.default``); an ATen
+op registered with a rule of its own (:func:`masked_torch.nn.rules.register`) stays as it is.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ATEN", "aten_to_torch", "register_aten"]
+__all__ = ["ATEN", "DIRECT", "VALUES_ONLY", "aten_to_torch", "register_aten"]
 
 aten = torch.ops.aten
 
@@ -174,6 +175,10 @@ VALUES_ONLY = {
 }
 
 
+#: ATen op packets that have a mask rule of their own: their calls stay ATen calls
+DIRECT: set = set()
+
+
 def register_aten(op, adapt: Callable) -> None:
     """Let a ``torch.export`` capture's ATen ``op`` (a packet such as ``torch.ops.mylib.op``) take the rule of a
     torch function: ``adapt(arguments by schema name) -> ("call_function", fn, args, kwargs)``."""
@@ -184,6 +189,8 @@ def aten_to_torch(target, args: tuple, kwargs: dict) -> tuple[str, Any, tuple, d
     """``(op, target, args, kwargs)`` of the torch function or Tensor method that stands for an ATen call."""
     packet = getattr(target, "overloadpacket", None)
     if packet is None:  # operator.mul on sizes, torch.sym_max, ...
+        return "call_function", target, args, kwargs
+    if packet in DIRECT:
         return "call_function", target, args, kwargs
     if packet is aten.sym_size:
         return "call_method", "size", tuple(args), dict(kwargs)

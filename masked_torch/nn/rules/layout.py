@@ -1,0 +1,146 @@
+"""Rules of ops that move, cut, join or create tensors: the mask moves with its values."""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from ... import functional as MF
+from ..runtime import field_mask, mask_method, reshape_like
+from .table import Val, register, sig
+
+__all__ = ["same_op", "reshape", "getitem", "split", "cat", "stack", "pixel_shuffle", "pad", "attribute"]
+
+CAT = sig("tensors", ("dim", 0))
+SPLIT = sig("input", "split_size_or_sections", ("dim", 0))
+CHUNK = sig("input", "chunks", ("dim", 0))
+PAD = sig("input", "pad", ("mode", "constant"), ("value", None))
+
+
+def same_op(rw, node, env, args, kwargs, method=None) -> Val:
+    """permute, transpose, unsqueeze, expand...: the same op on the mask (``method``: its Tensor method)."""
+    x = env[node.args[0]]  # expand_as(other): other only gives a shape
+    if not x.masked:
+        rw.fail(node, "the layout of an unmasked tensor set by a masked one")
+    value = rw.copy_node(node, args, kwargs)
+    if node.target in ("expand", "expand_as"):
+        return Val(value, x.mask, True, x.clean)
+    mask = rw.call(mask_method, x.mask, method or node.target, *args[1:], **kwargs)
+    return Val(value, mask, True, x.clean)
+
+
+def reshape(rw, node, env, args, kwargs) -> Val:
+    x = env[node.args[0]]
+    if not x.masked:
+        rw.fail(node, "reshapes with a masked tensor as the target shape")
+    value = rw.copy_node(node, args, kwargs)
+    return Val(value, rw.call(reshape_like, x.mask, args[0], value), True, x.clean)
+
+
+def _reshape_canvas(rw, node, env, args, kwargs):
+    """A spatial size may name a masked tensor's own dims in its view/reshape."""
+    first = env[node.all_input_nodes[0]] if node.all_input_nodes else None
+    if first is not None and first.masked and node.args and node.args[0] is node.all_input_nodes[0]:
+        return None
+    return NotImplemented
+
+
+def getitem(rw, node, env, args, kwargs) -> Val:
+    x = env[node.args[0]]
+    index_nodes = []
+    fx.map_arg(node.args[1:], index_nodes.append)
+    if not x.masked or any(env[n].masked for n in index_nodes):
+        rw.fail(node, "indexes with a masked tensor")
+    value = rw.copy_node(node, args, kwargs)
+    return Val(value, rw.call(MF.index_mask, x.mask, args[0], args[1], name=rw.label(node)), True, x.clean)
+
+
+def split(rw, node, env, args, kwargs, chunks: bool) -> Val:
+    bound = (CHUNK if chunks else SPLIT).bind(*args, **kwargs).arguments
+    x = env[node.args[0]]
+    value = rw.copy_node(node, args, kwargs)
+    size = bound.get("split_size_or_sections", bound.get("chunks"))
+    masks = rw.call(MF.split_masks, x.mask, args[0], size, bound.get("dim", 0), chunks=chunks)
+    return Val(value, masks, True, x.clean)
+
+
+def _tensor_list(rw, node, env) -> tuple[list, list]:
+    """The cleaned values and the masks (``None`` where unmasked) of a cat/stack's literal tensor list."""
+    tensors = node.args[0] if node.args else node.kwargs["tensors"]
+    if not isinstance(tensors, (list, tuple)):
+        rw.fail(node, "needs a literal list of tensors")
+    vals = [env[t] if isinstance(t, fx.Node) else Val(t) for t in tensors]
+    return [rw.clean(v) for v in vals], [v.mask if v.masked else None for v in vals]
+
+
+def cat(rw, node, env, args, kwargs, fn=MF.masked_cat) -> Val:
+    b = rw.bind(node, CAT, args, kwargs)
+    values, masks = _tensor_list(rw, node, env)
+    t = rw.call(fn, values, masks, b.get("dim", 0), zero=not rw.plain, name=rw.label(node))
+    return Val(rw.get(0, t), rw.get(1, t), True, True)
+
+
+def stack(rw, node, env, args, kwargs) -> Val:
+    return cat(rw, node, env, args, kwargs, MF.masked_stack)
+
+
+def pixel_shuffle(rw, node, env, args, kwargs, fn) -> Val:
+    x = env[node.args[0]]
+    t = rw.call(fn, rw.clean(x), x.mask, args[1], zeroed=True, name=rw.label(node))
+    return Val(rw.get(0, t), rw.get(1, t), True, True)
+
+
+def pad(rw, node, env, args, kwargs) -> Val:
+    b = rw.bind(node, PAD, args, kwargs)
+    amounts, mode = b["pad"], b.get("mode", "constant")
+    if mode != "constant" or not isinstance(amounts, (tuple, list)) or any(
+            not isinstance(p, int) or p < 0 for p in amounts):
+        rw.fail(node, f"F.pad(mode={mode!r}, pad={amounts!r}) reads or cuts the padded canvas's edge; only "
+                      f"constant padding by fixed non-negative amounts has a per-image rule", ValueError)
+    x = env[node.args[0]]
+    t = rw.call(MF.masked_pad, rw.clean(x), x.mask, amounts, mode, b.get("value"), zeroed=True, name=rw.label(node))
+    return rw.result(node, t, args, kwargs)
+
+
+def attribute(rw, node, env, args, kwargs) -> Val:
+    """``out.logits`` of a namedtuple of outputs, ``values`` of ``torch.max``'s result."""
+    x = env[node.args[0]]
+    if not (isinstance(node.args[1], str) and x.masked):
+        rw.fail(node, "no mask rule for this attribute")
+    value = rw.copy_node(node, args, kwargs)
+    return Val(value, rw.call(field_mask, x.mask, args[0], node.args[1], rw.label(node)), True, x.clean)
+
+
+def new_tensor(rw, node, env, args, kwargs) -> Val:
+    """``x.new_empty(shape)``: reads only the dtype and device of a masked tensor: a new, unmasked tensor."""
+    return Val(rw.copy_node(node, args, kwargs))
+
+
+def like(rw, node, env, args, kwargs) -> Val:
+    """``torch.ones_like(x)``: the canvas's shape, so the canvas's mask (zeros_like is 0 everywhere: clean)."""
+    x = env[node.args[0]]
+    return Val(rw.copy_node(node, args, kwargs), x.mask, True, node.target is torch.zeros_like)
+
+
+# -- the table --
+
+register(same_op, "permute", "transpose", "movedim", "moveaxis", "swapaxes", "swapdims", "unsqueeze", "expand_as",
+         "expand")
+for _fn in (torch.permute, torch.transpose, torch.movedim, torch.moveaxis, torch.swapaxes, torch.unsqueeze):
+    register(same_op, _fn, method=_fn.__name__)
+register(reshape, "view", "reshape", "flatten", "unflatten", "squeeze", "view_as", "reshape_as", torch.reshape,
+         torch.flatten, torch.squeeze, torch.unflatten, canvas=_reshape_canvas)
+register(getitem, operator.getitem)
+register(split, "split", torch.split, chunks=False)
+register(split, "chunk", torch.chunk, chunks=True)
+register(cat, torch.cat, torch.concat, torch.concatenate)
+register(stack, torch.stack)
+register(pixel_shuffle, F.pixel_shuffle, fn=MF.masked_pixel_shuffle)
+register(pixel_shuffle, F.pixel_unshuffle, fn=MF.masked_unshuffle)
+register(pad, F.pad)
+register(attribute, getattr)
+register(new_tensor, "new_empty", "new_zeros", "new_ones", "new_full", "new_tensor")
+register(like, torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like,
+         torch.randn_like)
