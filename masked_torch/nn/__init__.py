@@ -14,7 +14,7 @@ from .conv import (
 )
 from .convert import convert
 from .elementwise import ELEMENTWISE
-from .graph import MaskedGraphModule
+from .graph_module import MaskedGraphModule
 from .linear import MaskedFlatten, MaskedLinear
 from .norm import MaskedGroupNorm, MaskedInstanceNorm1d, MaskedInstanceNorm2d, MaskedInstanceNorm3d, MaskedLayerNorm
 from .rules import register_elementwise, register_rule

@@ -137,7 +137,7 @@ def convert(model: nn.Module, kind: str = "masked", *, inplace: bool = False, ca
         out = convert_module(model, kind, options, share=inplace)
     else:
         _refuse_masked_inside(model)
-        from .graph import convert_graph
+        from .build import convert_graph
 
         out = convert_graph(model, kind, options, inplace, capture=capture, example=example, check=check)
         out._convert_kind = (kind, tuple(sorted(options.items())))  # what converting it again compares with
