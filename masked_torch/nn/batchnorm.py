@@ -38,14 +38,13 @@ class _MaskedBatchNorm(MaskedModule):
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         running = self.training and self.track_running_stats
-        out = MF.masked_batch_norm(
+        return MF.masked_batch_norm(
             input, mask,
             self.running_mean if (running or not use_batch_stats) else None,
             self.running_var if (running or not use_batch_stats) else None,
             self.weight, self.bias, use_batch_stats, factor, self.eps, zeroed=self.input_zeroed,
             name=type(self).__name__,
         )
-        return out, mask
 
 
 class MaskedBatchNorm1d(_MaskedBatchNorm, nn.BatchNorm1d):

@@ -19,7 +19,7 @@ class MaskedGroupNorm(MaskedModule, nn.GroupNorm):
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         return MF.masked_group_norm(input, mask, self.num_groups, self.weight, self.bias, self.eps,
-                                    name=type(self).__name__), mask
+                                    name=type(self).__name__)
 
 
 class _MaskedInstanceNormNd(MaskedModule):
@@ -37,7 +37,7 @@ class _MaskedInstanceNormNd(MaskedModule):
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         MF.check_input(input, mask, self._nd, type(self).__name__)
         return MF.masked_group_norm(input, mask, input.shape[1], self.weight, self.bias, self.eps,
-                                    name=type(self).__name__), mask
+                                    name=type(self).__name__)
 
 
 class MaskedInstanceNorm1d(_MaskedInstanceNormNd, nn.InstanceNorm1d):
@@ -63,4 +63,4 @@ class MaskedLayerNorm(MaskedModule, nn.LayerNorm):
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         return MF.masked_layer_norm(input, mask, self.normalized_shape, self.weight, self.bias, self.eps,
-                                    name=type(self).__name__), mask
+                                    name=type(self).__name__)

@@ -54,27 +54,27 @@ def linear(rw, node, env, args, kwargs) -> Val:
 def layer_norm(rw, node, env, args, kwargs) -> Val:
     b = rw.bind(node, LAYER_NORM, args, kwargs)
     x = env[node.args[0]]
-    value = rw.copy_node(node, args, kwargs) if rw.plain else rw.call(
+    value = rw.copy_node(node, args, kwargs) if rw.plain else rw.get(0, rw.call(
         MF.masked_layer_norm, x.value, x.mask, b["normalized_shape"], b.get("weight"), b.get("bias"),
-        b.get("eps", 1e-5), name=rw.label(node))
+        b.get("eps", 1e-5), name=rw.label(node)))
     return Val(value, x.mask, True, True)
 
 
 def group_norm(rw, node, env, args, kwargs) -> Val:
     b = rw.bind(node, GROUP_NORM, args, kwargs)
     x = env[node.args[0]]
-    value = rw.copy_node(node, args, kwargs) if rw.plain else rw.call(
+    value = rw.copy_node(node, args, kwargs) if rw.plain else rw.get(0, rw.call(
         MF.masked_group_norm, x.value, x.mask, b["num_groups"], b.get("weight"), b.get("bias"), b.get("eps", 1e-5),
-        name=rw.label(node))
+        name=rw.label(node)))
     return Val(value, x.mask, True, True)
 
 
 def batch_norm(rw, node, env, args, kwargs) -> Val:
     b = rw.bind(node, BATCH_NORM, args, kwargs)
     x = env[node.args[0]]
-    value = rw.copy_node(node, args, kwargs) if rw.plain else rw.call(
+    value = rw.copy_node(node, args, kwargs) if rw.plain else rw.get(0, rw.call(
         MF.masked_batch_norm, x.value, x.mask, b["running_mean"], b["running_var"], b.get("weight"),
-        b.get("bias"), b.get("training", False), b.get("momentum", 0.1), b.get("eps", 1e-5), name=rw.label(node))
+        b.get("bias"), b.get("training", False), b.get("momentum", 0.1), b.get("eps", 1e-5), name=rw.label(node)))
     return Val(value, x.mask, True, True)
 
 

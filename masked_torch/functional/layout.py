@@ -1,0 +1,223 @@
+"""Masks through tensor manipulation: reshape, index, split, cat, stack, constant padding, valid extents."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .masks import _mask_as, _zero_masked, check_input, intersect_masks, zero_masked
+from .windows import _grow
+
+__all__ = ["reshape_mask", "index_mask", "split_masks", "masked_cat", "masked_pad", "masked_stack", "valid_extents"]
+
+
+def masked_stack(tensors: Sequence[Tensor], masks: Sequence[Optional[Tensor]], dim: int = 0, *, zero: bool = True,
+                 name: str = "stack") -> tuple[Tensor, Optional[Tensor]]:
+    """``torch.stack``: the masks stack along the new dim (one mask of size 1 there when they agree), as in
+    :func:`masked_cat`."""
+    d = dim % (tensors[0].dim() + 1)
+    if d == 0 and any(m is not None for m in masks):
+        raise ValueError(f"{name}: stacking masked tensors along dim 0 puts the new dim before the batch dim; "
+                         f"stack along dim 1 or later (e.g. torch.stack(xs, 1).sum(1))")
+    return masked_cat([t.unsqueeze(d) for t in tensors], [None if m is None else m.unsqueeze(d) for m in masks], d,
+                      zero=zero, name=name)
+
+
+def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """Pair runs of dims of shape ``a`` with runs of shape ``b`` that hold the same elements."""
+    groups, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        gi, gj, pa, pb = [], [], 1, 1
+        if i < len(a):
+            gi.append(i)
+            pa, i = pa * a[i], i + 1
+        if j < len(b):
+            gj.append(j)
+            pb, j = pb * b[j], j + 1
+        while pa != pb:
+            if pa < pb and i < len(a):
+                gi.append(i)
+                pa, i = pa * a[i], i + 1
+            elif pb < pa and j < len(b):
+                gj.append(j)
+                pb, j = pb * b[j], j + 1
+            else:
+                raise ValueError(f"cannot reshape {tuple(a)} to {tuple(b)}")
+        groups.append((gi, gj))
+    return groups
+
+
+def reshape_mask(mask: Optional[Tensor], in_shape: Sequence[int], out_shape: Sequence[int]) -> Optional[Tensor]:
+    """The mask of ``x.reshape(out_shape)`` for ``x`` of ``in_shape`` (view, flatten, unflatten, ...).
+
+    Runs of dims where the mask has size 1 stay size 1; a run where it varies is expanded to the tensor's
+    size there and reshaped with it (exact: every value keeps its own validity)."""
+    if mask is None:
+        return None
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    expand, target = list(mask.shape), []
+    for gi, gj in _reshape_groups(in_shape, out_shape):
+        if all(mask.shape[d] == 1 for d in gi):
+            target += [1] * len(gj)
+        else:
+            for d in gi:
+                expand[d] = in_shape[d]
+            target += [out_shape[d] for d in gj]
+    return mask.expand(expand).reshape(target)
+
+
+def _is_canvas_slice(item) -> bool:
+    if isinstance(item, slice):
+        return any(v is not None and v < 0 for v in (item.start, item.stop))
+    return isinstance(item, int) and item < 0
+
+
+def index_mask(mask, value: Tensor, index, *, name: str = "getitem"):
+    """The mask of ``value[index]``: the same index, with slices and ints applied as ``:`` and ``0`` where the
+    mask has size 1. Indexing a dim where the mask varies from its end (negative indices) depends on the
+    padded canvas and is refused; so are tensor (advanced) indices there."""
+    if mask is None or isinstance(mask, (tuple, list)):
+        return None if mask is None else mask[index]
+    items = index if isinstance(index, tuple) else (index,)
+    if any(i is Ellipsis for i in items):
+        k = items.index(Ellipsis)
+        used = sum(1 for i in items if i is not None and i is not Ellipsis)
+        items = items[:k] + (slice(None),) * (value.dim() - used) + items[k + 1:]
+    out, d = [], 0
+    for item in items:
+        if item is None:
+            out.append(None)
+            continue
+        if d == 0 and not isinstance(item, slice):
+            raise ValueError(f"{name}: index {item!r} on the batch dim drops it (a masked tensor keeps its batch "
+                             f"dim; slice it, e.g. x[:1])")
+        if mask.shape[d] == 1 and value.shape[d] != 1:
+            if isinstance(item, Tensor):
+                raise ValueError(f"{name}: tensor indices are not supported on a masked tensor")
+            out.append(0 if isinstance(item, int) else slice(None))
+        else:
+            if d >= 1 and (isinstance(item, Tensor) or _is_canvas_slice(item)):
+                raise ValueError(
+                    f"{name}: index {item!r} on dim {d} counts from the end of the padded canvas, not of each "
+                    f"image (tensor {tuple(value.shape)}, mask {tuple(mask.shape)})")
+            out.append(item)
+        d += 1
+    return mask[tuple(out)]
+
+
+def split_masks(mask: Optional[Tensor], value: Tensor, split, dim: int = 0, *, chunks: bool = False) -> list:
+    """Masks of ``value.split(split, dim)`` (or ``value.chunk(split, dim)`` with ``chunks=True``)."""
+    n = len(value.chunk(split, dim) if chunks else value.split(split, dim))
+    if mask is None:
+        return [None] * n
+    dim = dim % value.dim()
+    if mask.shape[dim] == 1:
+        return [mask] * n
+    if dim >= 2:
+        raise ValueError(f"split/chunk along dim {dim}, where the mask {tuple(mask.shape)} varies, cuts the padded "
+                         f"canvas, not each image")
+    return list(mask.chunk(split, dim) if chunks else mask.split(split, dim))
+
+
+def masked_cat(tensors: Sequence[Tensor], masks: Sequence[Optional[Tensor]], dim: int = 0, *,
+               zero: bool = True, name: str = "cat") -> tuple[Tensor, Optional[Tensor]]:
+    """``torch.cat(tensors, dim)`` and its mask.
+
+    Concatenating channels keeps one mask of size 1 along ``dim`` where every input's mask has size 1
+    there: the same mask when they are the same tensor, else their intersection (valid where every input
+    is; then, with ``zero=True``, the output is set to 0 where the intersection is 0). Otherwise the masks,
+    expanded to their tensors along ``dim``, are concatenated. A dim past the channels along which a mask
+    varies (a spatial dim) is refused: joining canvases is not joining images."""
+    y = torch.cat(list(tensors), dim)
+    present = [m for m in masks if m is not None]
+    if not present:
+        return y, None
+    dim = dim % y.dim()
+    if dim >= 2 and any(m.shape[dim] != 1 for m in present):
+        raise ValueError(f"{name}: concatenating along dim {dim}, where the masks vary, joins padded canvases, not "
+                         f"images (tensors {[tuple(t.shape) for t in tensors]})")
+    if all(m is not None and m.shape[dim] == 1 for m in masks):
+        first = masks[0]
+        if all(m is first for m in masks):
+            return y, first
+        out = first
+        for m in masks[1:]:
+            out = intersect_masks(out, m)
+        return (zero_masked(y, out) if zero else y), out
+    parts = []
+    for m, t in zip(masks, tensors):
+        if m is None:
+            m = torch.ones((1,) * t.dim(), dtype=present[0].dtype, device=t.device)
+        shape = list(torch.broadcast_shapes(m.shape, (t.shape[0],) + tuple(present[0].shape[1:])))
+        shape[dim] = t.shape[dim]
+        parts.append(m.expand(shape))
+    return y, torch.cat(parts, dim)
+
+
+def masked_pad(input: Tensor, mask: Optional[Tensor], pad: Sequence[int], mode: str = "constant",
+               value: Optional[float] = None, *, zeroed: bool = False,
+               name: str = "pad") -> tuple[Tensor, Optional[Tensor]]:
+    """``F.pad`` with constant padding of the spatial dims, per image as on the image alone.
+
+    The image at the canvas origin alone gets ``left`` entries before it and ``right`` entries after its
+    own end, not after the canvas's: the output mask is the input mask with ``left`` entries before it
+    (valid where the image is not empty) and each image's valid run extended by ``right``; the entries after
+    each image hold ``value`` as they do on the image alone. Other modes (reflect, replicate, circular)
+    and negative (cropping) pads are refused: they read or cut the canvas's edge."""
+    value = 0.0 if value is None else float(value)
+    if mask is None:
+        return F.pad(input, list(pad), mode=mode, value=value), None
+    nd = input.dim() - 2
+    check_input(input, mask, nd, name)
+    if mode != "constant":
+        raise ValueError(f"{name}: mode={mode!r} reads the padded canvas's edge, not each image's; only constant "
+                         f"padding has a per-image rule")
+    pad = list(pad)
+    if len(pad) % 2 or len(pad) > 2 * nd or any(p < 0 for p in pad):
+        raise ValueError(f"{name}: pad {tuple(pad)} must be non-negative (left, right) pairs of the spatial dims "
+                         f"of input {tuple(input.shape)}")
+    x = input if zeroed else _zero_masked(input, mask)
+    y = F.pad(x, pad, value=value)
+    m = _mask_as(mask, input)
+    before = F.pad(m, pad)  # the input's own validity, moved
+    m = _grow(m, pad)
+    if value != 0.0:
+        fresh = (m != 0) & (before == 0)
+        fresh = fresh & ~_left_pad_region(fresh, pad)
+        y = torch.where(fresh, torch.full((), value, dtype=y.dtype, device=y.device), y)
+        y = torch.where(m != 0, y, torch.zeros((), dtype=y.dtype, device=y.device))
+    return y, m
+
+
+def _left_pad_region(t: Tensor, pad: Sequence[int]) -> Tensor:
+    """True on the entries the left pads added (they already hold the pad value)."""
+    region = torch.zeros_like(t)
+    for i in range(len(pad) // 2):
+        d = t.dim() - 1 - i
+        if pad[2 * i]:
+            region.narrow(d, 0, pad[2 * i]).fill_(True)
+    return region
+
+
+def valid_extents(mask: Tensor) -> list[tuple[int, ...]]:
+    """Per sample of a mask ``(N, C, *S)``, the size of the bounding box of ``mask != 0`` (any channel) from
+    the origin: last valid index + 1 along each spatial dim; 0 along every dim for a sample with no valid
+    position (and along a dim of size 0)."""
+    valid = (mask != 0).any(dim=1)  # (N, *S)
+    n, spatial = valid.shape[0], valid.shape[1:]
+    if n == 0:
+        return []
+    columns = []
+    for d, s in enumerate(spatial):
+        if s == 0 or valid.numel() == 0:
+            columns.append(torch.zeros(n, dtype=torch.long, device=mask.device))
+            continue
+        others = [k + 1 for k in range(len(spatial)) if k != d]
+        along = valid.any(dim=others) if others else valid  # (N, s)
+        index = torch.arange(1, s + 1, device=mask.device)
+        columns.append((along * index).amax(dim=1))
+    if not columns:
+        return [() for _ in range(n)]
+    return [tuple(row) for row in torch.stack(columns, dim=1).tolist()]
