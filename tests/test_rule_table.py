@@ -41,12 +41,16 @@ def test_a_function_its_method_and_its_aten_op_share_one_rule():
     assert aten_to_torch(torch.ops.aten.add.Tensor, (1, 2), {})[:2] == ("call_method", "add")
 
 
-class SinhNet(nn.Module):
+class Around(nn.Module):
+    """A conv, the op under test (in each subclass's forward), a conv."""
+
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
         self.out = nn.Conv2d(4, 2, 3, padding=1)
 
+
+class SinhNet(Around):
     def forward(self, x):
         return self.out(self.conv(x).sinh())
 
@@ -69,12 +73,7 @@ def _(x):
     return torch.empty_like(x)
 
 
-class CustomOpNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.out = nn.Conv2d(4, 2, 3, padding=1)
-
+class CustomOpNet(Around):
     def forward(self, x):
         return self.out(torch.ops.masked_torch_test.scaled_tanh(self.conv(x)))
 
@@ -95,12 +94,7 @@ def resize(x, scale_factor=None, mode="nearest"):
     return F.interpolate(x, scale_factor=scale_factor, mode=mode)
 
 
-class ResizeNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.out = nn.Conv2d(4, 2, 3, padding=1)
-
+class ResizeNet(Around):
     def forward(self, x):
         return self.out(resize(self.conv(x), scale_factor=2))
 
@@ -118,12 +112,10 @@ def gate(x, g):
     return x * g
 
 
-class GateNet(nn.Module):
+class GateNet(Around):
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
         self.scale = nn.Parameter(torch.randn(1, 4, 1, 1))
-        self.out = nn.Conv2d(4, 2, 3, padding=1)
 
     def forward(self, x):
         return self.out(gate(self.conv(x), torch.sigmoid(self.scale)))

@@ -7,7 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .masks import _Size, _mask_as, _mask_dtype, _no_autocast, _ntuple, _zero_masked, check_broadcast_mask, check_input, check_mask, zero_masked
+from .masks import (
+    _Size, _mask_as, _mask_dtype, _no_autocast, _ntuple, _zero_masked, check_broadcast_mask, check_input,
+    check_mask, zero_masked,
+)
 from .windows import _CONV, _conv_dims, _index_anchor, resolve_padding, window_anchor, window_mean
 
 __all__ = ["partial_conv", "masked_conv", "masked_conv_transpose", "conv_transpose_mask", "masked_linear"]

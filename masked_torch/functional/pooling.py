@@ -9,11 +9,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .layout import valid_extents
-from .masks import _Size, _mask_as, _mask_dtype, _no_autocast, _ntuple, _zero_masked, check_broadcast_mask, check_input, check_mask, zero_masked
+from .masks import (
+    _Size, _mask_as, _mask_dtype, _no_autocast, _ntuple, _zero_masked, check_broadcast_mask, check_input,
+    check_mask, zero_masked,
+)
 from .norm import _count, masked_moments
 from .windows import _MAX_POOL, _avg_pool, _grow, _window_sum, window_anchor
 
-__all__ = ["masked_spatial_mean", "masked_max_pool", "masked_avg_pool", "masked_reduce", "masked_var", "masked_max_dim", "adaptive_sizes", "masked_adaptive_pool"]
+__all__ = [
+    "masked_spatial_mean", "masked_max_pool", "masked_avg_pool", "masked_reduce", "masked_var", "masked_max_dim",
+    "adaptive_sizes", "masked_adaptive_pool",
+]
 
 
 def masked_spatial_mean(

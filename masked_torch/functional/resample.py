@@ -11,7 +11,10 @@ from .layout import valid_extents
 from .masks import _mask_as, _no_autocast, _zero_masked, check_input, check_mask
 from .windows import _index_anchor
 
-__all__ = ["masked_unshuffle", "check_interpolate", "masked_interpolate", "masked_pixel_shuffle", "interpolate_mask", "interpolate_to"]
+__all__ = [
+    "masked_unshuffle", "check_interpolate", "masked_interpolate", "masked_pixel_shuffle", "interpolate_mask",
+    "interpolate_to",
+]
 
 
 def masked_unshuffle(

@@ -3,7 +3,7 @@ names ``masked_torch.nn.graph.MaskedGraphModule`` and the runtime helpers its gr
 lives in :mod:`.capture_fx`, :mod:`.capture_export`, :mod:`.rewrite`, :mod:`.rules`, :mod:`.build` and
 :mod:`.graph_module`."""
 from .build import convert_graph
-from .graph_module import MaskedGraphModule
+from .graph_module import MaskedGraphModule, _Ref  # noqa: F401  (_Ref: a node reference in a stored graph)
 from .runtime import (check_unmasked_dim, enter, field_mask, fit_mask, mask_method, refit_mask, reshape_like,
                       zero_unless_same)
 

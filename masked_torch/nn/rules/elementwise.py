@@ -9,6 +9,7 @@ from torch import fx
 
 from ... import functional as MF
 from ..runtime import check_unmasked_dim, zero_unless_same
+from .aten import aten, call, inplace, rsub, to_method
 from .table import Val, register
 
 __all__ = ["unary", "binary", "along_dim", "in_place"]
@@ -80,7 +81,7 @@ def along_dim(rw, node, env, args, kwargs) -> Val:
 
 # -- the table --
 
-for _ops, _zero in [
+for _ops, _zero, _aten in [
     ((F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.mish, F.leaky_relu, F.elu, F.selu, F.celu, F.hardtanh,
       F.tanh, F.softsign, F.tanhshrink, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, torch.relu, torch.tanh,
       torch.abs, torch.neg, torch.sqrt, torch.square, torch.erf, torch.sin, operator.neg, F.relu_, torch.relu_,
@@ -88,12 +89,32 @@ for _ops, _zero in [
       # stochastic depth multiplies each sample by 0 or 1/(1-p); torch.fx.wrap keeps it whole
       "torchvision.ops.stochastic_depth.stochastic_depth",
       "relu", "relu_", "tanh", "tanh_", "abs", "neg", "sqrt", "square", "erf", "sin", "float", "double", "half",
-      "bfloat16", "to", "type", "type_as", "contiguous", "clone", "detach", "requires_grad_", "hardswish"), True),
+      "bfloat16", "to", "type", "type_as", "contiguous", "clone", "detach", "requires_grad_", "hardswish"), True, {
+        aten.gelu: lambda b: ("call_function", F.gelu, (b["self"],), {"approximate": b.get("approximate", "none")}),
+        aten.silu: call(F.silu, "self"), aten.silu_: inplace(F.silu),
+        aten.hardswish: call(F.hardswish, "self"), aten.hardswish_: inplace(F.hardswish),
+        aten.mish: call(F.mish, "self"), aten.mish_: inplace(F.mish),
+        aten.relu6: call(F.relu6, "self"),
+        aten.hardtanh: call(F.hardtanh, "self", "min_val", "max_val"),
+        aten.hardtanh_: call(F.hardtanh_, "self", "min_val", "max_val"),
+        aten.leaky_relu: call(F.leaky_relu, "self", "negative_slope"),
+        aten.leaky_relu_: call(F.leaky_relu_, "self", "negative_slope"),
+        aten.elu: lambda b: (("call_function", F.elu, (b["self"], b["alpha"]), {})
+                             if b.get("scale", 1) == 1 and b.get("input_scale", 1) == 1
+                             else ("call_function", aten.elu.default, (b["self"], b["alpha"], b["scale"],
+                                                                        b["input_scale"]), {})),
+        aten.dropout: call(F.dropout, "input", "p", "train"),
+        aten.dropout_: call(F.dropout, "input", "p", "train", inplace=True),
+        aten.feature_dropout: call(F.dropout2d, "input", "p", "train"),
+        aten._to_copy: to_method, aten.to: to_method}),
     ((F.sigmoid, F.hardsigmoid, F.softplus, F.logsigmoid, torch.sigmoid, torch.exp, torch.rsqrt, torch.cos,
       torch.clamp, torch.clip,
-      "sigmoid", "sigmoid_", "exp", "rsqrt", "cos", "clamp", "clamp_", "clip", "clamp_min", "clamp_max"), False),
+      "sigmoid", "sigmoid_", "exp", "rsqrt", "cos", "clamp", "clamp_", "clip", "clamp_min", "clamp_max"), False, {
+        aten.hardsigmoid: call(F.hardsigmoid, "self"), aten.hardsigmoid_: inplace(F.hardsigmoid),
+        aten.softplus: call(F.softplus, "self", "beta", "threshold"),
+        aten.log_sigmoid: call(F.logsigmoid, "self")}),
 ]:
-    register(unary, *_ops, keeps_zero=_zero)
+    register(unary, *_ops, aten=_aten, keeps_zero=_zero)
 
 for _op, _targets in {
     "add": (operator.add, operator.iadd, torch.add, torch.maximum, torch.minimum, "add", "add_", "maximum",
@@ -103,7 +124,7 @@ for _op, _targets in {
     "div": (operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_"),
     "pow": (operator.pow, torch.pow, "pow"),
 }.items():
-    register(binary, *_targets, op=_op)
+    register(binary, *_targets, aten={aten.rsub: rsub} if _op == "sub" else None, op=_op)
 
 register(along_dim, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.normalize, "softmax",
          "log_softmax")

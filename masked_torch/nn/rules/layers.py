@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from ... import functional as MF
+from .aten import aten, call, resize
 from .table import Val, register, sig
 
 __all__ = ["conv", "conv_transpose", "linear", "layer_norm", "group_norm", "batch_norm", "interpolate",
@@ -111,10 +112,20 @@ def interpolate_to(rw, node, env, args, kwargs) -> Val:
 # -- the table --
 
 for _n in (1, 2, 3):
-    register(conv, getattr(F, f"conv{_n}d"), nd=_n)
-    register(conv_transpose, getattr(F, f"conv_transpose{_n}d"), nd=_n)
-register(linear, F.linear)
-register(layer_norm, F.layer_norm)
-register(group_norm, F.group_norm)
-register(batch_norm, F.batch_norm)
-register(interpolate, F.interpolate, F.upsample, canvas=interpolate_to)
+    _conv, _conv_t = getattr(F, f"conv{_n}d"), getattr(F, f"conv_transpose{_n}d")
+    register(conv, _conv, nd=_n, aten={getattr(aten, f"conv{_n}d"): call(
+        _conv, "input", "weight", "bias", "stride", "padding", "dilation", "groups")})
+    register(conv_transpose, _conv_t, nd=_n, aten={getattr(aten, f"conv_transpose{_n}d"): call(
+        _conv_t, "input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")})
+register(linear, F.linear, aten={aten.linear: call(F.linear, "input", "weight", "bias")})
+register(layer_norm, F.layer_norm, aten={aten.layer_norm: call(
+    F.layer_norm, "input", "normalized_shape", "weight", "bias", "eps")})
+register(group_norm, F.group_norm, aten={aten.group_norm: call(
+    F.group_norm, "input", "num_groups", "weight", "bias", "eps")})
+register(batch_norm, F.batch_norm, aten={aten.batch_norm: call(
+    F.batch_norm, "input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")})
+register(interpolate, F.interpolate, F.upsample, canvas=interpolate_to, aten={
+    **{getattr(aten, f"upsample_nearest{n}d"): resize("nearest") for n in (1, 2, 3)},
+    **{getattr(aten, f"_upsample_nearest_exact{n}d"): resize("nearest-exact") for n in (1, 2, 3)},
+    aten.upsample_linear1d: resize("linear", True), aten.upsample_bilinear2d: resize("bilinear", True),
+    aten.upsample_trilinear3d: resize("trilinear", True), aten.upsample_bicubic2d: resize("bicubic", True)})

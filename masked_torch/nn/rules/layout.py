@@ -9,6 +9,7 @@ from torch import fx
 
 from ... import functional as MF
 from ..runtime import field_mask, mask_method, reshape_like
+from .aten import aten, call, method, select_index, slice_index
 from .table import Val, register, sig
 
 __all__ = ["same_op", "reshape", "getitem", "split", "cat", "stack", "pixel_shuffle", "pad", "attribute"]
@@ -127,20 +128,29 @@ def like(rw, node, env, args, kwargs) -> Val:
 # -- the table --
 
 register(same_op, "permute", "transpose", "movedim", "moveaxis", "swapaxes", "swapdims", "unsqueeze", "expand_as",
-         "expand")
+         "expand", aten={aten.expand: method("expand", "self", "size")})
 for _fn in (torch.permute, torch.transpose, torch.movedim, torch.moveaxis, torch.swapaxes, torch.unsqueeze):
     register(same_op, _fn, method=_fn.__name__)
 register(reshape, "view", "reshape", "flatten", "unflatten", "squeeze", "view_as", "reshape_as", torch.reshape,
-         torch.flatten, torch.squeeze, torch.unflatten, canvas=_reshape_canvas)
-register(getitem, operator.getitem)
+         torch.flatten, torch.squeeze, torch.unflatten, canvas=_reshape_canvas,
+         aten={aten.alias: method("view_as", "self", "self")})
+register(getitem, operator.getitem, aten={aten.slice: slice_index, aten.select: select_index})
 register(split, "split", torch.split, chunks=False)
 register(split, "chunk", torch.chunk, chunks=True)
-register(cat, torch.cat, torch.concat, torch.concatenate)
-register(stack, torch.stack)
-register(pixel_shuffle, F.pixel_shuffle, fn=MF.masked_pixel_shuffle)
-register(pixel_shuffle, F.pixel_unshuffle, fn=MF.masked_unshuffle)
-register(pad, F.pad)
+register(cat, torch.cat, torch.concat, torch.concatenate,
+         aten={aten.cat: call(torch.cat, "tensors", "dim"), aten.concat: call(torch.cat, "tensors", "dim")})
+register(stack, torch.stack, aten={aten.stack: call(torch.stack, "tensors", "dim")})
+register(pixel_shuffle, F.pixel_shuffle, fn=MF.masked_pixel_shuffle,
+         aten={aten.pixel_shuffle: call(F.pixel_shuffle, "self", "upscale_factor")})
+register(pixel_shuffle, F.pixel_unshuffle, fn=MF.masked_unshuffle,
+         aten={aten.pixel_unshuffle: call(F.pixel_unshuffle, "self", "downscale_factor")})
+register(pad, F.pad, aten={
+    aten.pad: call(F.pad, "self", "pad", "mode", "value"),
+    aten.constant_pad_nd: lambda b: ("call_function", F.pad, (b["self"], b["pad"], "constant", b.get("value", 0)), {})})
 register(attribute, getattr)
 register(new_tensor, "new_empty", "new_zeros", "new_ones", "new_full", "new_tensor")
 register(like, torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like,
-         torch.randn_like)
+         torch.randn_like, aten={aten.zeros_like: call(torch.zeros_like, "self"),
+                                 aten.ones_like: call(torch.ones_like, "self"),
+                                 aten.empty_like: call(torch.empty_like, "self"),
+                                 aten.full_like: call(torch.full_like, "self", "fill_value")})

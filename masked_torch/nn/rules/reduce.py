@@ -7,6 +7,7 @@ from torch import fx
 
 from ... import functional as MF
 from .elementwise import binary
+from .aten import aten, call, pool
 from .table import Val, register, sig
 
 __all__ = ["reduce", "var", "max_dim", "max_pool", "avg_pool", "adaptive_pool", "pool_whole"]
@@ -130,10 +131,24 @@ register(var, torch.var, "var", std=False)
 register(var, torch.std, "std", std=True)
 register(max_dim, torch.max, "max", mode="max")
 register(max_dim, torch.min, "min", mode="min")
+_AVG = ("self", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
 for _n in (1, 2, 3):
-    register(max_pool, getattr(F, f"max_pool{_n}d"), canvas=_max_pool_whole, nd=_n)
+    _max, _avg = getattr(F, f"max_pool{_n}d"), getattr(F, f"avg_pool{_n}d")
+    register(max_pool, _max, canvas=_max_pool_whole, nd=_n, aten={
+        getattr(aten, f"max_pool{_n}d"): pool(_max, "self", "kernel_size", "stride", "padding", "dilation",
+                                               "ceil_mode")})
+    _indices = {getattr(aten, f"adaptive_max_pool{_n}d"): call(getattr(F, f"adaptive_max_pool{_n}d_with_indices"),
+                                                                "self", "output_size")}
+    if _n > 1:
+        _indices[getattr(aten, f"max_pool{_n}d_with_indices")] = pool(
+            getattr(F, f"max_pool{_n}d_with_indices"), "self", "kernel_size", "stride", "padding", "dilation",
+            "ceil_mode")
     register(max_pool_indices, getattr(F, f"max_pool{_n}d_with_indices"),
-             getattr(F, f"adaptive_max_pool{_n}d_with_indices"), nd=_n)
-    register(avg_pool, getattr(F, f"avg_pool{_n}d"), canvas=_avg_pool_whole, nd=_n)
-    register(adaptive_pool, getattr(F, f"adaptive_avg_pool{_n}d"), nd=_n, mode="mean")
+             getattr(F, f"adaptive_max_pool{_n}d_with_indices"), nd=_n, aten=_indices)
+    register(avg_pool, _avg, canvas=_avg_pool_whole, nd=_n, aten={
+        getattr(aten, f"avg_pool{_n}d"): pool(_avg, *_AVG, *(("divisor_override",) if _n > 1 else ()))})
+    _adaptive = getattr(F, f"adaptive_avg_pool{_n}d")
+    register(adaptive_pool, _adaptive, nd=_n, mode="mean", aten={
+        getattr(aten, f"adaptive_avg_pool{_n}d"): call(_adaptive, "self", "output_size"),
+        **({aten._adaptive_avg_pool2d: call(_adaptive, "self", "output_size")} if _n == 2 else {})})
     register(adaptive_pool, getattr(F, f"adaptive_max_pool{_n}d"), nd=_n, mode="amax")
