@@ -6,8 +6,12 @@ import dataclasses
 from typing import Any
 
 from torch import Tensor
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 
 __all__ = ["flatten_output", "unflatten_output"]
+
+#: the read-only containers torch.fx gives a graph's output as, and the containers the forward built
+_PLAIN = {immutable_dict: dict, immutable_list: list}
 
 
 def flatten_output(out: Any) -> tuple[list, tuple]:
@@ -24,10 +28,10 @@ def flatten_output(out: Any) -> tuple[list, tuple]:
         if isinstance(o, tuple) and hasattr(o, "_fields"):
             return ("namedtuple", type(o), tuple(spec_of(v) for v in o))
         if isinstance(o, (tuple, list)):
-            return ("seq", type(o), tuple(spec_of(v) for v in o))
+            return ("seq", _PLAIN.get(type(o), type(o)), tuple(spec_of(v) for v in o))
         if isinstance(o, dict):
             keys = tuple(o.keys())
-            return ("dict", type(o), keys, tuple(spec_of(o[k]) for k in keys))
+            return ("dict", _PLAIN.get(type(o), type(o)), keys, tuple(spec_of(o[k]) for k in keys))
         return ("const", o)
 
     spec = spec_of(out)
