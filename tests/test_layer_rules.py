@@ -368,10 +368,6 @@ def upsample_cases(draw, nd=None):
     sizes = draw_sizes(draw, nd, min_size)
     for s in sizes:
         assume(all(math.floor(a * f) > 0 for a, f in zip(s, scales)))
-        # torch copies a dim whose output size equals its input size (e.g. 3 * 1.25 -> 3), whatever the scale
-        # (2d/3d nearest, every linear mode): no one rule on the padded canvas, where the sizes differ, gives
-        # that; see test_upsample_same_size_shortcut
-        assume(not any(f != 1 and math.floor(a * f) == a for a, f in zip(s, scales)))
     kw = dict(scale_factor=scale, mode=mode)
     if mode == LINEAR[nd]:
         kw["align_corners"] = False
@@ -388,16 +384,13 @@ def test_upsample(nd, data, form):
     check_case(data.draw(upsample_cases(nd=nd), label="case"), form)
 
 
-@pytest.mark.xfail(strict=True, reason="torch copies a dim whose output size equals its input size (3 * 1.25 -> 3) "
-                   "and halves the index where it is exactly twice (3 * 2.25 -> 6), instead of reading "
-                   "floor(i / scale); on the canvas that dim is larger, so no one rule on the canvas can give both "
-                   "images what they get alone")
 @pytest.mark.parametrize("mode,scale", [("nearest", (1.25, 2.0)), ("bilinear", (1.25, 2.0)), ("nearest", (2.25, 1.0)),
                                         ("linear", (1.25,))])
 def test_upsample_same_size_shortcut(mode, scale):
-    """Documents what the upsample strategy leaves out (a known limit, not hidden): nearest in 2d/3d and the
-    linear modes, along a dim where floor(size * scale) == size (or == 2 * size, nearest) with scale != 1 or 2;
-    1d nearest has no such shortcut in torch and passes."""
+    """torch copies a dim whose output size equals its input size (3 * 1.25 -> 3) and halves the index where it
+    is exactly twice (3 * 2.25 -> 6), instead of reading floor(i / scale): no one rule on the canvas, where that
+    dim is larger, gives both images what they get alone, so scales that are not integers or their inverses are
+    interpolated per image."""
     shapes = [(1, 3, 1), (1, 4, 2)] if len(scale) == 2 else [(1, 3), (1, 5)]
     images = [torch.arange(1.0, 1.0 + math.prod(s), dtype=DTYPE).view(s) for s in shapes]
     kw = dict(scale_factor=scale, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))

@@ -40,7 +40,7 @@ from .pooling import (  # noqa: F401
     adaptive_sizes, masked_adaptive_pool,
 )
 from .resample import (  # noqa: F401
-    masked_unshuffle, check_interpolate, masked_interpolate, masked_pixel_shuffle, interpolate_mask, interpolate_to,
+    masked_unshuffle, check_interpolate, masked_interpolate, interpolate_per_image, masked_pixel_shuffle, interpolate_mask, interpolate_to,
 )
 from .layout import (  # noqa: F401
     reshape_mask, index_mask, split_masks, masked_cat, masked_pad, masked_stack, valid_extents,
@@ -79,6 +79,7 @@ __all__ = [
     "masked_linear",
     "masked_pad",
     "interpolate_to",
+    "interpolate_per_image",
     "masked_var",
     "masked_max_dim",
     "masked_stack",

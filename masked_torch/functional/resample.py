@@ -1,6 +1,7 @@
 """Resampling per image: interpolation and pixel (un)shuffle with their masks."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -12,6 +13,7 @@ from .masks import _mask_as, _no_autocast, _zero_masked, check_input, check_mask
 from .windows import _index_anchor
 
 __all__ = [
+    "interpolate_per_image",
     "masked_unshuffle", "check_interpolate", "masked_interpolate", "masked_pixel_shuffle", "interpolate_mask",
     "interpolate_to",
 ]
@@ -64,26 +66,38 @@ _LINEAR_MODES = {"linear", "bilinear", "trilinear"}
 
 
 _NEAREST_MODES = {"nearest", "nearest-exact"}
+_PER_IMAGE_MODES = {"bicubic", "area"}
 
 
 def check_interpolate(size=None, scale_factor=None, mode: str = "nearest", align_corners=None,
                       recompute_scale_factor=None, antialias: bool = False, *, name: str = "interpolate") -> None:
-    """Refuse what makes an interpolation depend on the padded canvas (``ValueError`` naming it)."""
+    """Refuse what makes an interpolation depend on the padded canvas (``ValueError`` naming it): a size
+    (the canvas's, or a fixed one) instead of a scale factor."""
     why = None
     if size is not None:
         why = "size= resizes the padded canvas, not each image; use scale_factor="
     elif scale_factor is None:
         why = "it needs scale_factor="
-    elif mode not in _LINEAR_MODES | _NEAREST_MODES:
-        why = f"mode={mode!r} has no per-image rule (supported: nearest, nearest-exact, linear, bilinear, trilinear)"
-    elif align_corners:
-        why = "align_corners=True maps the canvas corners, not each image's; use align_corners=False"
-    elif recompute_scale_factor:
-        why = "recompute_scale_factor=True derives the scale from the canvas size"
-    elif antialias:
-        why = "antialias=True is not supported"
+    elif mode not in _LINEAR_MODES | _NEAREST_MODES | _PER_IMAGE_MODES:
+        why = f"mode={mode!r} is not an interpolation mode of torch"
     if why:
         raise ValueError(f"{name}: cannot be masked exactly: {why}")
+
+
+def _integral(scale) -> bool:
+    """An integer scale or the inverse of one, along every dim."""
+    scales = scale if isinstance(scale, (tuple, list)) else (scale,)
+    return all(float(f) > 0 and (float(f).is_integer() if f >= 1 else (1 / float(f)).is_integer()) for f in scales)
+
+
+def _per_image(mode: str, align_corners, recompute_scale_factor, antialias, scale_factor=1) -> bool:
+    """Whether no rule on the canvas gives each image what it gets alone, so that each image is interpolated
+    alone (:func:`interpolate_per_image`): ``align_corners=True`` maps each image's own corners; cubic and area
+    modes and antialiasing read across the image's edge; ``recompute_scale_factor`` derives the scale from each
+    image's size; and for a scale that is not an integer or the inverse of one, torch takes shortcuts that
+    depend on the size (it copies a dim whose output size equals its input size, 3 * 1.25 -> 3)."""
+    return (bool(align_corners) or mode in _PER_IMAGE_MODES or bool(recompute_scale_factor) or bool(antialias)
+            or not _integral(scale_factor))
 
 
 def masked_interpolate(
@@ -92,11 +106,16 @@ def masked_interpolate(
     scale_factor,
     mode: str = "nearest",
     align_corners: Optional[bool] = None,
+    recompute_scale_factor: Optional[bool] = None,
+    antialias: bool = False,
     *,
     zeroed: bool = False,
     name: str = "masked_interpolate",
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Up- or downsampling by ``scale_factor`` of a padded batch, per image as on the image alone.
+
+    ``align_corners=True``, the bicubic and area modes, ``recompute_scale_factor`` and ``antialias`` have no rule
+    on the canvas: each image's region is interpolated alone (:func:`interpolate_per_image`). The rest:
 
     Nearest modes read the same source pixel as on the image alone. Linear modes are normalised,
     ``interp(X*M) / interp(M)``: at the image's edge the weights that fell on the padding go back to the
@@ -104,13 +123,17 @@ def masked_interpolate(
     valid where the image alone has it (``i < floor(size * scale)``: the input index
     ``ceil((i + 1) / scale) - 1`` is valid). The mask of a linear mode is reduced to one channel.
 
-    Exact for integer scale factors and their inverses. For other scales PyTorch takes shortcuts that depend on
-    the size (it copies a dim whose output size equals its input size, e.g. 3 x 1.25 -> 3; nearest with an
-    output exactly twice the input reads ``i // 2``), so an image whose own size hits one while the canvas
-    does not gets other values than alone.
+    This canvas rule serves integer scale factors and their inverses. For other scales PyTorch takes shortcuts
+    that depend on the size (it copies a dim whose output size equals its input size, e.g. 3 x 1.25 -> 3;
+    nearest with an output exactly twice the input reads ``i // 2``), so they are interpolated per image too.
     """
     nd = input.dim() - 2
     check_interpolate(None, scale_factor, mode, align_corners, name=name)
+    if _per_image(mode, align_corners, recompute_scale_factor, antialias, scale_factor):
+        if mask is not None:
+            check_input(input, mask, nd, name)
+        return interpolate_per_image(input, mask, scale_factor, mode, align_corners, recompute_scale_factor,
+                                     antialias, name=name)
     kwargs = {} if mode in _NEAREST_MODES else {"align_corners": False}
     y = F.interpolate(input if (zeroed or mask is None) else _zero_masked(input, mask), scale_factor=scale_factor,
                       mode=mode, **kwargs)
@@ -186,3 +209,41 @@ def interpolate_to(input: Tensor, mask: Optional[Tensor], like_mask: Optional[Te
     seen = torch.tensor([a is not None for a in src], dtype=out_mask.dtype, device=out_mask.device)
     out_mask = out_mask * seen.view(-1, *([1] * (out_mask.dim() - 1)))
     return out * (out_mask != 0), out_mask
+
+
+def interpolate_per_image(input: Tensor, mask: Optional[Tensor], scale_factor, mode: str = "nearest",
+                          align_corners: Optional[bool] = None, recompute_scale_factor: Optional[bool] = None,
+                          antialias: bool = False, *, name: str = "interpolate") -> tuple[Tensor, Optional[Tensor]]:
+    """``F.interpolate(input, scale_factor=...)`` per image, for the modes whose canvas rule cannot be exact
+    (``align_corners=True``, bicubic, area): each sample's valid region (the box at the canvas origin that its
+    mask gives) is interpolated alone with the same arguments, so each image gets exactly what the plain op
+    gives it alone, and lands at the origin of the output canvas (the plain op's output size on the canvas).
+    The output mask is valid on each sample's own output box.
+
+    One interpolation per sample, with sizes read from the mask (a host sync); ``torch.compile`` breaks the
+    graph there. A mask whose valid region is not such a box (holes) raises ``ValueError``."""
+    kwargs = {} if mode in _NEAREST_MODES | {"area"} else {"align_corners": align_corners}
+    kwargs.update(recompute_scale_factor=recompute_scale_factor, antialias=antialias)
+    if mask is None:
+        return F.interpolate(input, scale_factor=scale_factor, mode=mode, **kwargs), None
+    nd = input.dim() - 2
+    scales = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * nd
+    size = tuple(math.floor(float(s) * float(f)) for s, f in zip(input.shape[2:], scales))  # as torch sizes it
+    out = input.new_zeros(tuple(input.shape[:2]) + size)
+    out_mask = torch.zeros((mask.shape[0], 1) + size, dtype=_mask_as(mask, input).dtype, device=mask.device)
+    spread = mask.expand(tuple(mask.shape[:2]) + tuple(input.shape[2:])) if mask.dim() == input.dim() else mask
+    valid = (spread != 0).any(dim=1)
+    for k, extent in enumerate(valid_extents(spread)):
+        if not extent or any(e == 0 for e in extent):
+            continue
+        box = (slice(k, k + 1),) + tuple(slice(0, e) for e in extent)
+        if int(valid[box].sum()) != math.prod(extent):
+            raise ValueError(f"{name}: mode={mode!r} with align_corners={align_corners!r} interpolates each image's "
+                             f"own region, which must be a box at the canvas origin (as pad_batch makes it); sample "
+                             f"{k}'s mask {tuple(mask.shape)} has holes")
+        crop = input[(slice(k, k + 1), slice(None)) + tuple(slice(0, e) for e in extent)]
+        got = F.interpolate(crop, scale_factor=scale_factor, mode=mode, **kwargs)
+        region = (slice(k, k + 1), slice(None)) + tuple(slice(0, s) for s in got.shape[2:])
+        out[region] = got
+        out_mask[region] = 1
+    return out, out_mask

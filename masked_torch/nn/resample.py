@@ -14,8 +14,9 @@ __all__ = ["MaskedUpsample", "MaskedPixelShuffle"]
 class MaskedUpsample(MaskedModule, nn.Upsample):
     """``nn.Upsample`` by ``scale_factor`` that gives each image of a padded batch what it gets alone: see
     :func:`masked_torch.functional.masked_interpolate` (nearest modes read the same pixel; linear modes are
-    normalised so that the image's edge is clamped as on the image alone). ``size=``, ``align_corners=True``
-    and the cubic and area modes depend on the padded canvas and are refused at construction."""
+    normalised so that the image's edge is clamped as on the image alone; ``align_corners=True`` and the cubic and
+    area modes interpolate each image's region alone). ``size=`` depends on the padded canvas and is refused at
+    construction."""
 
     input_zeroed = False
 
@@ -28,7 +29,7 @@ class MaskedUpsample(MaskedModule, nn.Upsample):
         if mask is None:
             return super().forward(input), None
         return MF.masked_interpolate(input, mask, self.scale_factor, self.mode, self.align_corners,
-                                     zeroed=self.input_zeroed, name=type(self).__name__)
+                                     self.recompute_scale_factor, zeroed=self.input_zeroed, name=type(self).__name__)
 
 
 class MaskedPixelShuffle(MaskedModule, nn.PixelShuffle):

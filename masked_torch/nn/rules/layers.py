@@ -88,7 +88,8 @@ def interpolate(rw, node, env, args, kwargs) -> Val:
         rw.fail(node, str(exc).split(": ", 1)[1], ValueError)
     x = env[node.args[0]]
     t = rw.call(MF.masked_interpolate, rw.clean(x), x.mask, b["scale_factor"], b.get("mode", "nearest"),
-                b.get("align_corners"), zeroed=True, name=rw.label(node))
+                b.get("align_corners"), b.get("recompute_scale_factor"), b.get("antialias", False), zeroed=True,
+                name=rw.label(node))
     return rw.result(node, t, args, kwargs)
 
 

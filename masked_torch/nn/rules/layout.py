@@ -96,11 +96,13 @@ def pixel_shuffle(rw, node, env, args, kwargs, fn) -> Val:
 def pad(rw, node, env, args, kwargs) -> Val:
     b = rw.bind(node, PAD, args, kwargs)
     amounts, mode = b["pad"], b.get("mode", "constant")
+    x = env[node.args[0]]
+    if isinstance(amounts, (tuple, list)) and all(isinstance(p, int) and p == 0 for p in amounts):
+        return Val(rw.copy_node(node, args, kwargs), x.mask, True, x.clean)  # pads nothing, whatever the mode
     if mode != "constant" or not isinstance(amounts, (tuple, list)) or any(
             not isinstance(p, int) or p < 0 for p in amounts):
         rw.fail(node, f"F.pad(mode={mode!r}, pad={amounts!r}) reads or cuts the padded canvas's edge; only "
                       f"constant padding by fixed non-negative amounts has a per-image rule", ValueError)
-    x = env[node.args[0]]
     t = rw.call(MF.masked_pad, rw.clean(x), x.mask, amounts, mode, b.get("value"), zeroed=True, name=rw.label(node))
     return rw.result(node, t, args, kwargs)
 
