@@ -200,6 +200,30 @@ def test_a_model_captured_on_its_first_call_can_be_compiled_before_that_call():
         assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
 
 
+class ScaledByAConstant(nn.Module):
+    """A plain tensor attribute (not a parameter or buffer): torch.export lifts it as a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.scale = torch.linspace(0.5, 2.0, 4, dtype=torch.float64).view(1, 4, 1, 1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(self.conv(x) * self.scale)
+
+
+def test_a_lifted_tensor_constant_is_read_but_not_saved():
+    model = ScaledByAConstant().double().eval()
+    imgs = [torch.randn(3, 16, 12, dtype=torch.float64), torch.randn(3, 9, 14, dtype=torch.float64)]
+    x, m = pad_batch(imgs, mask_dtype=torch.float64)
+    masked = mnn.convert(model, "masked", capture="export")
+    with torch.no_grad():
+        out, out_mask = masked(x, m)
+    assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
+    assert list(masked.state_dict()) == list(model.state_dict())
+
+
 def test_bad_capture_arguments_get_one_clear_line():
     model = nn.Sequential(nn.Conv2d(3, 3, 3))
     with pytest.raises(ValueError, match=r"capture must be one of \['auto', 'fx', 'export'\], got 'jit'"):

@@ -171,9 +171,10 @@ def export_capture(root: nn.Module, training: bool, example: Tensor, name: str) 
                 continue
             elif node.name in constants:
                 target = constants[node.name]
-                value = ep.constants[target]
+                constant = ep.constants[target]
                 attr = "_export_constant_" + target.replace(".", "_")
-                root.register_buffer(attr, value.clone() if isinstance(value, Tensor) else value, persistent=False)
+                root.register_buffer(attr, constant.clone() if isinstance(constant, Tensor) else constant,
+                                     persistent=False)
                 env[node] = g.get_attr(attr)
             else:
                 env[node] = g.placeholder(node.name)

@@ -4,7 +4,8 @@ Both run in eval mode without gradients, on the same modules and weights. Each l
 compared with the same call (same module, same call count) of the eager forward, in graph order, so that a
 capture that parts from the model is named at the first layer where it does; then the outputs. Values agree
 within ``sqrt(eps)`` of their dtype relative to the largest magnitude (the same ops in another order differ by a
-few ``eps``; a capture that computes something else differs by far more, or fails to run).
+few ``eps``; a capture that computes something else differs by far more, or fails to run). The first two
+samples of the example are enough: what a graph computes does not depend on the batch size.
 """
 from __future__ import annotations
 
@@ -39,8 +40,11 @@ def _close(a: Any, b: Any) -> bool:
             if not torch.equal(x, y):
                 return False
             continue
-        tol = torch.finfo(x.dtype).eps ** 0.5 * max(1.0, float(y.detach().abs().nan_to_num().amax()) if y.numel() else 1.0)
-        if not torch.allclose(x.detach(), y.detach(), rtol=0, atol=tol, equal_nan=True):
+        if not torch.equal(x.isnan(), y.isnan()):
+            return False
+        diff = (x.detach() - y.detach()).nan_to_num(0.0).abs()
+        scale = y.detach().nan_to_num(0.0).abs()
+        if diff.numel() and float(diff.amax()) > torch.finfo(x.dtype).eps ** 0.5 * max(1.0, float(scale.amax())):
             return False
     return True
 
@@ -88,6 +92,9 @@ def check_capture(root: nn.Module, graph: fx.Graph, example: Tensor, spec, front
                   others: Optional[dict] = None) -> None:
     """Raise :class:`CaptureMismatch` where the plain ``graph`` (over ``root``'s modules) does not compute what
     ``root``'s forward computes on ``example``."""
+    if not others and example.dim() > 0 and example.shape[0] > 2:
+        example = example[:2]  # what a capture computes does not depend on the batch size; two samples, not one,
+        # so that code that treats a batch of one apart runs as it does on batches
     calls: dict = defaultdict(list)
     paths = {n.target for n in graph.nodes if n.op == "call_module"}
     hooks = [root.get_submodule(p).register_forward_hook(
