@@ -2,7 +2,7 @@
 
     python benchmarks/models.py [--rounds 5] [--quick] [--threads 2] [--batch 8] [--side 224]
                                 [--models resnet18 densenet121 ...] [--captures fx export]
-                                [--kinds masked partial] [--no-train]
+                                [--kinds masked partial] [--no-train] [--mask-none]
 
 ``resnet18`` and ``densenet121`` are ImageNet networks laid out as torchvision's (``resnet18``: ``BasicBlock``
 [2, 2, 2, 2], 7x7/2 stem + 3x3/2 max pool, 64-512 channels, ``fc`` to 1000; ``densenet121``: growth 32, blocks
@@ -202,10 +202,13 @@ def export_over_fx(raw: dict, kinds, label: str) -> list:
     return rows
 
 
-def eval_variants(plain, converted, x, m, imgs) -> dict:
+def eval_variants(plain, converted, x, m, imgs, mask_none: bool = False) -> dict:
     fns = {"plain, padded": lambda: plain(x)}
     for (kind, capture), model in converted.items():
         fns[f"{kind}, {capture}"] = lambda model=model: model(x, m)
+    if mask_none:
+        (kind, capture), model = next(iter(converted.items()))
+        fns[f"{kind}, {capture}, mask=None"] = lambda: model(x)
     fns["plain, each image alone"] = lambda: [plain(i[None]) for i in imgs]
     return fns
 
@@ -231,7 +234,7 @@ def train_variants(plain, converted, x, m, imgs) -> dict:
 
 def print_table(rows, batch: int, extra=()) -> None:
     for name, med, lo, hi, ms in rows:
-        print(f"  {name:26s} {med:5.2f}x [{lo:4.2f}-{hi:4.2f}]  {ms:9.1f} ms  {batch / ms * 1e3:7.1f} images/s")
+        print(f"  {name:32s} {med:5.2f}x [{lo:4.2f}-{hi:4.2f}]  {ms:9.1f} ms  {batch / ms * 1e3:7.1f} images/s")
     for name, med, lo, hi in extra:
         print(f"  {name:36s} {med:5.2f}x [{lo:4.2f}-{hi:4.2f}]")
 
@@ -266,7 +269,7 @@ def run(name: str, args) -> None:
     for model in converted.values():
         model.eval()
     with torch.no_grad():
-        rows, raw = timing(eval_variants(plain, converted, x, m, imgs), args.rounds, "plain, padded")
+        rows, raw = timing(eval_variants(plain, converted, x, m, imgs, args.mask_none), args.rounds, "plain, padded")
     print(f"eval forward, no grad ({args.rounds} rounds; goal <= 1.10x):")
     print_table(rows, args.batch, export_over_fx(raw, args.kinds, "eval"))
     if not args.no_train:
@@ -277,7 +280,7 @@ def run(name: str, args) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per table (default 5)")
+    parser.add_argument("--rounds", "--repeats", type=int, default=5, help="interleaved rounds per table (default 5)")
     parser.add_argument("--quick", action="store_true",
                         help="a fast look: 3 rounds, --side 128, ResNet-18 only unless --models is given")
     parser.add_argument("--threads", type=int, default=2)
@@ -288,9 +291,11 @@ def main(argv=None):
     parser.add_argument("--captures", nargs="+", default=["fx", "export"], choices=["fx", "export"])
     parser.add_argument("--kinds", nargs="+", default=["masked", "partial"], choices=["masked", "partial"])
     parser.add_argument("--no-train", action="store_true", help="eval forward only")
+    parser.add_argument("--mask-none", action="store_true",
+                        help="also time the first converted model called without a mask (the plain computation)")
     args = parser.parse_args(argv)
-    if args.rounds < 2:
-        parser.error("--rounds must be >= 2 (an interquartile range needs two)")
+    if args.rounds < 3:
+        parser.error("--rounds must be >= 3 (the quartiles of fewer ratios are extrapolated)")
     if args.quick:
         args.rounds = min(args.rounds, 3)
     args.side = args.side or (128 if args.quick else 224)
