@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import pathlib
 import platform
 import statistics
@@ -232,6 +233,11 @@ def train_variants(plain, converted, x, m, imgs) -> dict:
     return fns
 
 
+def load() -> str:
+    """The 1-minute load average (other processes on the machine widen the IQRs)."""
+    return f"load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "load unknown"
+
+
 def print_table(rows, batch: int, extra=()) -> None:
     for name, med, lo, hi, ms in rows:
         print(f"  {name:32s} {med:5.2f}x [{lo:4.2f}-{hi:4.2f}]  {ms:9.1f} ms  {batch / ms * 1e3:7.1f} images/s")
@@ -259,8 +265,8 @@ def run(name: str, args) -> None:
     converted, conv_rows = convert_all(plain, x, m, args.captures, args.kinds)
     with torch.no_grad():
         t_plain = seconds(lambda: plain(x))
-    print(f"conversion (s; plain eval forward {t_plain:.2f} s): convert() / first call (eval: the check "
-          f"against the model; export: the capture too)")
+    print(f"conversion (s; plain eval forward {t_plain:.2f} s, {load()}): convert() / first call (eval: the "
+          f"check against the model; export: the capture too)")
     for kind, capture, t_convert, t_first in conv_rows:
         print(f"  {kind + ', ' + capture:26s} {t_convert:7.2f} s  {t_first:7.2f} s")
     for line in agreement(plain, converted, x, m, imgs, args.captures, args.kinds):
@@ -270,11 +276,12 @@ def run(name: str, args) -> None:
         model.eval()
     with torch.no_grad():
         rows, raw = timing(eval_variants(plain, converted, x, m, imgs, args.mask_none), args.rounds, "plain, padded")
-    print(f"eval forward, no grad ({args.rounds} rounds; goal <= 1.10x):")
+    print(f"eval forward, no grad ({args.rounds} rounds, {load()} after them; goal <= 1.10x):")
     print_table(rows, args.batch, export_over_fx(raw, args.kinds, "eval"))
     if not args.no_train:
         rows, raw = timing(train_variants(plain, converted, x, m, imgs), args.rounds, "plain, padded")
-        print(f"training step: forward + backward + SGD step ({args.rounds} rounds; goal <= 1.30x):")
+        print(f"training step: forward + backward + SGD step ({args.rounds} rounds, {load()} after them; "
+              f"goal <= 1.30x):")
         print_table(rows, args.batch, export_over_fx(raw, args.kinds, "train"))
 
 
