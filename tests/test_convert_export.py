@@ -232,3 +232,17 @@ def test_bad_capture_arguments_get_one_clear_line():
         mnn.convert(model, "masked", example=[1, 2])
     with pytest.raises(TypeError, match="check must be True or False"):
         mnn.convert(model, "masked", check="yes")
+
+
+@pytest.mark.parametrize("name", ["psp", "fpn"])
+def test_sizes_torch_export_computes_from_the_input_are_read_off_a_tensor_of_that_size(name):
+    """torch.export writes ``interpolate(y, size=x.shape[-2:])`` of an inner ``x`` as arithmetic on the input's
+    sizes ((h - 1) // 8 + 1): the capture reads that size off the latest tensor of that size, as the forward
+    does, so each image is resized to its own size (the fx capture of the same models reads it directly)."""
+    model = build(name)
+    imgs = images(name)
+    x, m = padded(name, imgs)
+    masked = mnn.convert(model, "masked", capture="export", example=x.nan_to_num())
+    with torch.no_grad():
+        out, out_mask = masked(x, m)
+        assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))

@@ -165,6 +165,26 @@ def export_capture(root: nn.Module, training: bool, example: Tensor, name: str) 
             return attrs[n.name]
         return env[n]
 
+    sizes: dict = {}  # the expression of a spatial size -> (the latest tensor of the new graph with it, dim)
+
+    def note_sizes(node: fx.Node, new: fx.Node) -> None:
+        val = node.meta.get("val")
+        if isinstance(val, Tensor):
+            for d in range(2, val.dim()):
+                if isinstance(val.shape[d], torch.SymInt):
+                    sizes[val.shape[d].node.expr] = (new, d)
+
+    def sized(n: fx.Node) -> Any:
+        """:func:`value`, but a size that torch.export computed from the input's sizes (it writes the size of
+        ``x`` in ``interpolate(y, size=x.shape[-2:])`` as arithmetic on the input's) is read off the latest
+        tensor of that size, as the forward reads it (the same expression of the input's size: for each
+        image alone, the same size too)."""
+        val = n.meta.get("val")
+        if isinstance(val, torch.SymInt) and val.node.expr in sizes:
+            tensor, d = sizes[val.node.expr]
+            return g.call_method("size", (tensor, d))
+        return value(n)
+
     for node in ep.graph.nodes:
         if node.op == "placeholder":
             if node.name in owned:
@@ -178,11 +198,13 @@ def export_capture(root: nn.Module, training: bool, example: Tensor, name: str) 
                 env[node] = g.get_attr(attr)
             else:
                 env[node] = g.placeholder(node.name)
+                note_sizes(node, env[node])
         elif node.op == "output":
             g.output(tuple(fx.map_arg(node.args[0], value)))
         elif node in groups:
             path, source, _ = groups[node]
             env[node] = g.call_module(path, (value(source),))
+            note_sizes(node, env[node])
         elif node in grouped or node.target in _DROP:
             continue
         elif node.op == "call_function" and _values_only(node):
@@ -195,12 +217,14 @@ def export_capture(root: nn.Module, training: bool, example: Tensor, name: str) 
         elif node in env:  # a [0] of a values-only op
             continue
         elif node.op == "call_function":
-            args = fx.map_arg(node.args, value)
-            kwargs = fx.map_arg(node.kwargs, value)
+            tensor_op = hasattr(node.target, "overloadpacket") and node.target is not torch.ops.aten.sym_size.int
+            args = fx.map_arg(node.args, sized if tensor_op else value)
+            kwargs = fx.map_arg(node.kwargs, sized if tensor_op else value)
             op, target, args, kwargs = aten_to_torch(node.target, args, kwargs)
             new = g.create_node(op, target, args, kwargs, node.name)
             new.meta["nn_module_stack"] = node.meta.get("nn_module_stack")
             env[node] = new
+            note_sizes(node, new)
         else:
             env[node] = g.node_copy(node, value)
     g.lint()
