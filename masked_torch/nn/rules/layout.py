@@ -84,6 +84,11 @@ def cat(rw, node, env, args, kwargs, fn=MF.masked_cat) -> Val:
 
 
 def stack(rw, node, env, args, kwargs) -> Val:
+    tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+    if rw.bind(node, CAT, args, kwargs).get("dim", 0) == 0 and isinstance(tensors, (list, tuple)) and any(
+            isinstance(t, fx.Node) and env[t].masked for t in tensors):
+        rw.fail(node, "stacking masked tensors along dim 0 puts the new dim before the batch dim; stack along dim 1 "
+                      "or later (e.g. torch.stack(xs, 1).sum(1))", ValueError)
     return cat(rw, node, env, args, kwargs, MF.masked_stack)
 
 
