@@ -1,6 +1,8 @@
 """Masks through tensor manipulation: reshape, index, split, cat, stack, constant padding, valid extents."""
 from __future__ import annotations
 
+import math
+
 from typing import Optional, Sequence
 
 import torch
@@ -10,7 +12,7 @@ from torch import Tensor
 from .masks import _mask_as, _zero_masked, check_input, intersect_masks, zero_masked
 from .windows import _grow
 
-__all__ = ["reshape_mask", "index_mask", "split_masks", "masked_cat", "masked_pad", "masked_stack", "valid_extents"]
+__all__ = ["reshape_mask", "index_mask", "split_masks", "masked_cat", "masked_pad", "masked_stack", "valid_extents", "image_boxes"]
 
 
 def masked_stack(tensors: Sequence[Tensor], masks: Sequence[Optional[Tensor]], dim: int = 0, *, zero: bool = True,
@@ -221,3 +223,18 @@ def valid_extents(mask: Tensor) -> list[tuple[int, ...]]:
     if not columns:
         return [() for _ in range(n)]
     return [tuple(row) for row in torch.stack(columns, dim=1).tolist()]
+
+
+def image_boxes(mask: Tensor, name: str, what: str) -> list[tuple[int, ...]]:
+    """:func:`valid_extents` of a mask whose valid region in each sample (and each mask channel) is a box at the
+    canvas origin, as ``pad_batch`` makes it: for a rule that runs on each image's own region (``what`` says
+    which, for the message). A sample whose mask has holes there, or channels that differ, raises
+    ``ValueError``; a sample with no valid position has extent 0."""
+    extents = valid_extents(mask)
+    counts = (mask != 0).flatten(2).sum(-1).tolist()  # (N, C_mask) valid positions of each sample and channel
+    for k, (extent, count) in enumerate(zip(extents, counts)):
+        if set(count) != {math.prod(extent)}:
+            raise ValueError(f"{name}: {what} each image's own region, which must be a box at the canvas origin (as "
+                             f"pad_batch makes it); sample {k}'s mask {tuple(mask.shape)} has holes or differs "
+                             f"between channels")
+    return extents

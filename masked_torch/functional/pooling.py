@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layout import valid_extents
+from .layout import image_boxes
 from .masks import (
     _Size, _mask_as, _mask_dtype, _no_autocast, _ntuple, _zero_masked, check_broadcast_mask, check_input,
     check_mask, zero_masked,
@@ -287,21 +287,14 @@ def masked_adaptive_pool(
         return (input if zeroed else _zero_masked(input, mask)), mask
     if all(s in (1, None) for s in sizes):
         return masked_reduce(input, mask, pooled, True, mode, zeroed=zeroed, name=name)
-    valid = mask != 0
-    extents = valid_extents(mask)
-    counts = valid.flatten(2).sum(-1).tolist()  # (N, C_mask) valid positions of each sample and mask channel
+    extents = image_boxes(mask, name, f"output_size={output_size!r} pools")
     out_shape = tuple(input.shape[:2]) + tuple(s if s is not None else input.shape[2 + i] for i, s in enumerate(sizes))
     out = input.new_zeros(out_shape)
     m_dtype = _mask_dtype(input)
     out_mask = torch.zeros(tuple(mask.shape[:2]) + tuple(1 if s is not None else input.shape[2 + i]
                                                            for i, s in enumerate(sizes)),
                            dtype=m_dtype, device=mask.device)
-    for k, (extent, count) in enumerate(zip(extents, counts)):
-        if set(count) != {math.prod(extent)}:
-            raise ValueError(
-                f"{name}: output_size={output_size!r} pools each image's own region, which must be a box at the "
-                f"canvas origin (as pad_batch makes it); sample {k}'s mask {tuple(mask.shape)} has holes or differs "
-                f"between channels")
+    for k, extent in enumerate(extents):
         if math.prod(extent) == 0:
             continue  # no valid position: zeros, mask 0
         crop = input[(slice(k, k + 1), slice(None)) + tuple(slice(0, e) for e in extent)]

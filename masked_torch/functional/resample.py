@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layout import valid_extents
+from .layout import image_boxes, valid_extents
 from .masks import _mask_as, _no_autocast, _zero_masked, check_input, check_mask
 from .windows import _index_anchor
 
@@ -232,15 +232,10 @@ def interpolate_per_image(input: Tensor, mask: Optional[Tensor], scale_factor, m
     out = input.new_zeros(tuple(input.shape[:2]) + size)
     out_mask = torch.zeros((mask.shape[0], 1) + size, dtype=_mask_as(mask, input).dtype, device=mask.device)
     spread = mask.expand(tuple(mask.shape[:2]) + tuple(input.shape[2:])) if mask.dim() == input.dim() else mask
-    valid = (spread != 0).any(dim=1)
-    for k, extent in enumerate(valid_extents(spread)):
+    what = f"mode={mode!r} with align_corners={align_corners!r} interpolates"
+    for k, extent in enumerate(image_boxes((spread != 0).any(dim=1, keepdim=True), name, what)):
         if not extent or any(e == 0 for e in extent):
             continue
-        box = (slice(k, k + 1),) + tuple(slice(0, e) for e in extent)
-        if int(valid[box].sum()) != math.prod(extent):
-            raise ValueError(f"{name}: mode={mode!r} with align_corners={align_corners!r} interpolates each image's "
-                             f"own region, which must be a box at the canvas origin (as pad_batch makes it); sample "
-                             f"{k}'s mask {tuple(mask.shape)} has holes")
         crop = input[(slice(k, k + 1), slice(None)) + tuple(slice(0, e) for e in extent)]
         got = F.interpolate(crop, scale_factor=scale_factor, mode=mode, **kwargs)
         region = (slice(k, k + 1), slice(None)) + tuple(slice(0, s) for s in got.shape[2:])
