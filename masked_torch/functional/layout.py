@@ -51,23 +51,58 @@ def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int],
     return groups
 
 
-def reshape_mask(mask: Optional[Tensor], in_shape: Sequence[int], out_shape: Sequence[int]) -> Optional[Tensor]:
+def reshape_mask(mask: Optional[Tensor], in_shape: Sequence[int], out_shape: Sequence[int], *,
+                 name: str = "reshape", sizes: Sequence = ()) -> Optional[Tensor]:
     """The mask of ``x.reshape(out_shape)`` for ``x`` of ``in_shape`` (view, flatten, unflatten, ...).
 
     Runs of dims where the mask has size 1 stay size 1; a run where it varies is expanded to the tensor's
-    size there and reshaped with it (exact: every value keeps its own validity)."""
+    size there and reshaped with it (every value keeps its own validity).
+
+    Exactness per image: a run of dims merged or split puts element ``(i, j)`` at ``i * size_j + j``. Where an
+    image is narrower than the padded canvas along a dim after the first of the run (``size_j`` is the
+    canvas's, not the image's), its values land elsewhere than in the image alone: ``x.flatten(2)`` of a
+    padded map, whose image rows no longer follow one another, or ``(N, H*W, C) -> (N, C, H, W)``. That is
+    refused (``ValueError``). ``sizes``: the output dims whose new size is a spatial size of a masked tensor,
+    ``(dim, that tensor's mask, the dim it was read from or None)``: as a later dim of a run, each image's own
+    size there is its own extent, so every image must fill the canvas along it. Exact: ``(N, H, W, C) ->
+    (N, H, W * C)`` (channels after positions), ``(N, C, H, W) -> (N * C, H, W)``, a flatten of dims where
+    every image fills the canvas."""
     if mask is None:
         return None
     in_shape, out_shape = tuple(in_shape), tuple(out_shape)
-    expand, target = list(mask.shape), []
+    expand, target, runs = list(mask.shape), [], []
     for gi, gj in _reshape_groups(in_shape, out_shape):
         if all(mask.shape[d] == 1 for d in gi):
             target += [1] * len(gj)
         else:
             for d in gi:
                 expand[d] = in_shape[d]
+            runs.append((gi, gj))
             target += [out_shape[d] for d in gj]
+    tainted = {j: (m, d) for j, m, d in sizes}
+    for gi, gj in runs:
+        later = [d for d in gi if in_shape[d] != 1][1:]
+        narrow = [d for d in later if mask.shape[d] != 1 and not _fills_canvas(mask, d)]
+        for d in [d for d in gj if out_shape[d] != 1][1:]:
+            m, source_dim = tainted.get(d, (None, 0))
+            if m is not None and (source_dim is None or not _fills_canvas(m, source_dim % m.dim())):
+                narrow.append(f"{d} of the output (sized by the canvas; alone, by each image)")
+        if narrow:
+            raise ValueError(
+                f"{name}: reshape {in_shape} -> {out_shape} merges or splits dims {gi} -> {gj}, where an image is "
+                f"narrower than the padded canvas along dim {narrow[0]} (mask {tuple(mask.shape)}): each image's "
+                f"values would land elsewhere than in the image alone; merge only dims that every image fills "
+                f"(e.g. move the channels after the positions), or keep the spatial dims apart")
     return mask.expand(expand).reshape(target)
+
+
+def _fills_canvas(mask: Tensor, dim: int) -> bool:
+    """Whether every sample reaches the canvas's end along ``dim`` (its mask is 1 somewhere at every index)."""
+    if mask.shape[dim] == 1:
+        return True
+    others = tuple(d for d in range(1, mask.dim()) if d != dim)
+    reach = mask.amax(dim=others) if others else mask
+    return bool(reach.bool().all())
 
 
 def _is_canvas_slice(item) -> bool:

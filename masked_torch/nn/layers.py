@@ -97,7 +97,7 @@ def grid_mask(module: nn.Module, input: Tensor, mask: Tensor, output: Tensor, *,
     if isinstance(module, nn.PixelUnshuffle):
         return MF.masked_unshuffle(input, mask, module.downscale_factor, name=name)[1]
     if isinstance(module, nn.Flatten):
-        return MF.reshape_mask(mask, input.shape, output.shape)
+        return MF.reshape_mask(mask, input.shape, output.shape, name=name)
     if output.shape == input.shape or (output.dim() == input.dim() and output.shape[2:] == input.shape[2:]
                                         and output.shape[0] == input.shape[0]):
         return mask if mask.shape[1] in (1, output.shape[1]) else mask.amax(dim=1, keepdim=True)

@@ -35,4 +35,4 @@ class MaskedFlatten(MaskedModule, nn.Flatten):
             return super().forward(input), None
         MF.check_broadcast_mask(input, mask, type(self).__name__)
         out = super().forward(input if self.input_zeroed else MF.zero_masked(input, mask))
-        return out, MF.reshape_mask(mask, input.shape, out.shape)
+        return out, MF.reshape_mask(mask, input.shape, out.shape, name=type(self).__name__)

@@ -45,8 +45,17 @@ def refit_mask(out_mask: Optional[Tensor], mask: Optional[Tensor], value: Tensor
     return out_mask.amax(dim=dims, keepdim=True) if dims and out_mask.dim() == mask.dim() else out_mask
 
 
-def reshape_like(mask: Optional[Tensor], before: Tensor, after: Tensor) -> Optional[Tensor]:
-    return MF.reshape_mask(mask, before.shape, after.shape)
+def reshape_like(mask: Optional[Tensor], before: Tensor, after: Tensor, name: str = "reshape", base: int = 0,
+                 sizes=(), like: Optional[Tensor] = None) -> Optional[Tensor]:
+    """The mask of a view/reshape (:func:`~masked_torch.functional.reshape_mask`). ``sizes``: its new sizes
+    that are spatial sizes of a masked tensor, ``(index counted from base, that tensor's mask, its dim)``;
+    ``like``: the mask of the tensor whose spatial sizes it takes whole (``view_as(y)``, ``view(y.shape)``)."""
+    if like is not None:
+        sizes = tuple((j, like, j) for j in range(2, after.dim()))
+    elif sizes:
+        base = base % before.dim()  # unflatten(-1, ...)
+        sizes = tuple((base + j, m, d) for j, m, d in sizes)
+    return MF.reshape_mask(mask, before.shape, after.shape, name=name, sizes=sizes)
 
 
 def check_unmasked_dim(value: Tensor, mask: Optional[Tensor], dim: int, name: str) -> Tensor:

@@ -37,7 +37,47 @@ def reshape(rw, node, env, args, kwargs) -> Val:
     if not x.masked:
         rw.fail(node, "reshapes with a masked tensor as the target shape")
     value = rw.copy_node(node, args, kwargs)
-    return Val(value, rw.call(reshape_like, x.mask, args[0], value), True, x.clean)
+    return Val(value, rw.call(reshape_like, x.mask, args[0], value, rw.label(node), **_canvas_sizes(rw, node, env)),
+               True, x.clean)
+
+
+def _read_dim(read: fx.Node):
+    """The dim a spatial size was read from: ``x.size(d)``, ``x.shape[d]`` (``None``: not known)."""
+    if read.op == "call_method" and read.target == "size" and len(read.args) > 1:
+        return read.args[1] if isinstance(read.args[1], int) else None
+    if read.op == "call_function" and read.target is operator.getitem and isinstance(read.args[1], int):
+        return read.args[1]
+    return None
+
+
+def _canvas_sizes(rw, node, env) -> dict:
+    """What :func:`~masked_torch.nn.runtime.reshape_like` needs to know of the new sizes of a view/reshape that
+    are spatial sizes of a masked tensor: ``sizes=((index, that tensor's mask, its dim or None), ...)`` (dim
+    ``None``: computed from one), the index counted from ``base`` (an unflatten's dim); ``like=mask``: the
+    spatial sizes of the tensor of ``view_as(y)`` / ``view(y.shape)``."""
+    if node.target in ("flatten", "squeeze", torch.flatten, torch.squeeze):
+        return {}
+    if node.target in ("view_as", "reshape_as"):
+        other = env[node.args[1]] if isinstance(node.args[1], fx.Node) else None
+        return {"like": other.mask} if other is not None and other.masked else {}
+    if node.target in ("unflatten", torch.unflatten):
+        b = rw.bind(node, sig("input", "dim", "sizes"), node.args, node.kwargs)
+        base, items = b["dim"], b["sizes"]
+    else:
+        base = 0
+        items = node.args[1:] or (node.kwargs.get("shape", node.kwargs.get("size")),)
+        if len(items) == 1 and isinstance(items[0], (list, tuple)):
+            items = items[0]
+        elif len(items) == 1 and isinstance(items[0], fx.Node) and env[items[0]].shape_of is not None:
+            source = env[items[0]].shape_of  # x.view(y.shape): y's spatial sizes
+            return {"like": source.mask} if source.masked else {}
+    found = []
+    for j, item in enumerate(items if isinstance(items, (list, tuple)) else ()):
+        taint = env[item].canvas if isinstance(item, fx.Node) else None
+        if taint is not None:
+            source, read, exact = taint
+            found.append((j, source.mask if source.masked else None, _read_dim(read) if exact else None))
+    return {"base": base, "sizes": tuple(found)} if found else {}
 
 
 def _reshape_canvas(rw, node, env, args, kwargs):
