@@ -229,7 +229,7 @@ class Block(nn.Module):
     (lambda x: F.pad(x, (0, 1, 0, 1), mode="reflect"), "mode='reflect'"),
     (lambda x: F.pad(x, (0, -1, 0, 1)), "fixed non-negative"),
     (lambda x: F.max_pool2d(x, 2, return_indices=True)[0], "return_indices"),
-    (lambda x: torch.stack([x, x]).sum(0), "stacking masked tensors along dim 0"),
+    (lambda x: torch.stack([x, x]).transpose(0, 1).sum(1), "in front of the batch dim"),
 ])
 def test_canvas_dependent_ops_are_refused_at_conversion_naming_node_op_and_module(op, match):
     with pytest.raises(ValueError, match=match) as info:

@@ -18,13 +18,20 @@ __all__ = ["reshape_mask", "index_mask", "split_masks", "masked_cat", "masked_pa
 def masked_stack(tensors: Sequence[Tensor], masks: Sequence[Optional[Tensor]], dim: int = 0, *, zero: bool = True,
                  name: str = "stack") -> tuple[Tensor, Optional[Tensor]]:
     """``torch.stack``: the masks stack along the new dim (one mask of size 1 there when they agree), as in
-    :func:`masked_cat`."""
+    :func:`masked_cat`. Along dim 0, in front of the batch dim (``torch.stack(maps).sum(0)``, as FPN heads
+    add their maps), the mask is the intersection of the masks, of size 1 along the new dim (where ``a + b``
+    is valid), and the stack is 0 outside it."""
     d = dim % (tensors[0].dim() + 1)
-    if d == 0 and any(m is not None for m in masks):
-        raise ValueError(f"{name}: stacking masked tensors along dim 0 puts the new dim before the batch dim; "
-                         f"stack along dim 1 or later (e.g. torch.stack(xs, 1).sum(1))")
-    return masked_cat([t.unsqueeze(d) for t in tensors], [None if m is None else m.unsqueeze(d) for m in masks], d,
-                      zero=zero, name=name)
+    if d != 0 or all(m is None for m in masks):
+        return masked_cat([t.unsqueeze(d) for t in tensors],
+                          [None if m is None else m.unsqueeze(d) for m in masks], d, zero=zero, name=name)
+    common = None
+    for m in masks:
+        if m is not None:
+            common = m if common is None or m is common else intersect_masks(common, m)
+    common = common.unsqueeze(0)
+    out = torch.stack(tensors)
+    return (zero_masked(out, common) if zero else out), common
 
 
 def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:

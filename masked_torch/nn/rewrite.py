@@ -26,6 +26,7 @@ from .capture_fx import _describe, _is_metadata_read, _is_shape_read
 from .container import Masked, Unmasked
 from .elementwise import is_elementwise
 from .rules import Val, rule_for
+from .rules.layout import lead
 from .runtime import enter, fit_mask, refit_mask
 
 __all__ = ["Rewriter"]
@@ -121,6 +122,8 @@ class Rewriter:
             if node.op == "call_module" and isinstance(self.root.get_submodule(node.target), MaskedModule):
                 return Val(self.get(0, self.g.call_module(node.target, args, kwargs)))
             return Val(self.g.create_node(node.op, node.target, args, kwargs, node.name))
+        if any(v.lead for v in vals) and not _is_metadata_read(node):
+            return lead(self, node, env, args, kwargs, rule_for(node))
         if _is_shape_read(node):
             return self.shape_read(node, env, args, kwargs)
         if _is_metadata_read(node):

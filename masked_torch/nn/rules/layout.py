@@ -12,7 +12,7 @@ from ..runtime import field_mask, mask_method, reshape_like
 from .aten import aten, call, method, select_index, slice_index
 from .table import Val, register, sig
 
-__all__ = ["same_op", "reshape", "getitem", "split", "cat", "stack", "pixel_shuffle", "pad", "attribute"]
+__all__ = ["same_op", "reshape", "getitem", "split", "cat", "stack", "lead", "pixel_shuffle", "pad", "attribute"]
 
 CAT = sig("tensors", ("dim", 0))
 SPLIT = sig("input", "split_size_or_sections", ("dim", 0))
@@ -124,12 +124,38 @@ def cat(rw, node, env, args, kwargs, fn=MF.masked_cat) -> Val:
 
 
 def stack(rw, node, env, args, kwargs) -> Val:
+    out = cat(rw, node, env, args, kwargs, MF.masked_stack)
     tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-    if rw.bind(node, CAT, args, kwargs).get("dim", 0) == 0 and isinstance(tensors, (list, tuple)) and any(
-            isinstance(t, fx.Node) and env[t].masked for t in tensors):
-        rw.fail(node, "stacking masked tensors along dim 0 puts the new dim before the batch dim; stack along dim 1 "
-                      "or later (e.g. torch.stack(xs, 1).sum(1))", ValueError)
-    return cat(rw, node, env, args, kwargs, MF.masked_stack)
+    out.lead = rw.bind(node, CAT, args, kwargs).get("dim", 0) == 0 and isinstance(tensors, (list, tuple)) and any(
+        isinstance(t, fx.Node) and env[t].masked for t in tensors)
+    return out
+
+
+def lead(rw, node, env, args, kwargs, rule) -> Val:
+    """An op on a stack in front of the batch dim (``torch.stack(maps)``): a reduction over that dim (sum,
+    mean, amax, amin: exact, its mask is the same for every map) or ``x[i]`` gives a batch again; an op
+    entry by entry keeps the stack; anything else would read dim 0 as the batch and is refused."""
+    from .elementwise import binary, unary
+    from .reduce import REDUCE, reduce
+
+    x = env[node.args[0]] if node.args and isinstance(node.args[0], fx.Node) else None
+    if rule is not None and rule.fn in (unary, binary):
+        out = rule.fn(rw, node, env, args, kwargs, **rule.options)
+        out.lead = True
+        return out
+    if x is not None and x.lead and rule is not None and rule.fn is reduce:
+        b = rw.bind(node, REDUCE, args, kwargs)
+        if b.get("dim") in (0, (0,), [0]) and b.get("dtype") is None:
+            keep = bool(b.get("keepdim", False))
+            mask = x.mask if keep else rw.call(mask_method, x.mask, "squeeze", 0)
+            return Val(rw.copy_node(node, args, kwargs), mask, True, x.clean, lead=keep)
+    index = node.args[1] if len(node.args) > 1 else None
+    index = index[0] if isinstance(index, tuple) and len(index) == 1 else index  # aten.select(x, 0, i): x[(i,)]
+    if x is not None and x.lead and rule is not None and rule.fn is getitem and isinstance(index, int):
+        return Val(rw.copy_node(node, args, kwargs), rw.call(mask_method, x.mask, "squeeze", 0), True, x.clean)
+    rw.fail(node, "reads a stack of maps made in front of the batch dim (torch.stack(maps) along dim 0) as if dim 0 "
+                  "were the batch; only a sum/mean/amax/amin over dim 0, x[i], or an op entry by entry has a rule "
+                  "there (or stack along dim 1: torch.stack(maps, 1).sum(1))", ValueError)
 
 
 def pixel_shuffle(rw, node, env, args, kwargs, fn) -> Val:

@@ -37,6 +37,7 @@ class Val:
     clean: bool = True
     shape_of: Optional["Val"] = None  # this is ``t.shape`` (or ``t.size()``) of the masked value ``t``
     canvas: Optional[tuple] = None  # a spatial size of a masked value: (source Val, reading node, exact)
+    lead: bool = False  # dim 0 is a dim stacked in front of the batch dim (torch.stack(maps).sum(0))
 
 
 @dataclass(frozen=True)
