@@ -130,6 +130,40 @@ def test_a_capture_fixed_to_the_example_canvas_is_refused():
         mnn.convert(model, "masked", example=torch.randn(*PATTERNS["int_size"].example, dtype=torch.float64))
 
 
+class PooledToOnePixel(nn.Module):
+    """A pyramid branch strided down to a 1x1 map at a 16-pixel canvas, brought back by
+    interpolate(size=x.shape[-2:]) (as PAN's feature-pyramid attention does at its coarsest level)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.down = nn.Sequential(*[nn.Conv2d(4, 4, 3, stride=2, padding=1) for _ in range(4)])
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        b = nn.functional.interpolate(self.down(y), size=y.shape[-2:], mode="bilinear", align_corners=True)
+        return self.head(y * torch.sigmoid(b))
+
+
+def test_a_map_one_pixel_wide_at_the_example_canvas_is_captured_on_a_larger_one():
+    """torch.export fixes a size of 1 (a guard ``... == 1``): the capture is taken on the example in a canvas
+    twice as large, checked against the model at the real canvas, and exact per image, also at a canvas where
+    that map is 2 pixels wide."""
+    torch.manual_seed(0)
+    model = PooledToOnePixel().double().eval()
+    g = torch.Generator().manual_seed(0)
+    masked = mnn.convert(model, "masked", capture="export")
+    for sizes in ([(16, 12), (10, 16)], [(24, 30), (17, 9)]):
+        imgs = [torch.randn(3, *s, generator=g, dtype=torch.float64) for s in sizes]
+        x, m = pad_batch(imgs, mask_dtype=torch.float64)
+        x = torch.where(m.bool().expand_as(x), x, torch.full_like(x, float("nan")))
+        with torch.no_grad():
+            out, out_mask = masked(x, m)
+        assert masked.capture == "export"
+        assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
+
+
 def test_export_and_fx_captures_agree_in_train_mode():
     """A model both front ends capture: the same outputs, masks and running statistics in train mode (batch
     norm over the valid positions of the batch)."""

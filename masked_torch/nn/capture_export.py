@@ -128,24 +128,41 @@ def _values_only(node: fx.Node) -> bool:
         u.op == "call_function" and u.target is operator.getitem and u.args[1] == 0 for u in node.users))
 
 
-def export_capture(root: nn.Module, training: bool, example: Tensor, name: str) -> tuple[fx.Graph, Any]:
-    """The model's forward in ``training`` mode, captured on ``example``: ``(graph, output spec)``."""
+def _export_in_mode(root: nn.Module, training: bool, example: Tensor, name: str):
     modes = {m: m.training for m in root.modules()}
     root.train(training)
     try:
-        ep, spec = _export(root, example, name)
+        return _export(root, example, name)
     finally:
         for m, mode in modes.items():
             m.training = mode
+
+
+def _pins_one(guard: str) -> bool:
+    """A guard that a size is 1: torch.export fixes sizes of 1 (a map 1 pixel wide at this canvas size)."""
+    return re.search(r"==\s*1\s*$", guard) is not None and not guard.startswith("dim ")
+
+
+def export_capture(root: nn.Module, training: bool, example: Tensor, name: str) -> tuple[fx.Graph, Any]:
+    """The model's forward in ``training`` mode, captured on ``example``: ``(graph, output spec)``.
+
+    Where a map is 1 pixel wide at the example's canvas (a pyramid branch pooled down to 1x1), torch.export
+    fixes that size to 1; the capture is then taken on the example in a canvas twice as large each way (the
+    padding zero; the same multiples of every stride), where the map is larger, and the caller checks the
+    graph against the model on the real example, at its own canvas."""
+    ep, spec = _export_in_mode(root, training, example, name)
     fixed = _fixed_sizes(ep, example)
+    if fixed and all(_pins_one(f) for f in fixed):
+        larger = torch.nn.functional.pad(example, [p for s in reversed(example.shape[2:]) for p in (0, s)])
+        ep, spec = _export_in_mode(root, training, larger, name)
+        fixed = _fixed_sizes(ep, larger)
     if fixed:
         sizes = "; ".join(fixed[:3])
         raise ValueError(
             f"convert: torch.export fixed a size computed from the spatial size of {name}'s input to its value "
             f"on the example ({sizes}): the capture would hold for this canvas size only. Python arithmetic on a "
-            f"size (int(h), a size used as a Python number) does this, and so does a map that is 1 pixel wide at "
-            f"this size (torch.export fixes sizes of 1). Pass sizes on as tensor shapes "
-            f"(F.interpolate(y, size=x.shape[-2:])), or give an example= whose maps are all larger than 1")
+            f"size (int(h), a size used as a Python number) does this. Pass sizes on as tensor shapes "
+            f"(F.interpolate(y, size=x.shape[-2:]))")
     sig = ep.graph_signature
     owned = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     constants = sig.inputs_to_lifted_tensor_constants
