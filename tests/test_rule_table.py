@@ -144,3 +144,72 @@ def test_register_rule_refuses_what_is_not_an_op_or_has_no_rule():
         mnn.register_rule(resize, like=torch.fft.fft)
     with pytest.raises(TypeError, match="not both"):
         mnn.register_rule(resize, rule=gate, like=F.relu)
+
+
+def test_a_layer_type_is_filed_with_its_ops_rule():
+    """nn.Conv2d sits in the same table as F.conv2d and aten.conv2d, with its masked layers per kind."""
+    from masked_torch.nn.rules.table import LAYERS, layer_for
+
+    assert layer_for(nn.Conv2d, "masked") is mnn.MaskedConv2d and layer_for(nn.Conv2d, "partial") is mnn.PartialConv2d
+    assert layer_for(nn.BatchNorm2d) is mnn.MaskedBatchNorm2d and layer_for(nn.Flatten) is mnn.MaskedFlatten
+    assert LAYERS[nn.GroupNorm]["partial"] is mnn.MaskedGroupNorm  # one masked layer serves both kinds
+
+
+class Shift(nn.Module):
+    """A layer of one's own: ``x + b`` per channel, then a mean over its 3x3 neighbourhood (zero padded)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.bias = nn.Parameter(torch.linspace(-1, 1, channels))
+
+    def forward(self, x):
+        y = x + self.bias[:, None, None]
+        return F.avg_pool2d(y, 3, 1, 1, count_include_pad=False)
+
+
+class MaskedShift(mnn.MaskedModule, Shift):
+    """Its masked form: the bias on the valid positions, the mean over the valid neighbours only."""
+
+    input_zeroed = False
+
+    @classmethod
+    def from_plain(cls, module):
+        return cls(module.bias.numel()).to(module.bias)
+
+    def forward(self, input, mask=None):
+        if mask is None:
+            return super().forward(input), None
+        y = (input + self.bias[:, None, None]) * mask
+        return _valid_mean(y, mask), mask
+
+
+def _valid_mean(y, mask):
+    total = F.avg_pool2d(y, 3, 1, 1, divisor_override=1)
+    count = F.avg_pool2d(mask.expand_as(y[:, :1]), 3, 1, 1, divisor_override=1)
+    return torch.where(mask != 0, total / count.clamp_min(1), torch.zeros_like(total))
+
+
+class WithShift(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.shift = Shift(4)
+
+    def forward(self, x):
+        return torch.relu(self.shift(self.conv(x)))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_register_rule_files_a_layer_of_ones_own(capture):
+    model = WithShift().double().eval()
+    mnn.register_rule(Shift, layer=MaskedShift)
+    try:
+        converted = mnn.convert(model, "masked", capture=capture)
+        assert_exact(model, converted)
+        assert isinstance(converted.shift, MaskedShift)
+        model.load_state_dict(converted.state_dict(), strict=True)
+    finally:
+        from masked_torch.nn.rules.table import LAYERS
+        del LAYERS[Shift]
+    with pytest.raises(TypeError, match="needs layer="):
+        mnn.register_rule(Shift)

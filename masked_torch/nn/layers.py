@@ -1,8 +1,8 @@
-"""The module map: which masked layer stands for each plain ``torch.nn`` layer, and where the mask of a plain
-layer goes (for the ``"plain"`` baseline). It imports the masked layers but not the containers, so that
-:mod:`~masked_torch.nn.container` (``Masked`` names the layer to use instead; ``Unmasked`` carries the mask)
-and :mod:`~masked_torch.nn.registry` (``convert_module``, which builds containers) both import it, without a
-cycle."""
+"""Which masked layer stands for a plain ``torch.nn`` layer (filed with each op's rule in the rule table,
+:mod:`masked_torch.nn.rules`), and where the mask of a plain layer goes (for the ``"plain"`` baseline). It does
+not import the containers, so that :mod:`~masked_torch.nn.container` (``Masked`` names the layer to use
+instead; ``Unmasked`` carries the mask) and :mod:`~masked_torch.nn.registry` (``convert_module``, which builds
+containers) both import it, without a cycle."""
 from __future__ import annotations
 
 from typing import Optional
@@ -12,52 +12,16 @@ from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from .. import functional as MF
 from .base import MaskedModule
-from .batchnorm import MaskedBatchNorm1d, MaskedBatchNorm2d, MaskedBatchNorm3d
-from .conv import (
-    MaskedConv1d, MaskedConv2d, MaskedConv3d, MaskedConvTranspose1d, MaskedConvTranspose2d, MaskedConvTranspose3d,
-    PartialConv1d, PartialConv2d, PartialConv3d,
-)
 from .elementwise import is_elementwise
-from .linear import MaskedFlatten, MaskedLinear
-from .norm import MaskedGroupNorm, MaskedInstanceNorm1d, MaskedInstanceNorm2d, MaskedInstanceNorm3d, MaskedLayerNorm
-from .pooling import (
-    MaskedAdaptiveAvgPool1d, MaskedAdaptiveAvgPool2d, MaskedAdaptiveAvgPool3d,
-    MaskedAdaptiveMaxPool1d, MaskedAdaptiveMaxPool2d, MaskedAdaptiveMaxPool3d,
-    MaskedAvgPool1d, MaskedAvgPool2d, MaskedAvgPool3d, MaskedMaxPool1d, MaskedMaxPool2d, MaskedMaxPool3d,
-)
-from .resample import MaskedPixelShuffle, MaskedUpsample
-from .shuffle import MaskedUnshuffle2d
+from .rules.table import LAYERS, layer_for
 
-__all__ = ["LAYERS", "CONVS", "masked_counterpart", "has_rule", "grid_mask"]
-
-CONVS = {
-    "masked": {nn.Conv1d: MaskedConv1d, nn.Conv2d: MaskedConv2d, nn.Conv3d: MaskedConv3d},
-    "partial": {nn.Conv1d: PartialConv1d, nn.Conv2d: PartialConv2d, nn.Conv3d: PartialConv3d},
-}
-
-#: plain layer type -> its masked layer (the same for ``"masked"`` and ``"partial"``, convolutions aside).
-LAYERS: dict[type, type] = {
-    nn.ConvTranspose1d: MaskedConvTranspose1d, nn.ConvTranspose2d: MaskedConvTranspose2d,
-    nn.ConvTranspose3d: MaskedConvTranspose3d,
-    nn.BatchNorm1d: MaskedBatchNorm1d, nn.BatchNorm2d: MaskedBatchNorm2d, nn.BatchNorm3d: MaskedBatchNorm3d,
-    nn.GroupNorm: MaskedGroupNorm, nn.LayerNorm: MaskedLayerNorm,
-    nn.InstanceNorm1d: MaskedInstanceNorm1d, nn.InstanceNorm2d: MaskedInstanceNorm2d,
-    nn.InstanceNorm3d: MaskedInstanceNorm3d,
-    nn.MaxPool1d: MaskedMaxPool1d, nn.MaxPool2d: MaskedMaxPool2d, nn.MaxPool3d: MaskedMaxPool3d,
-    nn.AvgPool1d: MaskedAvgPool1d, nn.AvgPool2d: MaskedAvgPool2d, nn.AvgPool3d: MaskedAvgPool3d,
-    nn.AdaptiveAvgPool1d: MaskedAdaptiveAvgPool1d, nn.AdaptiveAvgPool2d: MaskedAdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d: MaskedAdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d: MaskedAdaptiveMaxPool1d, nn.AdaptiveMaxPool2d: MaskedAdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d: MaskedAdaptiveMaxPool3d,
-    nn.Upsample: MaskedUpsample, nn.PixelShuffle: MaskedPixelShuffle, nn.PixelUnshuffle: MaskedUnshuffle2d,
-    nn.Linear: MaskedLinear, nn.Flatten: MaskedFlatten,
-    **CONVS["masked"],
-}
+__all__ = ["LAYERS", "masked_counterpart", "has_rule", "grid_mask"]
 
 
-def masked_counterpart(module: nn.Module) -> Optional[type]:
-    """The masked layer for a plain layer (``None`` where there is none)."""
-    return LAYERS.get(type(module))
+def masked_counterpart(module: nn.Module, kind: str = "masked") -> Optional[type]:
+    """The masked layer filed for a plain layer's type (``None`` where there is none); the table is filled
+    where each op's rule is registered (:mod:`masked_torch.nn.rules`)."""
+    return layer_for(type(module), kind)
 
 
 def has_rule(module: nn.Module) -> bool:

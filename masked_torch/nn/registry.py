@@ -12,13 +12,18 @@ from .base import MaskedModule
 from .container import Masked, MaskedSequential, Unmasked
 from .conv import _MaskedConvNd as MaskedConv, _PartialConvNd as PartialConv
 from .elementwise import is_elementwise
-from .layers import CONVS, LAYERS, grid_mask, has_rule, masked_counterpart
+from .layers import LAYERS, grid_mask, has_rule, masked_counterpart
+from .rules.table import layer_for
 
-__all__ = ["LAYERS", "PLAIN", "masked_counterpart", "convert_module", "convert_sequential", "plain_layer", "grid_mask",
+__all__ = ["LAYERS", "plain_type", "masked_counterpart", "convert_module", "convert_sequential", "plain_layer", "grid_mask",
            "has_rule"]
 
-#: masked layer type -> the plain ``torch.nn`` layer it stands for (both kinds of convolution)
-PLAIN: dict[type, type] = {masked: plain for table in (LAYERS, CONVS["partial"]) for plain, masked in table.items()}
+def plain_type(masked: type) -> Optional[type]:
+    """The plain ``torch.nn`` layer type a masked layer type stands for (either kind of convolution)."""
+    for plain, kinds in LAYERS.items():
+        if masked in kinds.values():
+            return plain
+    return None
 
 
 def _constructor_args(module: nn.Module, t: Optional[type] = None) -> tuple[tuple, dict]:
@@ -115,7 +120,7 @@ def plain_layer(module: nn.Module, share: bool = False) -> Optional[nn.Module]:
     the wrapped module of :class:`Masked` / :class:`Unmasked`. ``None`` for other modules."""
     if isinstance(module, (Masked, Unmasked)):
         return module.module
-    t = PLAIN.get(type(module))
+    t = plain_type(type(module))
     if t is None:
         return None
     args, kwargs = _constructor_args(module, t)
@@ -126,14 +131,14 @@ def plain_layer(module: nn.Module, share: bool = False) -> Optional[nn.Module]:
 _MASK_OPTIONS = {"anchor": "centre", "multichannel": False, "update_mask": True}
 
 
-def _target(plain: type, kind: str) -> Optional[type]:
-    return CONVS.get(kind, {}).get(plain) or LAYERS.get(plain)
+def _target(plain: Optional[type], kind: str) -> Optional[type]:
+    return (layer_for(plain, kind) or layer_for(plain)) if plain is not None else None
 
 
 def _built_as(module: nn.Module, kind: str, options: dict) -> bool:
     """Whether ``module`` (a masked layer) is the layer ``convert(..., kind, **options)`` makes of its plain
     layer: the same class and the same mask options."""
-    if type(module) is not _target(PLAIN[type(module)], kind) or any(k not in _MASK_OPTIONS for k in options):
+    if type(module) is not _target(plain_type(type(module)), kind) or any(k not in _MASK_OPTIONS for k in options):
         return False
     want = {**_MASK_OPTIONS, "anchor": "end", **(options if kind == "partial" else {})}
     return all(getattr(module, k) == want[k] for k in _MASK_OPTIONS if hasattr(module, k))
@@ -164,7 +169,7 @@ def _convert_masked(module: nn.Module, kind: str, options: dict, path: str, shar
         return convert_module(module.module, kind, options, path, share)
     if isinstance(module, Masked):
         return Unmasked(shared_copy(module.module, share)) if kind == "plain" else _fresh(shared_copy(module, share))
-    if type(module) in PLAIN:
+    if plain_type(type(module)) is not None:
         if kind != "plain" and _built_as(module, kind, options):
             return _fresh(shared_copy(module, share))
         return convert_module(plain_layer(module, share), kind, options, path, share)
@@ -225,12 +230,14 @@ def convert_module(module: nn.Module, kind: str, options: dict, path: str = "", 
     if is_elementwise(module):
         return Masked(shared_copy(module, share))
     t = type(module)
-    cls = CONVS[kind].get(t) or LAYERS.get(t)
+    cls = _target(t, kind)
     if cls is None:
         raise TypeError(f"convert: no mask rule for layer {where}({t.__name__})")
+    if hasattr(cls, "from_plain"):  # a layer of one's own, filed with register_rule(MyLayer, layer=MaskedMyLayer)
+        return _carry_over(module, cls.from_plain(module), share)
     try:
         args, kwargs = _constructor_args(module)
-        if t in CONVS["masked"]:
+        if issubclass(cls, (MaskedConv, PartialConv)):
             kwargs.update(anchor="end", **(options if kind == "partial" else {}))
         new = _build(cls, args, kwargs, module)
     except ValueError as exc:

@@ -1,14 +1,16 @@
 """The mask rules of the converter, one per op, for both front ends (``torch.fx`` and ``torch.export``).
 
 Each rule is written once and filed (:func:`register`) under every way its op appears: torch functions,
-Tensor method names, ATen ops. The built-in rules live in :mod:`.elementwise`, :mod:`.reduce`, :mod:`.layers`
-and :mod:`.layout`; :mod:`.aten` turns the ATen calls of a ``torch.export`` capture into the torch function or
-Tensor method whose rule they take. Layers (``nn.Module`` types) have their rules in
-:mod:`masked_torch.nn.layers`. Users add rules with :func:`register_elementwise` and :func:`register_rule`.
+Tensor method names, ATen ops, and the ``nn.Module`` types of the op's layers (with the masked layer that stands
+for each). The built-in rules live in :mod:`.elementwise`, :mod:`.reduce`, :mod:`.layers` and :mod:`.layout`;
+:mod:`.aten` turns the ATen calls of a ``torch.export`` capture into the torch function or Tensor method whose
+rule they take. Users add rules with :func:`register_elementwise` and :func:`register_rule`.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
+
+import torch
 
 from . import elementwise, layers, layout, reduce  # noqa: F401  (they fill the table)
 from .aten import ATEN, VALUES_ONLY, aten_to_torch, register_aten
@@ -38,9 +40,14 @@ def _rule_of(op: Any) -> Rule:
 
 
 def register_rule(*targets: Any, rule: Optional[Callable] = None, like: Any = None, aten: Optional[dict] = None,
-                  **options) -> Callable:
+                  layer: Optional[type] = None, **options) -> Callable:
     """File a mask rule under ``targets`` (torch functions, Tensor method names, ATen ops such as
-    ``torch.ops.mylib.op``), as the built-in rules are filed.
+    ``torch.ops.mylib.op``, layer types), as the built-in rules are filed.
+
+    ``layer=MaskedMyLayer`` with a layer type ``MyLayer`` among the targets: ``convert`` swaps each captured
+    call of a ``MyLayer`` for ``MaskedMyLayer.from_plain(module)`` (weights then loaded strictly from the
+    plain layer), a module whose ``forward(input, mask=None) -> (output, mask)`` is the rule. A layer type
+    alone needs no ``rule``/``like``.
 
     ``like=op``: the rule of ``op`` (a function with the same arguments). ``rule=fn``: a rule of one's own,
     ``fn(rw, node, env, args, kwargs, **options) -> Val`` (see :mod:`masked_torch.nn.rules.table`); without
@@ -64,6 +71,15 @@ def register_rule(*targets: Any, rule: Optional[Callable] = None, like: Any = No
     """
     if rule is not None and like is not None:
         raise TypeError("register_rule: give rule= or like=, not both")
+    layers = [t for t in targets if isinstance(t, type) and issubclass(t, torch.nn.Module)]
+    if layers:
+        if layer is None or not hasattr(layer, "from_plain"):
+            raise TypeError(f"register_rule: the layer type {layers[0].__name__} needs layer=, a masked layer class "
+                            f"with a from_plain(module) classmethod")
+        register(None, *layers, layer=layer)
+        targets = tuple(t for t in targets if t not in layers)
+        if not targets:
+            return layer
     if like is not None:
         found = _rule_of(like)
         register(found.fn, *targets, canvas=found.canvas, aten=aten, **{**found.options, **options})

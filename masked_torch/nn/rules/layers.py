@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import fx
+from torch import fx, nn
 
 from ... import functional as MF
+from .. import batchnorm as _bn, conv as _conv_layers, linear as _linear, norm as _norm, resample as _resample
 from .aten import aten, call, resize
 from .table import Val, register, sig
 
@@ -114,18 +115,24 @@ def interpolate_to(rw, node, env, args, kwargs) -> Val:
 
 for _n in (1, 2, 3):
     _conv, _conv_t = getattr(F, f"conv{_n}d"), getattr(F, f"conv_transpose{_n}d")
-    register(conv, _conv, nd=_n, aten={getattr(aten, f"conv{_n}d"): call(
-        _conv, "input", "weight", "bias", "stride", "padding", "dilation", "groups")})
-    register(conv_transpose, _conv_t, nd=_n, aten={getattr(aten, f"conv_transpose{_n}d"): call(
-        _conv_t, "input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")})
-register(linear, F.linear, aten={aten.linear: call(F.linear, "input", "weight", "bias")})
-register(layer_norm, F.layer_norm, aten={aten.layer_norm: call(
+    register(conv, _conv, getattr(nn, f"Conv{_n}d"), nd=_n, layer={
+        "masked": getattr(_conv_layers, f"MaskedConv{_n}d"), "partial": getattr(_conv_layers, f"PartialConv{_n}d")},
+        aten={getattr(aten, f"conv{_n}d"): call(_conv, "input", "weight", "bias", "stride", "padding", "dilation",
+                                                  "groups")})
+    register(conv_transpose, _conv_t, getattr(nn, f"ConvTranspose{_n}d"), nd=_n,
+             layer=getattr(_conv_layers, f"MaskedConvTranspose{_n}d"), aten={getattr(aten, f"conv_transpose{_n}d"): call(
+                 _conv_t, "input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")})
+    register(batch_norm, getattr(nn, f"BatchNorm{_n}d"), layer=getattr(_bn, f"MaskedBatchNorm{_n}d"))
+    register(None, getattr(nn, f"InstanceNorm{_n}d"), layer=getattr(_norm, f"MaskedInstanceNorm{_n}d"))
+register(linear, F.linear, nn.Linear, layer=_linear.MaskedLinear,
+         aten={aten.linear: call(F.linear, "input", "weight", "bias")})
+register(layer_norm, F.layer_norm, nn.LayerNorm, layer=_norm.MaskedLayerNorm, aten={aten.layer_norm: call(
     F.layer_norm, "input", "normalized_shape", "weight", "bias", "eps")})
-register(group_norm, F.group_norm, aten={aten.group_norm: call(
+register(group_norm, F.group_norm, nn.GroupNorm, layer=_norm.MaskedGroupNorm, aten={aten.group_norm: call(
     F.group_norm, "input", "num_groups", "weight", "bias", "eps")})
 register(batch_norm, F.batch_norm, aten={aten.batch_norm: call(
     F.batch_norm, "input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")})
-register(interpolate, F.interpolate, F.upsample, canvas=interpolate_to, aten={
+register(interpolate, F.interpolate, F.upsample, nn.Upsample, layer=_resample.MaskedUpsample, canvas=interpolate_to, aten={
     **{getattr(aten, f"upsample_nearest{n}d"): resize("nearest") for n in (1, 2, 3)},
     **{getattr(aten, f"_upsample_nearest_exact{n}d"): resize("nearest-exact") for n in (1, 2, 3)},
     aten.upsample_linear1d: resize("linear", True), aten.upsample_bilinear2d: resize("bilinear", True),

@@ -5,9 +5,10 @@ import operator
 
 import torch
 import torch.nn.functional as F
-from torch import fx
+from torch import fx, nn
 
 from ... import functional as MF
+from .. import linear as _linear, resample as _resample, shuffle as _shuffle
 from ..runtime import field_mask, mask_method, reshape_like
 from .aten import aten, call, method, select_index, slice_index
 from .table import Val, register, sig
@@ -205,7 +206,7 @@ register(same_op, "permute", "transpose", "movedim", "moveaxis", "swapaxes", "sw
 for _fn in (torch.permute, torch.transpose, torch.movedim, torch.moveaxis, torch.swapaxes, torch.unsqueeze):
     register(same_op, _fn, method=_fn.__name__)
 register(reshape, "view", "reshape", "flatten", "unflatten", "squeeze", "view_as", "reshape_as", torch.reshape,
-         torch.flatten, torch.squeeze, torch.unflatten, canvas=_reshape_canvas,
+         torch.flatten, torch.squeeze, torch.unflatten, nn.Flatten, layer=_linear.MaskedFlatten, canvas=_reshape_canvas,
          aten={aten.alias: method("view_as", "self", "self")})
 register(getitem, operator.getitem, aten={aten.slice: slice_index, aten.select: select_index})
 register(split, "split", torch.split, chunks=False)
@@ -213,9 +214,9 @@ register(split, "chunk", torch.chunk, chunks=True)
 register(cat, torch.cat, torch.concat, torch.concatenate,
          aten={aten.cat: call(torch.cat, "tensors", "dim"), aten.concat: call(torch.cat, "tensors", "dim")})
 register(stack, torch.stack, aten={aten.stack: call(torch.stack, "tensors", "dim")})
-register(pixel_shuffle, F.pixel_shuffle, fn=MF.masked_pixel_shuffle,
+register(pixel_shuffle, F.pixel_shuffle, nn.PixelShuffle, layer=_resample.MaskedPixelShuffle, fn=MF.masked_pixel_shuffle,
          aten={aten.pixel_shuffle: call(F.pixel_shuffle, "self", "upscale_factor")})
-register(pixel_shuffle, F.pixel_unshuffle, fn=MF.masked_unshuffle,
+register(pixel_shuffle, F.pixel_unshuffle, nn.PixelUnshuffle, layer=_shuffle.MaskedUnshuffle2d, fn=MF.masked_unshuffle,
          aten={aten.pixel_unshuffle: call(F.pixel_unshuffle, "self", "downscale_factor")})
 register(pad, F.pad, aten={
     aten.pad: call(F.pad, "self", "pad", "mode", "value"),

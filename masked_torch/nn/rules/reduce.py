@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import fx
+from torch import fx, nn
 
 from ... import functional as MF
+from .. import pooling as _pools
 from .elementwise import binary
 from .aten import aten, call, pool
 from .table import Val, register, sig
@@ -134,7 +135,8 @@ register(max_dim, torch.min, "min", mode="min")
 _AVG = ("self", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
 for _n in (1, 2, 3):
     _max, _avg = getattr(F, f"max_pool{_n}d"), getattr(F, f"avg_pool{_n}d")
-    register(max_pool, _max, canvas=_max_pool_whole, nd=_n, aten={
+    register(max_pool, _max, getattr(nn, f"MaxPool{_n}d"), layer=getattr(_pools, f"MaskedMaxPool{_n}d"),
+             canvas=_max_pool_whole, nd=_n, aten={
         getattr(aten, f"max_pool{_n}d"): pool(_max, "self", "kernel_size", "stride", "padding", "dilation",
                                                "ceil_mode")})
     _indices = {getattr(aten, f"adaptive_max_pool{_n}d"): call(getattr(F, f"adaptive_max_pool{_n}d_with_indices"),
@@ -145,10 +147,13 @@ for _n in (1, 2, 3):
             "ceil_mode")
     register(max_pool_indices, getattr(F, f"max_pool{_n}d_with_indices"),
              getattr(F, f"adaptive_max_pool{_n}d_with_indices"), nd=_n, aten=_indices)
-    register(avg_pool, _avg, canvas=_avg_pool_whole, nd=_n, aten={
+    register(avg_pool, _avg, getattr(nn, f"AvgPool{_n}d"), layer=getattr(_pools, f"MaskedAvgPool{_n}d"),
+             canvas=_avg_pool_whole, nd=_n, aten={
         getattr(aten, f"avg_pool{_n}d"): pool(_avg, *_AVG, *(("divisor_override",) if _n > 1 else ()))})
     _adaptive = getattr(F, f"adaptive_avg_pool{_n}d")
-    register(adaptive_pool, _adaptive, nd=_n, mode="mean", aten={
+    register(adaptive_pool, _adaptive, getattr(nn, f"AdaptiveAvgPool{_n}d"),
+             layer=getattr(_pools, f"MaskedAdaptiveAvgPool{_n}d"), nd=_n, mode="mean", aten={
         getattr(aten, f"adaptive_avg_pool{_n}d"): call(_adaptive, "self", "output_size"),
         **({aten._adaptive_avg_pool2d: call(_adaptive, "self", "output_size")} if _n == 2 else {})})
-    register(adaptive_pool, getattr(F, f"adaptive_max_pool{_n}d"), nd=_n, mode="amax")
+    register(adaptive_pool, getattr(F, f"adaptive_max_pool{_n}d"), getattr(nn, f"AdaptiveMaxPool{_n}d"),
+             layer=getattr(_pools, f"MaskedAdaptiveMaxPool{_n}d"), nd=_n, mode="amax")

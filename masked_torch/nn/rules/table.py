@@ -11,7 +11,9 @@ node's arguments in the new graph, ``options`` those given at registration (``nd
 function kept whole by ``torch.fx.wrap`` by its dotted name (``"torchvision.ops.stochastic_depth.
 stochastic_depth"``), or an ATen op (``torch.ops.mylib.op``, an overload or its packet), which then keeps its
 own ATen call in a ``torch.export`` capture; ``aten={packet: adapter}`` instead turns an ATen call into the
-torch function the rule reads (:mod:`.aten`).
+torch function the rule reads (:mod:`.aten`); and an ``nn.Module`` type (``nn.Conv2d``), with ``layer=`` the
+masked layer that stands for it (``{"masked": ..., "partial": ...}`` where the kinds differ): a captured call of
+that layer is swapped for it (its rule is the layer's ``forward``).
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from torch import fx
+from torch import fx, nn
 
 from .aten import DIRECT, register_aten
 
-__all__ = ["Val", "Rule", "register", "rule_for", "sig"]
+__all__ = ["Val", "Rule", "register", "rule_for", "layer_for", "sig"]
 
 
 @dataclass
@@ -54,19 +56,29 @@ class Rule:
 FUNCTIONS: dict[Any, Rule] = {}  # torch function, operator, ATen packet
 METHODS: dict[str, Rule] = {}  # Tensor method name
 NAMED: dict[str, Rule] = {}  # "module.name" of a function that torch.fx.wrap keeps whole
+LAYERS: dict[type, dict[str, type]] = {}  # plain nn.Module type -> {"masked": masked layer, "partial": ...}
 
 
 def _is_aten(target) -> bool:
     return hasattr(target, "_schema") or hasattr(target, "overloads")  # an OpOverload or an OpOverloadPacket
 
 
-def register(rule: Callable, *targets, canvas: Optional[Callable] = None, aten: Optional[dict] = None,
-             **options) -> Callable:
+def register(rule: Optional[Callable], *targets, canvas: Optional[Callable] = None, aten: Optional[dict] = None,
+             layer: Any = None, **options) -> Optional[Callable]:
     """File ``rule`` (with ``options``) under every target; ``aten``: ``{ATen packet: adapter}`` that turn an
-    ATen call into the torch function of the rule. Returns ``rule``."""
+    ATen call into the torch function of the rule; ``layer``: the masked layer of the ``nn.Module`` types among
+    the targets (one class, or ``{"masked": cls, "partial": cls}``). Returns ``rule``."""
     entry = Rule(rule, dict(options), canvas)
     for target in targets:
-        if isinstance(target, str):
+        if isinstance(target, type) and issubclass(target, nn.Module):
+            if layer is None:
+                raise TypeError(f"register: the layer type {target.__name__} needs layer=, the masked layer that "
+                                f"stands for it")
+            kinds = dict(layer) if isinstance(layer, dict) else {"masked": layer}
+            LAYERS[target] = {"partial": kinds["masked"], **kinds}
+        elif rule is None:
+            raise TypeError(f"register: {target!r} needs a rule")
+        elif isinstance(target, str):
             (NAMED if "." in target else METHODS)[target] = entry
         elif _is_aten(target):
             packet = getattr(target, "overloadpacket", target)
@@ -75,11 +87,16 @@ def register(rule: Callable, *targets, canvas: Optional[Callable] = None, aten: 
         elif callable(target):
             FUNCTIONS[target] = entry
         else:
-            raise TypeError(f"register: a target is a torch function, a Tensor method name or an ATen op, got "
-                            f"{target!r}")
+            raise TypeError(f"register: a target is a torch function, a Tensor method name, an ATen op or an "
+                            f"nn.Module type, got {target!r}")
     for packet, adapt in (aten or {}).items():
         register_aten(packet, adapt)
     return rule
+
+
+def layer_for(plain: type, kind: str = "masked") -> Optional[type]:
+    """The masked layer filed for the plain layer type ``plain`` and ``kind`` (``None`` where there is none)."""
+    return LAYERS.get(plain, {}).get(kind)
 
 
 def rule_for(node: fx.Node) -> Optional[Rule]:
