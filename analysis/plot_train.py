@@ -3,12 +3,13 @@ function returns the ``Figure`` and, with ``path=``, saves it as a PNG atomicall
 under :data:`~masked_torch.analysis.plot.PNG_CAP` bytes):
 
 * :func:`plot_learning_curves`  -- training loss, held-out loss and held-out accuracy per epoch, one line per kind
-  (the mean over seeds) and its band (the lowest to the highest seed);
+  (the mean over seeds) and its band (the lowest to the highest seed); the language model: both losses in bits
+  per byte, with the unigram baseline, and the next-byte accuracy;
 * :func:`plot_training_stats`   -- per layer and epoch, on the probe set: the median channel variance, the median
   channel mean and the share of dead channels; one column of panels per kind;
 * :func:`plot_train_sensitivity` -- batch-composition sensitivity per kind: the share of held-out predictions that
   change when the image is batched instead of alone, the largest change of a logit, and the accuracy alone against
-  batched at the last epoch.
+  batched at the last epoch; the language model: the same per next-byte prediction.
 
 The colours of the kinds are the suite's (:data:`~masked_torch.analysis.plot.STACK_COLORS`).
 """
@@ -52,15 +53,28 @@ def _kind_legend(fig: Figure, kinds, caption: str) -> None:
                fontsize=9, title=caption, title_fontsize=9, alignment="left")
 
 
+def _text(frame: pd.DataFrame) -> bool:
+    """Frames of the language model (``--data stdlib``)."""
+    return "heldout_bpb" in frame or "positions" in frame
+
+
 def plot_learning_curves(curves: pd.DataFrame, *, path=None, dpi: int = 120) -> Figure:
     """Training loss, held-out loss and held-out accuracy against the epoch, per kind: the line is the mean over
-    the seeds, the band the range from the lowest to the highest seed (epoch 0: before training)."""
+    the seeds, the band the range from the lowest to the highest seed (epoch 0: before training). The language
+    model's curves (``heldout_bpb``): the losses in bits per byte, a dotted line at ``curves.attrs["unigram_bpb"]``
+    (if given), and the next-byte accuracy."""
     kinds = _kinds(curves)
     palette = {k: STACK_COLORS[k] for k in kinds}
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), layout="constrained")
-    panels = (("train_loss", "training loss (mean cross-entropy\nover the epoch's padded batches)"),
-              ("heldout_loss", "held-out loss (cross-entropy,\npadded batches)"),
-              ("heldout_acc", "held-out accuracy (padded batches)"))
+    text = _text(curves)
+    if text:
+        panels = (("train_bpb", "training loss, bits per byte (mean over\nthe epoch's predicted bytes)"),
+                  ("heldout_bpb", "held-out loss, bits per byte\n(padded batches)"),
+                  ("heldout_acc", "held-out next-byte accuracy\n(padded batches)"))
+    else:
+        panels = (("train_loss", "training loss (mean cross-entropy\nover the epoch's padded batches)"),
+                  ("heldout_loss", "held-out loss (cross-entropy,\npadded batches)"),
+                  ("heldout_acc", "held-out accuracy (padded batches)"))
     for ax, (column, label) in zip(axes, panels):
         sns.lineplot(data=curves, x="epoch", y=column, hue="stack", hue_order=kinds, palette=palette,
                      errorbar=_BAND, marker="o", markersize=4, ax=ax, legend=False)
@@ -68,10 +82,16 @@ def plot_learning_curves(curves: pd.DataFrame, *, path=None, dpi: int = 120) -> 
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     classes = curves.attrs.get("classes")
+    baseline = curves.attrs.get("unigram_bpb")
+    if text and baseline is not None:
+        for ax in axes[:2]:
+            ax.axhline(baseline, color="0.5", ls=":", lw=1)
+        _note(axes[1], f"dotted: unigram baseline ({baseline:.2f} bits)\nuniform guess: 8 bits", loc="upper right")
     if classes:
         axes[2].axhline(1 / len(classes), color="0.5", ls=":", lw=1)
         _note(axes[2], f"dotted: chance ({1 / len(classes):.2f})", loc="lower right")
-    _title(fig, "Learning curves: the same network trained three ways on the same padded batches",
+    _title(fig, "Learning curves: the same causal byte model trained three ways on the same padded batches" if text
+           else "Learning curves: the same network trained three ways on the same padded batches",
            f"Same initial weights, data order, batches, optimizer and schedule for every kind; line: mean over "
            f"{_seeds(curves)}, band: lowest to highest seed.")
     _kind_legend(fig, kinds, "")
@@ -124,60 +144,76 @@ def plot_training_stats(stats: pd.DataFrame, *, path=None, dpi: int = 120) -> Fi
         sns.move_legend(axes[0, len(kinds) - 1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8,
                         title="layer (solid: conv output,\ndashed: ReLU output)", title_fontsize=8)
     _title(fig, "Activation statistics through training, layer by layer",
-           f"On a fixed probe set of held-out images in padded batches (statistics over each image's own positions "
-           f"only); per layer, the median over its channels; line: mean over {_seeds(stats)}. A kind whose "
+           f"On a fixed probe set of held-out {'documents' if _text(stats) else 'images'} in padded batches "
+           f"(statistics over each {'document' if _text(stats) else 'image'}'s own positions only); per layer, the median over its channels; line: mean over {_seeds(stats)}. A kind whose "
            f"variance runs away or collapses, or whose channels die, shows it here.")
     return _finish(fig, path, dpi)
 
 
 def sensitivity_summary(sensitivity: pd.DataFrame) -> pd.DataFrame:
-    """Per (seed, stack, epoch): ``changed`` (share of (image, batching) pairs whose prediction differs from the
-    image alone), ``max_logit_change`` (largest over images and batchings), ``acc_alone`` and ``acc_batched``
-    (mean over the batchings)."""
-    s = sensitivity.assign(changed=sensitivity["pred"] != sensitivity["pred_alone"],
-                           correct=sensitivity["pred"] == sensitivity["label"],
-                           correct_alone=sensitivity["pred_alone"] == sensitivity["label"])
-    return s.groupby(["seed", "stack", "epoch"], sort=True).agg(
-        changed=("changed", "mean"), max_logit_change=("max_logit_change", "max"),
-        acc_alone=("correct_alone", "mean"), acc_batched=("correct", "mean")).reset_index()
+    """Per (seed, stack, epoch): ``changed`` (share of predictions -- of (image, batching) pairs, or of the
+    language model's next-byte predictions over (document, batching) pairs -- that differ from the image's
+    (document's) alone), ``max_logit_change`` (largest over images and batchings), ``acc_alone`` and
+    ``acc_batched`` (over the batchings); the language model also ``max_relative_change``, the largest
+    ``max_logit_change / logit_scale`` of a document."""
+    if "positions" in sensitivity:  # the language model: counts per document
+        s = sensitivity.assign(relative_change=sensitivity["max_logit_change"] / sensitivity["logit_scale"])
+    else:  # an image: one prediction
+        s = sensitivity.assign(positions=1, changed=sensitivity["pred"] != sensitivity["pred_alone"],
+                               correct_batched=sensitivity["pred"] == sensitivity["label"],
+                               correct_alone=sensitivity["pred_alone"] == sensitivity["label"])
+    extra = {"max_relative_change": ("relative_change", "max")} if "relative_change" in s else {}
+    out = s.groupby(["seed", "stack", "epoch"], sort=True).agg(
+        positions=("positions", "sum"), changed=("changed", "sum"), max_logit_change=("max_logit_change", "max"),
+        acc_alone=("correct_alone", "sum"), acc_batched=("correct_batched", "sum"), **extra).reset_index()
+    for column in ("changed", "acc_alone", "acc_batched"):
+        out[column] = out[column] / out["positions"]
+    return out.drop(columns="positions")
 
 
 def plot_train_sensitivity(sensitivity: pd.DataFrame, *, path=None, dpi: int = 120) -> Figure:
     """Left: share of held-out predictions that change between the image alone and the image in a random padded
-    batch; middle: the largest change of a logit (symmetric log: an exact 0 is drawn at 0); right: accuracy alone
-    and batched at the last epoch, one dot per seed."""
+    batch; middle: the largest change of a logit (symmetric log: an exact 0 is drawn at 0; the language model:
+    relative to the document's largest logit); right: accuracy alone and batched at the last epoch, one dot per
+    seed. The language model: every next-byte prediction of a held-out document."""
     kinds = _kinds(sensitivity)
+    text = _text(sensitivity)
+    item = "document" if text else "image"
     palette = {k: STACK_COLORS[k] for k in kinds}
     summary = sensitivity_summary(sensitivity)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), layout="constrained")
     sns.lineplot(data=summary, x="epoch", y="changed", hue="stack", hue_order=kinds, palette=palette,
                  errorbar=_BAND, marker="o", ax=axes[0], legend=False)
-    axes[0].set_ylabel("share of predictions that change\n(alone vs in a padded batch)")
-    sns.lineplot(data=summary, x="epoch", y="max_logit_change", hue="stack", hue_order=kinds, palette=palette,
+    axes[0].set_ylabel(f"share of {'next-byte ' if text else ''}predictions that change\n(alone vs in a padded "
+                       f"batch)")
+    change = "max_relative_change" if text else "max_logit_change"
+    sns.lineplot(data=summary, x="epoch", y=change, hue="stack", hue_order=kinds, palette=palette,
                  errorbar=_BAND, marker="o", ax=axes[1], legend=False)
-    _symlog(axes[1], summary["max_logit_change"])
+    _symlog(axes[1], summary[change])
     axes[1].axhspan(0, ROUNDING, color="0.85", zorder=0)
     _note(axes[1], f"grey: below {ROUNDING:g}, float32 rounding", loc="lower right")
-    axes[1].set_ylabel("largest change of a logit\n(symmetric log scale)")
+    axes[1].set_ylabel("largest change of a logit, relative to the\ndocument's largest |logit| (symmetric log)"
+                       if text else "largest change of a logit\n(symmetric log scale)")
     for ax in axes[:2]:
         ax.set_xlabel("epoch (0 = before training)")
         ax.grid(alpha=0.3)
     last = summary[summary["epoch"] == summary["epoch"].max()]
     long = last.melt(id_vars=["seed", "stack"], value_vars=["acc_alone", "acc_batched"], var_name="how",
                      value_name="accuracy")
-    long["how"] = long["how"].map({"acc_alone": "each image alone", "acc_batched": "in random padded batches"})
+    long["how"] = long["how"].map({"acc_alone": f"each {item} alone", "acc_batched": "in random padded batches"})
     sns.stripplot(data=long, x="stack", y="accuracy", hue="how", order=kinds, dodge=True, jitter=False,
                   palette=["0.25", "0.65"], ax=axes[2], size=6)
     sns.pointplot(data=long, x="stack", y="accuracy", hue="how", order=kinds, dodge=0.4, errorbar=None,
                   palette=["0.25", "0.65"], markers="_", linestyles="none", ax=axes[2], legend=False)
     axes[2].set_xlabel("")
-    axes[2].set_ylabel(f"held-out accuracy at epoch {int(summary['epoch'].max())}")
+    axes[2].set_ylabel(f"held-out {'next-byte ' if text else ''}accuracy at epoch {int(summary['epoch'].max())}")
     axes[2].legend(fontsize=8, title="dots: seeds, dash: mean", title_fontsize=8, loc="lower right")
     axes[2].grid(alpha=0.3, axis="y")
     n = sensitivity.groupby(["seed", "stack", "epoch"]).size().max()
-    _title(fig, "Does a prediction depend on what the image is batched with?",
-           f"Every held-out image predicted alone at its own size and inside two random padded batchings "
-           f"({n} image-batchings per kind and epoch); line: mean over {_seeds(sensitivity)}, band: lowest to "
-           f"highest seed.")
+    where = ("at its own length, padded on the right" if text else "at its own size")
+    _title(fig, f"Does a {'next-byte ' if text else ''}prediction depend on what the {item} is batched with?",
+           f"Every held-out {item} predicted alone {where} and inside two random padded batchings "
+           f"({n} {item}-batchings per kind and epoch{', every position with a next byte' if text else ''}); "
+           f"line: mean over {_seeds(sensitivity)}, band: lowest to highest seed.")
     _kind_legend(fig, kinds, "")
     return _finish(fig, path, dpi)

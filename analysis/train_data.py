@@ -33,10 +33,15 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from masked_torch.utils import pad_batch
+
 from .data import DataError, FolderSource, Skipped, list_images, standardize
 
-__all__ = ["SHAPES", "Labelled", "shape_size", "shape_label", "draw_shape", "shapes_data", "folder_classes",
-           "folder_data", "holdout_split", "load_data"]
+__all__ = ["IGNORE", "SHAPES", "Labelled", "shape_size", "shape_label", "draw_shape", "shapes_data", "folder_classes",
+           "folder_data", "pad", "lowest_hashes", "holdout_split", "load_data"]
+
+#: A target that is not predicted (``F.cross_entropy``'s ``ignore_index``): a document's last byte, the padding.
+IGNORE = -100
 
 #: The classes of the default data, in label order.
 SHAPES = ("horizontal_bar", "vertical_bar", "disk")
@@ -62,6 +67,34 @@ class Labelled:
     def subset(self, index: Sequence[int]) -> "Labelled":
         return Labelled([self.names[i] for i in index], [self.images[i] for i in index],
                         [self.labels[i] for i in index], self.classes)
+
+    def batch(self, index: Sequence[int], multiple: int, dtype: torch.dtype
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x, mask, labels)``: images ``index`` padded with zeros at the origin of a canvas of the largest
+        image's size rounded up to ``multiple`` (:func:`masked_torch.utils.pad_batch`), ``x`` and the mask in
+        ``dtype``, and their labels ``(N,)``."""
+        x, mask = pad([self.images[i] for i in index], multiple, dtype)
+        return x, mask, torch.tensor([self.labels[i] for i in index])
+
+    def compare(self, i: int, alone: torch.Tensor, batched: torch.Tensor, canvas: Sequence[int]) -> dict:
+        """One row of the batch-composition check (:func:`~masked_torch.analysis.train_measure.sensitivity`):
+        image ``i``'s logits alone and inside a batch of canvas ``(H, W)``, both float64."""
+        h, w = self.images[i].shape[1:]
+        H, W = canvas
+        return dict(image=self.names[i], label=self.labels[i], h=int(h), w=int(w), batch_h=int(H), batch_w=int(W),
+                    pad_fraction=1.0 - h * w / (H * W), pred_alone=int(alone.argmax()), pred=int(batched.argmax()),
+                    max_logit_change=float((batched - alone).abs().max()))
+
+    def split(self, fraction: float) -> tuple[list[int], list[int]]:
+        """:func:`holdout_split`."""
+        return holdout_split(self, fraction)
+
+
+def pad(tensors: Sequence[torch.Tensor], multiple: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, mask)`` of ``tensors`` ``(C, *spatial)`` padded with zeros at the origin
+    (:func:`masked_torch.utils.pad_batch`), both in ``dtype``."""
+    x, mask = pad_batch(list(tensors), multiple)
+    return x.to(dtype), mask.to(dtype)
 
 
 # ------------------------------------------------------------------------------------------------ shapes
@@ -185,6 +218,13 @@ def _name_hash(name: str) -> int:
     return zlib.crc32(name.encode("utf-8", "surrogateescape"))
 
 
+def lowest_hashes(members: Sequence[int], names: Sequence[str], fraction: float) -> list[int]:
+    """The ``round(fraction * n)`` of the ``n`` indices ``members`` (at least 1, at most n - 1) whose
+    ``names[i]`` hash lowest (CRC-32, ties by name): the held-out part of a split by name."""
+    k = min(len(members) - 1, max(1, round(fraction * len(members))))
+    return sorted(members, key=lambda i: (_name_hash(names[i]), names[i]))[:k]
+
+
 def holdout_split(data: Labelled, fraction: float) -> tuple[list[int], list[int]]:
     """``(train, held_out)`` indices: per class, the ``round(fraction * n)`` images (at least 1, at most n - 1)
     whose names hash lowest (CRC-32, ties by name) are held out. Both lists in index order."""
@@ -196,17 +236,21 @@ def holdout_split(data: Labelled, fraction: float) -> tuple[list[int], list[int]
         if len(members) < 2:
             raise DataError(f"class {data.classes[label]!r} has {len(members)} image(s); every class needs at "
                             f"least 2 (one to train on, one held out)")
-        k = min(len(members) - 1, max(1, round(fraction * len(members))))
-        members.sort(key=lambda i: (_name_hash(data.names[i]), data.names[i]))
-        held.update(members[:k])
+        held.update(lowest_hashes(members, data.names, fraction))
     train = [i for i in range(len(data)) if i not in held]
     return train, sorted(held)
 
 
 def load_data(data: str, *, num_images: int, seed: int = 0, min_side: int = 24, max_side: int = 160,
-              strict: bool = False) -> Labelled:
-    """``"shapes"`` (``num_images`` of them, data seed ``seed``) or a class folder (every image; ``max_side``
-    shrinks larger ones)."""
+              strict: bool = False, num_docs: int = 240, min_bytes: int = 32, max_bytes: int = 512):
+    """``"shapes"`` (``num_images`` of them, data seed ``seed``), a class folder (every image; ``max_side``
+    shrinks larger ones) or ``"stdlib"``: ``num_docs`` byte sequences of the standard library's functions
+    (:func:`~masked_torch.analysis.train_text.stdlib_documents`, a
+    :class:`~masked_torch.analysis.train_text.Documents`)."""
     if data == "shapes":
         return shapes_data(num_images, seed, min_side, max_side)
+    if data == "stdlib":
+        from .train_text import stdlib_documents
+
+        return stdlib_documents(num_docs, min_bytes=min_bytes, max_bytes=max_bytes)
     return folder_data(data, max_side=max_side, strict=strict)

@@ -1,4 +1,5 @@
-"""The training experiment: one plain classifier trained three ways on padded batches of differently sized images.
+"""The training experiment: one plain classifier trained three ways on padded batches of differently sized images --
+or, with ``data="stdlib"``, a causal next-byte language model on padded batches of documents of different lengths.
 
 For each seed, the plain model (:func:`~masked_torch.analysis.train_model.build_classifier`, drawn from the seed) is
 converted by :func:`~masked_torch.analysis.stacks.build_variants` into
@@ -13,12 +14,23 @@ the batching (every batch padded once, :func:`masked_torch.utils.pad_batch`, and
 model before training. After every epoch (and at epoch 0), per kind:
 
 * ``train_curves.parquet``  -- training loss (mean over the epoch's images), held-out loss and accuracy, the share
-  of dead ReLU channels on the probe set, the learning rate at the epoch's end;
+  of dead ReLU channels on the probe set, the learning rate at the epoch's end; the language model: the loss
+  and accuracy per next byte (the mean over every predicted byte), and both losses also in bits per byte
+  (``train_bpb``, ``heldout_bpb``);
 * ``train_stats.parquet``   -- per-channel statistics of every recorded layer on the probe set (the first
-  ``probe_images`` held-out images) with an ``epoch`` column;
+  ``probe_images`` held-out images) with an ``epoch`` column (the language model: every layer but the logits,
+  :func:`~masked_torch.analysis.train_model.lm_recorded`);
 * ``train_grads.parquet``   -- per layer, the gradient norm (mean and largest over the epoch's steps);
 * ``train_sensitivity.parquet`` -- at epoch 0, every ``sensitivity_every`` epochs and at the last: each held-out image
   alone and in two random padded batchings (:func:`~masked_torch.analysis.train_measure.sensitivity`).
+
+The language model (``data="stdlib"``, ``model="bytelm"``: :mod:`~masked_torch.analysis.train_text`,
+:class:`~masked_torch.analysis.train_model.ByteLM`) runs through the same loop: a batch is the documents one-hot and
+padded on the right, the loss the cross-entropy over every valid position's next byte (padding and each document's
+last byte ignored), a training step's loss the mean over the batch's predicted bytes; its batch-composition check
+counts next-byte predictions per document. The run's metadata carries ``unigram_bpb``, the bits per byte of the
+held-out bytes under the training documents' byte frequencies (:func:`~masked_torch.analysis.train_text.unigram_bits`),
+the baseline a model must beat, and the Python version whose standard library gave the documents.
 
 Checkpoints (``OUT/checkpoints``): ``resume_seed{S}.pt`` after every epoch, written atomically, holding every
 kind's weights and optimizer state and the frames so far: a run interrupted or killed resumes from the last completed
@@ -52,9 +64,9 @@ from .files import atomic_write
 from .models import layer_table
 from .run import _with_layers
 from .stacks import build_variants
-from .train_data import Labelled, holdout_split, load_data
-from .train_measure import GradNorms, heldout, pad, probe_stats, sensitivity
-from .train_model import build_classifier, multiples
+from .train_data import IGNORE, Labelled, load_data
+from .train_measure import GradNorms, heldout, probe_stats, sensitivity
+from .train_model import IMAGE_MODELS, build_classifier, lm_recorded, multiples
 
 __all__ = ["KINDS", "TrainSettings", "TrainResults", "run_training", "write_training", "epoch_batches", "FRAMES",
            "learning_rate", "resume_path", "final_path"]
@@ -70,12 +82,15 @@ _CHECKPOINT_FORMAT = 1
 class TrainSettings:
     """Everything that decides a training run's numbers (``threads`` only its speed)."""
 
-    data: str = "shapes"  # "shapes" or a class folder
+    data: str = "shapes"  # "shapes", a class folder, or "stdlib" (documents for the language model "bytelm")
     num_images: int = 240  # shapes images (a folder: all of its images)
     min_side: int = 24  # shapes: smallest side
     max_side: int = 160  # shapes: largest side; a folder: larger images are shrunk to this
     data_seed: int = 0  # shapes: which images (the same for every training seed)
-    holdout: float = 0.25  # share of each class held out
+    num_docs: int = 240  # stdlib: documents
+    min_bytes: int = 32  # stdlib: shortest document
+    max_bytes: int = 512  # stdlib: longest document (longer functions are cut to their whole lines within it)
+    holdout: float = 0.25  # share of each class (of the documents) held out
     model: str = "small"
     width: Optional[int] = 8  # channels of the first level (None: the model's own default)
     depth: int = 3  # levels of the stack / U-Net
@@ -91,6 +106,11 @@ class TrainSettings:
     dtype: str = "float32"
     strict: bool = False
     threads: Optional[int] = None
+
+    @property
+    def text(self) -> bool:
+        """The language model on the standard library's documents."""
+        return self.data == "stdlib"
 
     def replace(self, **changes) -> "TrainSettings":
         return dataclasses.replace(self, **changes)
@@ -115,11 +135,12 @@ class TrainResults:
     seconds: float
     checkpoints: list  # final per-kind checkpoint paths (rank 0)
     models: dict = dataclasses.field(default_factory=dict)  # seed -> {stack: trained model} (every rank)
+    extra: dict = dataclasses.field(default_factory=dict)  # the language model: unigram_bpb, python
 
     def metadata(self) -> dict:
         return dict(settings=self.settings.as_dict(), classes=list(self.classes), num_train=self.num_train,
                     num_heldout=self.num_heldout, skipped=[list(s) for s in self.skipped],
-                    torch=torch.__version__)
+                    torch=torch.__version__, **self.extra)
 
 
 def learning_rate(settings: TrainSettings, step: int, total: int) -> float:
@@ -189,6 +210,24 @@ def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def _check_model(settings: TrainSettings) -> None:
+    if settings.text and settings.model != "bytelm":
+        raise DataError(f"--data stdlib trains the byte language model (--model bytelm), not {settings.model!r}")
+    if not settings.text and settings.model not in IMAGE_MODELS:
+        raise DataError(f"--model {settings.model} is the byte language model of --data stdlib; images need one of "
+                        f"{', '.join(IMAGE_MODELS)}")
+
+
+def _example(settings: TrainSettings, canvas: int, dtype: torch.dtype) -> torch.Tensor:
+    """A zero input of the plain model, for :func:`~masked_torch.analysis.models.layer_table` (only shapes are
+    read)."""
+    if settings.text:
+        from .train_text import BYTES
+
+        return torch.zeros(1, BYTES, 64, dtype=dtype)
+    return torch.zeros(1, 3, max(64, 2 * canvas), max(64, 2 * canvas), dtype=dtype)
+
+
 def _tagged(frame: pd.DataFrame, seed: int, stack: str, epoch: int) -> pd.DataFrame:
     frame.insert(0, "epoch", epoch)
     frame.insert(0, "stack", stack)
@@ -199,12 +238,21 @@ def _tagged(frame: pd.DataFrame, seed: int, stack: str, epoch: int) -> pd.DataFr
 class _Seed:
     """One seed's models, optimizers and frames."""
 
-    def __init__(self, settings: TrainSettings, seed: int, num_classes: int, dtype: torch.dtype, world: int):
+    def __init__(self, settings: TrainSettings, seed: int, num_classes: int, dtype: torch.dtype, world: int,
+                 converted: dict):
+        """``num_classes``: the model's outputs (the language model: 256 per position). ``converted``: the kinds
+        converted for an earlier seed, untrained (filled by the first seed): a later seed loads its weights into
+        copies of them rather than converting again (the same modules and values; converting takes seconds)."""
         self.seed = seed
         # in its dtype before converting: a converted graph model is built at its first call from the plain one
         self.plain = build_classifier(settings.model, num_classes, width=settings.width, depth=settings.depth,
                                       seed=seed, weights=settings.weights).to(dtype)
-        self.models = {k: m.train() for k, m in build_variants(self.plain, settings.stacks).items()}
+        if not converted:
+            converted.update({k: copy.deepcopy(m) for k, m in build_variants(self.plain, settings.stacks).items()})
+        self.models = {k: copy.deepcopy(m) for k, m in converted.items()}
+        for m in self.models.values():
+            m.load_state_dict(self.plain.state_dict())
+            m.train()
         self.optimizers = {k: torch.optim.Adam(m.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
                            for k, m in self.models.items()}
         self.trained = self.models
@@ -231,21 +279,32 @@ class _Seed:
         self.epoch = int(state["epoch"])
 
 
-def run_training(settings: TrainSettings, out, *, progress: bool = True, data: Optional[Labelled] = None,
+def run_training(settings: TrainSettings, out, *, progress: bool = True, data=None,
                  fresh: bool = False, on_epoch: Optional[Callable[[int, int], None]] = None) -> TrainResults:
     """Train and measure as the module docstring says; checkpoints go to ``out/checkpoints`` (rank 0).
 
-    ``data`` replaces the images ``settings`` names; ``fresh`` ignores existing resume checkpoints; ``on_epoch(seed,
+    ``data`` (a :class:`~masked_torch.analysis.train_data.Labelled`, or
+    :class:`~masked_torch.analysis.train_text.Documents` for ``stdlib``) replaces the data ``settings`` names; ``fresh`` ignores existing resume checkpoints; ``on_epoch(seed,
     epoch)`` is called after each epoch's checkpoint is written (a test stops a run there)."""
     start = time.perf_counter()
     torch.set_num_threads(settings.threads or 1)
     dtype = _dtype(settings.dtype)
     rank, world = rank_and_world()
+    _check_model(settings)
     if data is None:
         data = load_data(settings.data, num_images=settings.num_images, seed=settings.data_seed,
-                         min_side=settings.min_side, max_side=settings.max_side, strict=settings.strict)
-    train_index, held_index = holdout_split(data, settings.holdout)
+                         min_side=settings.min_side, max_side=settings.max_side, strict=settings.strict,
+                         num_docs=settings.num_docs, min_bytes=settings.min_bytes, max_bytes=settings.max_bytes)
+    train_index, held_index = data.split(settings.holdout)
     train, held = data.subset(train_index), data.subset(held_index)
+    extra = {}
+    if settings.text:
+        import platform
+
+        from .train_text import BYTES, unigram_bits
+
+        extra = dict(unigram_bpb=unigram_bits(train, held), python=platform.python_version())
+    outputs = BYTES if settings.text else len(data.classes)
     probe = held.subset(range(min(settings.probe_images, len(held))))
     canvas, alone = multiples(settings.model, settings.depth)
     out = Path(out)
@@ -259,11 +318,11 @@ def run_training(settings: TrainSettings, out, *, progress: bool = True, data: O
         bar = tqdm(total=total_steps * len(settings.seeds), desc="training", unit="batch")
     runs = []
     table = None
+    converted: dict = {}
     for seed in settings.seeds:
-        run = _Seed(settings, seed, len(data.classes), dtype, world)
+        run = _Seed(settings, seed, outputs, dtype, world, converted)
         if table is None:
-            example = torch.zeros(1, 3, max(64, 2 * canvas), max(64, 2 * canvas), dtype=dtype)
-            table = layer_table(copy.deepcopy(run.plain).eval(), example)
+            table = layer_table(copy.deepcopy(run.plain).eval(), _example(settings, canvas, dtype))
         state = None if fresh else _load_resume(out, seed, settings)
         if state is not None:
             run.load(state)
@@ -297,7 +356,7 @@ def run_training(settings: TrainSettings, out, *, progress: bool = True, data: O
     frames = {name: pd.concat([p for run in runs for p in run.frames[name]], ignore_index=True)
               if any(run.frames[name] for run in runs) else pd.DataFrame() for name in FRAMES}
     return TrainResults(settings, frames, data.classes, len(train), len(held), data.sizes, data.skipped,
-                        time.perf_counter() - start, checkpoints, {run.seed: run.models for run in runs})
+                        time.perf_counter() - start, checkpoints, {run.seed: run.models for run in runs}, extra)
 
 
 def _checkpoint(run: _Seed, settings: TrainSettings, out: Path, rank: int, world: int) -> None:
@@ -307,33 +366,34 @@ def _checkpoint(run: _Seed, settings: TrainSettings, out: Path, rank: int, world
         torch.distributed.barrier()
 
 
-def _train_epoch(run: _Seed, settings: TrainSettings, train: Labelled, epoch: int, canvas: int,
+def _train_epoch(run: _Seed, settings: TrainSettings, train, epoch: int, canvas: int,
                  dtype: torch.dtype, total_steps: int, steps_per_epoch: int, rank: int, world: int, bar):
-    """One epoch of every kind on the same padded batches; returns (mean loss per kind, GradNorms per kind)."""
+    """One epoch of every kind on the same padded batches; returns (mean loss per kind, GradNorms per kind). The
+    loss of a step is the mean over the batch's targets (images; next bytes), the epoch's the mean over all."""
     batches = epoch_batches(len(train), settings.batch_size, run.seed, epoch, world)
     sums = {k: 0.0 for k in run.models}
     grads = {k: GradNorms() for k in run.models}
     seen = 0
     for step, batch in enumerate(batches):
         lr = learning_rate(settings, (epoch - 1) * steps_per_epoch + step, total_steps)
-        x, mask = pad([train.images[i] for i in batch], canvas, dtype)
-        y = torch.tensor([train.labels[i] for i in batch])
+        x, mask, y = train.batch(batch, canvas, dtype)
+        count = int((y != IGNORE).sum())  # the whole batch's targets, on every rank
         mine = slice(rank, None, world)  # this rank's rows of the batch padded as in one process
         for k, model in run.trained.items():
             opt = run.optimizers[k]
             for group in opt.param_groups:
                 group["lr"] = lr
             logits, _ = model(x[mine], mask[mine])
-            loss_sum = F.cross_entropy(logits, y[mine], reduction="sum")
+            loss_sum = F.cross_entropy(logits, y[mine], reduction="sum", ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
-            (loss_sum * (world / len(batch))).backward()  # DDP averages over ranks: the batch's mean
+            (loss_sum * (world / count)).backward()  # DDP averages over ranks: the batch's mean
             grads[k].add(run.models[k])
             opt.step()
             total = loss_sum.detach().double()
             if world > 1:
                 torch.distributed.all_reduce(total)
             sums[k] += float(total)
-        seen += len(batch)
+        seen += count
         if bar is not None:
             bar.update()
             bar.set_postfix_str(f"seed {run.seed} epoch {epoch}/{settings.epochs} loss "
@@ -342,8 +402,8 @@ def _train_epoch(run: _Seed, settings: TrainSettings, train: Labelled, epoch: in
     return {k: s / seen for k, s in sums.items()}, grads
 
 
-def _measure(run: _Seed, settings: TrainSettings, *, train_loss: dict, grads: dict, held: Labelled,
-             probe: Labelled, canvas: int, alone: int, dtype: torch.dtype, table: pd.DataFrame, epoch: int,
+def _measure(run: _Seed, settings: TrainSettings, *, train_loss: dict, grads: dict, held,
+             probe, canvas: int, alone: int, dtype: torch.dtype, table: pd.DataFrame, epoch: int,
              rank: int, lr: float) -> None:
     """Rank 0: the epoch's rows of every frame, for every kind (see the module docstring)."""
     run.epoch = epoch
@@ -353,12 +413,15 @@ def _measure(run: _Seed, settings: TrainSettings, *, train_loss: dict, grads: di
     with_sensitivity = epoch == 0 or epoch == settings.epochs or (every > 0 and epoch % every == 0)
     for k, model in run.models.items():
         loss, acc = heldout(model, held, settings.batch_size, canvas, dtype)
-        stats = _with_layers(probe_stats(model, probe, settings.batch_size, canvas, dtype), table)
+        stats = _with_layers(probe_stats(model, probe, settings.batch_size, canvas, dtype,
+                                         lm_recorded if settings.text else None), table)
         acts = stats[stats["kind"] == "act"]
         run.frames["stats"].append(_tagged(stats, run.seed, k, epoch))
-        run.frames["curves"].append(_tagged(pd.DataFrame(dict(
-            train_loss=[train_loss.get(k, float("nan"))], heldout_loss=[loss], heldout_acc=[acc],
-            dead_frac=[float(acts["dead"].mean()) if len(acts) else float("nan")], lr=[lr])), run.seed, k, epoch))
+        curve = dict(train_loss=[train_loss.get(k, float("nan"))], heldout_loss=[loss], heldout_acc=[acc],
+                     dead_frac=[float(acts["dead"].mean()) if len(acts) else float("nan")], lr=[lr])
+        if settings.text:  # the same losses in bits per byte
+            curve.update(train_bpb=[curve["train_loss"][0] / math.log(2)], heldout_bpb=[loss / math.log(2)])
+        run.frames["curves"].append(_tagged(pd.DataFrame(curve), run.seed, k, epoch))
         if k in grads:
             run.frames["grads"].append(_tagged(_with_layers(grads[k].frame(model), table, at=1), run.seed, k, epoch))
         if with_sensitivity:
@@ -383,6 +446,7 @@ def write_training(results: TrainResults, out, *, dpi: int = 120) -> list[Path]:
         with StagedFiles(out, replaces=(*FRAMES.values(), *figures.values())) as files:
             curves = results.frames["curves"]
             curves.attrs["classes"] = list(results.classes)
+            curves.attrs.update(results.extra)
             figs["curves"] = plot_train.plot_learning_curves(curves)
             figs["stats"] = plot_train.plot_training_stats(results.frames["stats"])
             figs["sensitivity"] = plot_train.plot_train_sensitivity(results.frames["sensitivity"])

@@ -1,17 +1,22 @@
 """What the training experiment measures on a model, each as a tidy frame (:mod:`~masked_torch.analysis.train_loop`
 adds ``seed``, ``stack`` and ``epoch``):
 
-* :func:`heldout` -- loss and accuracy on the held-out images, in padded batches of the run's batch size, in
-  index order (the way a model is usually evaluated);
+* :func:`heldout` -- loss and accuracy on the held-out images (or, for the language model, next bytes), in
+  padded batches of the run's batch size, in index order (the way a model is usually evaluated);
 * :func:`probe_stats` -- per-channel activation statistics of every recorded layer on a fixed probe set, with the
   suite's :class:`~masked_torch.analysis.recorder.ActivationRecorder` (eval mode), and ``dead``: a channel whose
   every valid output on the probe set is exactly 0;
 * :func:`sensitivity` -- batch-composition sensitivity: every held-out image predicted alone (padded only to the
   model's alone multiple: the image exactly for the small CNN) and inside two random padded batchings; one row
-  per (batching, image): the prediction alone and batched and the largest change of a logit;
+  per (batching, image): the prediction alone and batched and the largest change of a logit (a document: over
+  its positions, how many next-byte predictions change, how many are right alone and batched, the largest
+  change of a logit: :meth:`~masked_torch.analysis.train_text.Documents.compare`);
 * :class:`GradNorms` -- per layer, the L2 norm of the gradient of its parameters at every step, averaged over an
   epoch (and its largest).
 
+The data is a :class:`~masked_torch.analysis.train_data.Labelled` or a
+:class:`~masked_torch.analysis.train_text.Documents`: each makes its padded batches (``batch``: ``x, mask,
+target``; a target of ``IGNORE`` is not predicted) and its rows of the batch-composition check (``compare``).
 All run on ``torch.no_grad()`` in eval mode (BatchNorm on its running statistics) and leave the model's mode as
 they found it.
 """
@@ -26,22 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from masked_torch.utils import pad_batch
-
 from .recorder import ActivationRecorder
-from .train_data import Labelled
+from .train_data import IGNORE, pad
 
 __all__ = ["pad", "evaluating", "heldout", "probe_stats", "sensitivity", "batchings", "GradNorms",
-           "SENSITIVITY_COLUMNS"]
+           "SENSITIVITY_COLUMNS", "IGNORE"]
 
 SENSITIVITY_COLUMNS = ("batching", "image", "label", "h", "w", "batch_h", "batch_w", "pad_fraction", "pred_alone",
                        "pred", "max_logit_change")
-
-
-def pad(images: Sequence[torch.Tensor], multiple: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, mask)`` of ``images`` padded with zeros (:func:`masked_torch.utils.pad_batch`), in ``dtype``."""
-    x, mask = pad_batch(list(images), multiple)
-    return x.to(dtype), mask.to(dtype)
 
 
 @contextmanager
@@ -61,25 +58,28 @@ def _chunks(index: Sequence[int], size: int) -> list[list[int]]:
     return [index[i:i + size] for i in range(0, len(index), size)]
 
 
-def heldout(model: nn.Module, data: Labelled, batch_size: int, multiple: int, dtype: torch.dtype) -> tuple[float, float]:
-    """``(mean cross-entropy, accuracy)`` on ``data`` in padded batches of ``batch_size``, in index order."""
-    loss = correct = 0.0
+def heldout(model: nn.Module, data, batch_size: int, multiple: int, dtype: torch.dtype) -> tuple[float, float]:
+    """``(mean cross-entropy, accuracy)`` over the targets of ``data`` (an image's label; a document's next
+    bytes) in padded batches of ``batch_size``, in index order."""
+    loss = correct = count = 0.0
     with evaluating(model):
         for chunk in _chunks(range(len(data)), batch_size):
-            x, mask = pad([data.images[i] for i in chunk], multiple, dtype)
-            y = torch.tensor([data.labels[i] for i in chunk])
+            x, mask, y = data.batch(chunk, multiple, dtype)
             logits, _ = model(x, mask)
-            loss += float(F.cross_entropy(logits.double(), y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-    return loss / len(data), correct / len(data)
+            loss += float(F.cross_entropy(logits.double(), y, reduction="sum", ignore_index=IGNORE))
+            correct += int(((logits.argmax(1) == y) & (y != IGNORE)).sum())
+            count += int((y != IGNORE).sum())
+    return loss / count, correct / count
 
 
-def probe_stats(model: nn.Module, probe: Labelled, batch_size: int, multiple: int, dtype: torch.dtype) -> pd.DataFrame:
+def probe_stats(model: nn.Module, probe, batch_size: int, multiple: int, dtype: torch.dtype, include=None
+                ) -> pd.DataFrame:
     """The recorder's frame (one row per layer and channel, :data:`~masked_torch.analysis.recorder.COLUMNS`) over the
-    probe images in padded batches of ``batch_size``, plus ``dead`` (``zero_frac == 1``)."""
-    with evaluating(model), ActivationRecorder(model) as rec:
+    probe images (documents) in padded batches of ``batch_size``, plus ``dead`` (``zero_frac == 1``); ``include``
+    as the recorder's (``None``: its default selection)."""
+    with evaluating(model), ActivationRecorder(model, include) as rec:
         for chunk in _chunks(range(len(probe)), batch_size):
-            x, mask = pad([probe.images[i] for i in chunk], multiple, dtype)
+            x, mask, _ = probe.batch(chunk, multiple, dtype)
             model(x, mask)
     frame = rec.to_frame()
     frame["dead"] = frame["zero_frac"] == 1.0
@@ -93,37 +93,23 @@ def batchings(n: int, batch_size: int, seed: int, epoch: int, which: int) -> lis
     return _chunks(g.permutation(n).tolist(), batch_size)
 
 
-def sensitivity(model: nn.Module, data: Labelled, batch_size: int, canvas_multiple: int, alone_multiple: int,
+def sensitivity(model: nn.Module, data, batch_size: int, canvas_multiple: int, alone_multiple: int,
                 dtype: torch.dtype, *, seed: int, epoch: int, count: int = 2) -> pd.DataFrame:
-    """Every image of ``data`` alone and in ``count`` random padded batchings (:func:`batchings`); one row per
-    (batching, image), columns :data:`SENSITIVITY_COLUMNS`. ``max_logit_change`` = ``max_k |logit_k(batched) -
-    logit_k(alone)|``, in the model's dtype, computed in float64."""
+    """Every image (document) of ``data`` alone and in ``count`` random padded batchings (:func:`batchings`); one
+    row per (batching, image): ``batching`` and the columns of ``data.compare`` (images:
+    :data:`SENSITIVITY_COLUMNS`), sorted by batching and name. ``max_logit_change`` = ``max |logit(batched) -
+    logit(alone)|``, in the model's dtype, computed in float64."""
     with evaluating(model):
-        alone = []
-        for img in data.images:
-            x, mask = pad([img], alone_multiple, dtype)
-            alone.append(model(x, mask)[0][0].double())
-        rows = {c: [] for c in SENSITIVITY_COLUMNS}
+        alone = [model(*data.batch([i], alone_multiple, dtype)[:2])[0][0].double() for i in range(len(data))]
+        rows = []
         for which in range(1, count + 1):
             for chunk in batchings(len(data), batch_size, seed, epoch, which):
-                x, mask = pad([data.images[i] for i in chunk], canvas_multiple, dtype)
+                x, mask, _ = data.batch(chunk, canvas_multiple, dtype)
                 logits = model(x, mask)[0].double()
-                H, W = x.shape[-2:]
-                for k, i in enumerate(chunk):
-                    h, w = data.images[i].shape[1:]
-                    rows["batching"].append(which)
-                    rows["image"].append(data.names[i])
-                    rows["label"].append(data.labels[i])
-                    rows["h"].append(int(h))
-                    rows["w"].append(int(w))
-                    rows["batch_h"].append(int(H))
-                    rows["batch_w"].append(int(W))
-                    rows["pad_fraction"].append(1.0 - h * w / (H * W))
-                    rows["pred_alone"].append(int(alone[i].argmax()))
-                    rows["pred"].append(int(logits[k].argmax()))
-                    rows["max_logit_change"].append(float((logits[k] - alone[i]).abs().max()))
+                rows.extend(dict(batching=which, **data.compare(i, alone[i], logits[k], x.shape[2:]))
+                            for k, i in enumerate(chunk))
     frame = pd.DataFrame(rows)
-    frame = frame.sort_values(["batching", "image"], kind="stable", ignore_index=True)
+    frame = frame.sort_values(["batching", frame.columns[1]], kind="stable", ignore_index=True)
     return frame
 
 
