@@ -54,8 +54,15 @@ def _kind_legend(fig: Figure, kinds, caption: str) -> None:
 
 
 def _text(frame: pd.DataFrame) -> bool:
-    """Frames of the language model (``--data stdlib``)."""
-    return "heldout_bpb" in frame or "positions" in frame
+    """Frames of the language model (``--data stdlib``): its curves and sensitivity frames by their columns,
+    any frame by ``frame.attrs["data"] == "stdlib"``."""
+    return "heldout_bpb" in frame or "positions" in frame or frame.attrs.get("data") == "stdlib"
+
+
+def _epochs(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_learning_curves(curves: pd.DataFrame, *, path=None, dpi: int = 120) -> Figure:
@@ -81,6 +88,7 @@ def plot_learning_curves(curves: pd.DataFrame, *, path=None, dpi: int = 120) -> 
         ax.set_xlabel("epoch (0 = before training)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+        _epochs(ax)
     classes = curves.attrs.get("classes")
     baseline = curves.attrs.get("unigram_bpb")
     if text and baseline is not None:
@@ -137,6 +145,7 @@ def plot_training_stats(stats: pd.DataFrame, *, path=None, dpi: int = 120) -> Fi
             ax.set_ylabel(label if j == 0 else "")
             ax.set_xlabel("epoch (0 = before training)" if i == 2 else "")
             ax.grid(alpha=0.3)
+            _epochs(ax)
             if i == 0:
                 ax.set_title(textwrap.fill(STACK_LABELS[kind], 40), fontsize=10)
     legend = axes[0, len(kinds) - 1].get_legend()
@@ -197,6 +206,7 @@ def plot_train_sensitivity(sensitivity: pd.DataFrame, *, path=None, dpi: int = 1
     for ax in axes[:2]:
         ax.set_xlabel("epoch (0 = before training)")
         ax.grid(alpha=0.3)
+        _epochs(ax)
     last = summary[summary["epoch"] == summary["epoch"].max()]
     long = last.melt(id_vars=["seed", "stack"], value_vars=["acc_alone", "acc_batched"], var_name="how",
                      value_name="accuracy")

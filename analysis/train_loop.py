@@ -448,6 +448,7 @@ def write_training(results: TrainResults, out, *, dpi: int = 120) -> list[Path]:
             curves.attrs["classes"] = list(results.classes)
             curves.attrs.update(results.extra)
             figs["curves"] = plot_train.plot_learning_curves(curves)
+            results.frames["stats"].attrs["data"] = results.settings.data
             figs["stats"] = plot_train.plot_training_stats(results.frames["stats"])
             figs["sensitivity"] = plot_train.plot_train_sensitivity(results.frames["sensitivity"])
             for key, fig in figs.items():
