@@ -239,14 +239,15 @@ class _Seed:
     """One seed's models, optimizers and frames."""
 
     def __init__(self, settings: TrainSettings, seed: int, num_classes: int, dtype: torch.dtype, world: int,
-                 converted: dict):
+                 converted: Optional[dict] = None):
         """``num_classes``: the model's outputs (the language model: 256 per position). ``converted``: the kinds
-        converted for an earlier seed, untrained (filled by the first seed): a later seed loads its weights into
+        converted for an earlier seed, untrained (filled by the first seed; ``None``: convert): a later seed loads its weights into
         copies of them rather than converting again (the same modules and values; converting takes seconds)."""
         self.seed = seed
         # in its dtype before converting: a converted graph model is built at its first call from the plain one
         self.plain = build_classifier(settings.model, num_classes, width=settings.width, depth=settings.depth,
                                       seed=seed, weights=settings.weights).to(dtype)
+        converted = {} if converted is None else converted
         if not converted:
             converted.update({k: copy.deepcopy(m) for k, m in build_variants(self.plain, settings.stacks).items()})
         self.models = {k: copy.deepcopy(m) for k, m in converted.items()}
