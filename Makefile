@@ -20,7 +20,8 @@ test: setup
 	$(PY) -m pytest
 
 # The default run (results/), then the other runs the README shows: the seed's experiment, a ResNet-18 and a
-# U-Net on the same photos, and the stack with free-form holes in every image.
+# U-Net on the same photos, the stack with free-form holes in every image, and the training experiment on images
+# and with the byte language model on the standard library's functions.
 figures: setup
 	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results
 	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results/seed --preset seed --quiet
@@ -28,6 +29,7 @@ figures: setup
 	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results/unet --model unet --quiet
 	MPLBACKEND=Agg $(PY) visualize_activations_2d.py --out results/holes --mask holes --quiet
 	MPLBACKEND=Agg $(PY) visualize_activations_2d.py train --out results/train --fresh --quiet
+	MPLBACKEND=Agg $(PY) visualize_activations_2d.py train --data stdlib --out results/train_lm --fresh --quiet --dpi 100
 
 # Re-run both notebooks and save them with their (small) outputs, e.g. after make figures.
 notebooks: setup

@@ -59,6 +59,16 @@ def _text(frame: pd.DataFrame) -> bool:
     return "heldout_bpb" in frame or "positions" in frame or frame.attrs.get("data") == "stdlib"
 
 
+def _same(frame: pd.DataFrame, keys: list, columns: list) -> str:
+    """A sentence naming the kinds whose ``columns`` are equal, row for row by ``keys`` (NaN equal to NaN) -- one
+    line drawn over the other -- or ``""``."""
+    kinds = _kinds(frame)
+    parts = {k: frame[frame["stack"] == k].set_index(keys).sort_index()[columns] for k in kinds}
+    pairs = [(a, b) for i, a in enumerate(kinds) for b in kinds[i + 1:]
+             if parts[a].index.equals(parts[b].index) and parts[a].equals(parts[b])]
+    return "".join(f" {a} and {b} give identical numbers: {a}'s line lies under {b}'s." for a, b in pairs)
+
+
 def _epochs(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -101,7 +111,8 @@ def plot_learning_curves(curves: pd.DataFrame, *, path=None, dpi: int = 120) -> 
     _title(fig, "Learning curves: the same causal byte model trained three ways on the same padded batches" if text
            else "Learning curves: the same network trained three ways on the same padded batches",
            f"Same initial weights, data order, batches, optimizer and schedule for every kind; line: mean over "
-           f"{_seeds(curves)}, band: lowest to highest seed.")
+           f"{_seeds(curves)}, band: lowest to highest seed."
+           + _same(curves, ["seed", "epoch"], [c for c, _ in panels]))
     _kind_legend(fig, kinds, "")
     return _finish(fig, path, dpi)
 
@@ -119,6 +130,7 @@ def plot_training_stats(stats: pd.DataFrame, *, path=None, dpi: int = 120) -> Fi
     """Rows: median channel variance, median channel mean (conv and ReLU outputs) and the share of dead ReLU
     channels, against the epoch; one column per kind; one line per layer (the mean over seeds), darker = deeper."""
     kinds = _kinds(stats)
+    item = "document" if _text(stats) else "image"
     summary = layer_summary(stats)
     summary = summary[summary["kind"].isin(["conv", "act"])]
     layers = list(summary.sort_values("order")["layer"].unique())
@@ -153,9 +165,10 @@ def plot_training_stats(stats: pd.DataFrame, *, path=None, dpi: int = 120) -> Fi
         sns.move_legend(axes[0, len(kinds) - 1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8,
                         title="layer (solid: conv output,\ndashed: ReLU output)", title_fontsize=8)
     _title(fig, "Activation statistics through training, layer by layer",
-           f"On a fixed probe set of held-out {'documents' if _text(stats) else 'images'} in padded batches "
-           f"(statistics over each {'document' if _text(stats) else 'image'}'s own positions only); per layer, the median over its channels; line: mean over {_seeds(stats)}. A kind whose "
-           f"variance runs away or collapses, or whose channels die, shows it here.")
+           f"On a fixed probe set of held-out {item}s in padded batches (statistics over each {item}'s own "
+           f"positions only); per layer, the median over its channels; line: mean over {_seeds(stats)}. A kind whose "
+           f"variance runs away or collapses, or whose channels die, shows it here."
+           + _same(summary, ["seed", "epoch", "layer"], ["median_var", "median_mean", "dead_frac"]))
     return _finish(fig, path, dpi)
 
 
@@ -220,10 +233,12 @@ def plot_train_sensitivity(sensitivity: pd.DataFrame, *, path=None, dpi: int = 1
     axes[2].legend(fontsize=8, title="dots: seeds, dash: mean", title_fontsize=8, loc="lower right")
     axes[2].grid(alpha=0.3, axis="y")
     n = sensitivity.groupby(["seed", "stack", "epoch"]).size().max()
-    where = ("at its own length, padded on the right" if text else "at its own size")
+    where = "length and inside two random batchings padded on the right" if text else \
+        "size and inside two random padded batchings"
     _title(fig, f"Does a {'next-byte ' if text else ''}prediction depend on what the {item} is batched with?",
-           f"Every held-out {item} predicted alone {where} and inside two random padded batchings "
+           f"Every held-out {item} predicted alone at its own {where} "
            f"({n} {item}-batchings per kind and epoch{', every position with a next byte' if text else ''}); "
-           f"line: mean over {_seeds(sensitivity)}, band: lowest to highest seed.")
+           f"line: mean over {_seeds(sensitivity)}, band: lowest to highest seed."
+           + _same(summary, ["seed", "epoch"], ["changed", change, "acc_alone", "acc_batched"]))
     _kind_legend(fig, kinds, "")
     return _finish(fig, path, dpi)

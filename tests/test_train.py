@@ -160,28 +160,34 @@ def test_every_suite_model_trains_and_its_masked_kinds_do_not_depend_on_the_batc
 
 
 # ------------------------------------------------------------------------------------------------ resume
-def test_a_run_stopped_after_an_epoch_resumes_to_the_same_frames(tmp_path):
-    settings = TINY.replace(seeds=(0, 1), epochs=3)
+def assert_stopped_run_resumes(settings: TrainSettings, tmp_path: Path, stop_at: tuple[int, int]) -> None:
+    """Stop a run after epoch ``stop_at = (seed, epoch)``'s checkpoint (the last seed's), run it again: only the
+    epochs after it run, and the frames and final checkpoints are those of a run that was never stopped."""
     whole = run_training(settings, tmp_path / "whole", progress=False)
 
     class Stop(KeyboardInterrupt):
         pass
 
     def stop(seed, epoch):
-        if (seed, epoch) == (1, 2):
+        if (seed, epoch) == stop_at:
             raise Stop
 
     with pytest.raises(Stop):
         run_training(settings, tmp_path / "cut", progress=False, on_epoch=stop)
     seen = []
     resumed = run_training(settings, tmp_path / "cut", progress=False, on_epoch=lambda s, e: seen.append((s, e)))
-    assert seen == [(1, 3)]  # seed 0 and seed 1's first two epochs came from the checkpoints
+    # the seeds before and the stopped seed's first epochs came from the checkpoints
+    assert seen == [(stop_at[0], e) for e in range(stop_at[1] + 1, settings.epochs + 1)]
     for name in FRAMES:
         pd.testing.assert_frame_equal(resumed.frames[name], whole.frames[name], check_exact=True)
     for kind in settings.stacks:
-        a = torch.load(final_path(tmp_path / "whole", kind, 1), weights_only=True)["state_dict"]
-        b = torch.load(final_path(tmp_path / "cut", kind, 1), weights_only=True)["state_dict"]
+        a = torch.load(final_path(tmp_path / "whole", kind, stop_at[0]), weights_only=True)["state_dict"]
+        b = torch.load(final_path(tmp_path / "cut", kind, stop_at[0]), weights_only=True)["state_dict"]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_stopped_after_an_epoch_resumes_to_the_same_frames(tmp_path):
+    assert_stopped_run_resumes(TINY.replace(seeds=(0, 1), epochs=3), tmp_path, (1, 2))
 
 
 def test_final_checkpoint_loads_with_weights_and_other_settings_are_not_resumed(tmp_path):

@@ -25,6 +25,7 @@ from masked_torch.analysis.train_measure import sensitivity
 from masked_torch.analysis.train_model import ByteLM, build_classifier
 from masked_torch.analysis.train_text import (IGNORE, Documents, file_documents, heldout_documents, stdlib_documents,
                                               stdlib_files, stdlib_root, unigram_bits)
+from test_train import assert_stopped_run_resumes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -235,27 +236,7 @@ def test_the_kinds_differ_in_training_only_through_batchnorms_batch_statistics(f
 
 
 def test_a_stopped_run_resumes_to_the_same_frames(tmp_path):
-    settings = TINY.replace(seeds=(0, 1), epochs=2, sensitivity_every=0)
-    whole = run_training(settings, tmp_path / "whole", progress=False)
-
-    class Stop(KeyboardInterrupt):
-        pass
-
-    def stop(seed, epoch):
-        if (seed, epoch) == (1, 1):
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_training(settings, tmp_path / "cut", progress=False, on_epoch=stop)
-    seen = []
-    resumed = run_training(settings, tmp_path / "cut", progress=False, on_epoch=lambda s, e: seen.append((s, e)))
-    assert seen == [(1, 2)]
-    for name in FRAMES:
-        pd.testing.assert_frame_equal(resumed.frames[name], whole.frames[name], check_exact=True)
-    for kind in settings.stacks:
-        a = torch.load(final_path(tmp_path / "whole", kind, 1), weights_only=True)["state_dict"]
-        b = torch.load(final_path(tmp_path / "cut", kind, 1), weights_only=True)["state_dict"]
-        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_stopped_run_resumes(TINY.replace(seeds=(0, 1), epochs=2, sensitivity_every=0), tmp_path, (1, 1))
 
 
 def test_outputs_are_written_with_figures_and_the_baseline(tmp_path):
