@@ -26,11 +26,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, out):
+def _worker(rank, world, port, out, settings):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        result = run_training(SETTINGS, out, progress=False)
+        result = run_training(settings, out, progress=False)
         torch.save({"rows": {k: len(v) for k, v in result.frames.items()},
                     "checkpoints": [str(p) for p in result.checkpoints],
                     "weights": {k: m.state_dict() for k, m in result.models[0].items()}},
@@ -39,16 +39,18 @@ def _worker(rank, world, port, out):
         dist.destroy_process_group()
 
 
-def test_two_ranks_train_in_step_and_rank_0_writes(tmp_path):
+def assert_two_ranks_train_in_step(settings: TrainSettings, outputs: int, tmp_path: Path) -> None:
+    """Two gloo ranks run ``settings``: rank 0 alone measures and writes, and both end with the same parameters,
+    which differ from the start (``outputs``: the model's, as ``_Seed`` takes it)."""
     out = str(tmp_path / "out")
-    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), out, settings), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     # rank 0 measured and wrote; rank 1 only trained
     assert rank1["checkpoints"] == [] and all(n == 0 for n in rank1["rows"].values())
     assert all(n > 0 for n in rank0["rows"].values()) and len(rank0["checkpoints"]) == 3
     # one model across the ranks: DistributedDataParallel averaged the gradients, so every rank took the same steps
-    start = {k: m.state_dict() for k, m in _Seed(SETTINGS, 0, 3, torch.float32, 1).models.items()}
+    start = {k: m.state_dict() for k, m in _Seed(settings, 0, outputs, torch.float32, 1).models.items()}
     for kind, a in rank0["weights"].items():
         b = rank1["weights"][kind]
         params = [n for n in a if "running" not in n and "num_batches" not in n]  # BN statistics are per rank
@@ -56,6 +58,10 @@ def test_two_ranks_train_in_step_and_rank_0_writes(tmp_path):
         assert any(not torch.equal(a[n], start[kind][n]) for n in params), kind  # and they did train
         saved = torch.load(final_path(out, kind, 0), weights_only=True)["state_dict"]
         assert all(torch.equal(saved[n], a[n]) for n in a)  # rank 0's checkpoint holds rank 0's model
+
+
+def test_two_ranks_train_in_step_and_rank_0_writes(tmp_path):
+    assert_two_ranks_train_in_step(SETTINGS, 3, tmp_path)
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")

@@ -26,6 +26,7 @@ from masked_torch.analysis.train_model import ByteLM, build_classifier
 from masked_torch.analysis.train_text import (IGNORE, Documents, file_documents, heldout_documents, stdlib_documents,
                                               stdlib_files, stdlib_root, unigram_bits)
 from test_train import assert_stopped_run_resumes
+from test_train_distributed import assert_two_ranks_train_in_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -237,6 +238,12 @@ def test_the_kinds_differ_in_training_only_through_batchnorms_batch_statistics(f
 
 def test_a_stopped_run_resumes_to_the_same_frames(tmp_path):
     assert_stopped_run_resumes(TINY.replace(seeds=(0, 1), epochs=2, sensitivity_every=0), tmp_path, (1, 1))
+
+
+def test_two_ranks_train_the_language_model_in_step(tmp_path):
+    """Each rank trains on its rows of every padded batch (its loss scaled by the whole batch's number of
+    predicted bytes), the two stay in step, and rank 0 alone writes."""
+    assert_two_ranks_train_in_step(TINY.replace(epochs=1, sensitivity_every=0), 256, tmp_path)
 
 
 def test_outputs_are_written_with_figures_and_the_baseline(tmp_path):
