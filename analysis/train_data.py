@@ -242,15 +242,9 @@ def holdout_split(data: Labelled, fraction: float) -> tuple[list[int], list[int]
 
 
 def load_data(data: str, *, num_images: int, seed: int = 0, min_side: int = 24, max_side: int = 160,
-              strict: bool = False, num_docs: int = 240, min_bytes: int = 32, max_bytes: int = 512):
-    """``"shapes"`` (``num_images`` of them, data seed ``seed``), a class folder (every image; ``max_side``
-    shrinks larger ones) or ``"stdlib"``: ``num_docs`` byte sequences of the standard library's functions
-    (:func:`~masked_torch.analysis.train_text.stdlib_documents`, a
-    :class:`~masked_torch.analysis.train_text.Documents`)."""
+              strict: bool = False) -> Labelled:
+    """``"shapes"`` (``num_images`` of them, data seed ``seed``) or a class folder (every image; ``max_side``
+    shrinks larger ones)."""
     if data == "shapes":
         return shapes_data(num_images, seed, min_side, max_side)
-    if data == "stdlib":
-        from .train_text import stdlib_documents
-
-        return stdlib_documents(num_docs, min_bytes=min_bytes, max_bytes=max_bytes)
     return folder_data(data, max_side=max_side, strict=strict)

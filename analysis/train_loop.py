@@ -67,6 +67,7 @@ from .stacks import build_variants
 from .train_data import IGNORE, Labelled, load_data
 from .train_measure import GradNorms, heldout, probe_stats, sensitivity
 from .train_model import IMAGE_MODELS, build_classifier, lm_recorded, multiples
+from .train_text import BYTES, stdlib_documents, unigram_bits
 
 __all__ = ["KINDS", "TrainSettings", "TrainResults", "run_training", "write_training", "epoch_batches", "FRAMES",
            "learning_rate", "resume_path", "final_path"]
@@ -222,8 +223,6 @@ def _example(settings: TrainSettings, canvas: int, dtype: torch.dtype) -> torch.
     """A zero input of the plain model, for :func:`~masked_torch.analysis.models.layer_table` (only shapes are
     read)."""
     if settings.text:
-        from .train_text import BYTES
-
         return torch.zeros(1, BYTES, 64, dtype=dtype)
     return torch.zeros(1, 3, max(64, 2 * canvas), max(64, 2 * canvas), dtype=dtype)
 
@@ -241,8 +240,9 @@ class _Seed:
     def __init__(self, settings: TrainSettings, seed: int, num_classes: int, dtype: torch.dtype, world: int,
                  converted: Optional[dict] = None):
         """``num_classes``: the model's outputs (the language model: 256 per position). ``converted``: the kinds
-        converted for an earlier seed, untrained (filled by the first seed; ``None``: convert): a later seed loads its weights into
-        copies of them rather than converting again (the same modules and values; converting takes seconds)."""
+        converted for an earlier seed, untrained (filled by the first seed; ``None``: convert): a later seed loads
+        its weights into copies of them rather than converting again (the same modules and values; converting takes
+        seconds)."""
         self.seed = seed
         # in its dtype before converting: a converted graph model is built at its first call from the plain one
         self.plain = build_classifier(settings.model, num_classes, width=settings.width, depth=settings.depth,
@@ -285,24 +285,24 @@ def run_training(settings: TrainSettings, out, *, progress: bool = True, data=No
     """Train and measure as the module docstring says; checkpoints go to ``out/checkpoints`` (rank 0).
 
     ``data`` (a :class:`~masked_torch.analysis.train_data.Labelled`, or
-    :class:`~masked_torch.analysis.train_text.Documents` for ``stdlib``) replaces the data ``settings`` names; ``fresh`` ignores existing resume checkpoints; ``on_epoch(seed,
-    epoch)`` is called after each epoch's checkpoint is written (a test stops a run there)."""
+    :class:`~masked_torch.analysis.train_text.Documents` for ``stdlib``) replaces the data ``settings`` names;
+    ``fresh`` ignores existing resume checkpoints; ``on_epoch(seed, epoch)`` is called after each epoch's checkpoint
+    is written (a test stops a run there)."""
     start = time.perf_counter()
     torch.set_num_threads(settings.threads or 1)
     dtype = _dtype(settings.dtype)
     rank, world = rank_and_world()
     _check_model(settings)
-    if data is None:
+    if data is None and settings.text:
+        data = stdlib_documents(settings.num_docs, min_bytes=settings.min_bytes, max_bytes=settings.max_bytes)
+    elif data is None:
         data = load_data(settings.data, num_images=settings.num_images, seed=settings.data_seed,
-                         min_side=settings.min_side, max_side=settings.max_side, strict=settings.strict,
-                         num_docs=settings.num_docs, min_bytes=settings.min_bytes, max_bytes=settings.max_bytes)
+                         min_side=settings.min_side, max_side=settings.max_side, strict=settings.strict)
     train_index, held_index = data.split(settings.holdout)
     train, held = data.subset(train_index), data.subset(held_index)
     extra = {}
     if settings.text:
         import platform
-
-        from .train_text import BYTES, unigram_bits
 
         extra = dict(unigram_bpb=unigram_bits(train, held), python=platform.python_version())
     outputs = BYTES if settings.text else len(data.classes)

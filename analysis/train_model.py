@@ -28,7 +28,8 @@ from torch import nn
 from .choices import MODEL_NAMES
 from .models import build_model, canvas_multiple, load_weights, reference_multiple
 
-__all__ = ["TRAIN_MODELS", "IMAGE_MODELS", "small_cnn", "CausalBlock", "ByteLM", "lm_recorded", "build_classifier", "multiples"]
+__all__ = ["TRAIN_MODELS", "IMAGE_MODELS", "small_cnn", "CausalBlock", "ByteLM", "lm_recorded", "build_classifier",
+           "multiples"]
 
 #: The classifiers of images, and every model the training experiment trains.
 IMAGE_MODELS = ("small", *MODEL_NAMES)

@@ -6,8 +6,9 @@ library's own sources, as UTF-8 bytes. Nothing is downloaded: every machine with
   order of the CRC-32 of their relative path (ties by path) and parsed with :mod:`ast`; a file that does not
   decode as UTF-8 or parse is passed over.
 * **A document**: one ``def`` or ``async def`` (methods and nested functions too) with its docstring and body,
-  cut out as ``ast.get_source_segment(..., padded=True)`` does (the lines ``lineno`` to ``end_lineno``) and dedented (:func:`textwrap.dedent`), so a method
-  starts at column 0 as a top-level function does; decorators are not part of it. Its name is
+  cut out as ``ast.get_source_segment(..., padded=True)`` does (the lines ``lineno`` to ``end_lineno``) and
+  dedented (:func:`textwrap.dedent`), so a method starts at column 0 as a top-level function does; decorators are
+  not part of it. Its name is
   ``relative/path.py:qualified.name`` (``#2``, ``#3`` for a name defined again in the same file).
 * **Lengths**: a function longer than ``max_bytes`` keeps its whole lines up to ``max_bytes`` bytes (its head: the
   signature, the docstring and the first statements); a first line longer than that is cut at ``max_bytes``
@@ -21,10 +22,10 @@ library's own sources, as UTF-8 bytes. Nothing is downloaded: every machine with
 A batch (:meth:`Documents.batch`) is the documents one-hot encoded, ``(256, L_i)`` each, padded **on the right**
 to the longest (:func:`masked_torch.utils.pad_batch`: each sequence at the start of the canvas, its mask ``(N, 1,
 L)``), with next-byte targets ``(N, L)``: ``target[n, t] = doc_n[t + 1]`` for ``t < L_n - 1`` and ``-100``
-(:data:`IGNORE`, :func:`torch.nn.functional.cross_entropy`'s ``ignore_index``) at the last byte and on the padding. Right padding
-and causal convolutions: a valid position only ever sees positions before it, which are the sequence's own, so
-the padding can reach a valid output only through what mixes positions other than the convolutions
-(BatchNorm's batch statistics in training).
+(:data:`IGNORE`, :func:`torch.nn.functional.cross_entropy`'s ``ignore_index``) at the last byte and on the
+padding. Right padding and causal convolutions: a valid position only ever sees positions before it, which are
+the sequence's own, so the padding can reach a valid output only through what mixes positions other than the
+convolutions (BatchNorm's batch statistics in training).
 """
 from __future__ import annotations
 
