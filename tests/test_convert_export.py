@@ -280,3 +280,47 @@ def test_sizes_torch_export_computes_from_the_input_are_read_off_a_tensor_of_tha
     with torch.no_grad():
         out, out_mask = masked(x, m)
         assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
+
+
+class TrainOnlyLayer(nn.Module):
+    """fx cannot trace it (a shape check); in train mode it calls a layer that eval mode never calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.extra = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        if x.shape[1] != 3:
+            raise ValueError("3 channels expected")
+        y = torch.relu(self.conv(x))
+        return self.extra(y) + y if self.training else y
+
+
+def test_the_train_graph_is_captured_on_the_first_call_in_train_mode():
+    """A model converted and first called in eval mode captures its train-mode graph when it first runs in
+    train mode, also in a deep copy or a saved model made before that; the layer only train mode calls is
+    swapped then, and each image gets what the model gives it alone in train mode."""
+    model = TrainOnlyLayer().double().eval()
+    imgs = [torch.randn(3, 11, 14, dtype=torch.float64), torch.randn(3, 8, 9, dtype=torch.float64)]
+    x, m = pad_batch(imgs, mask_dtype=torch.float64)
+    x = x.masked_fill(m == 0, float("nan"))
+    masked = mnn.convert(model, "masked")
+    with torch.no_grad():
+        masked(x, m)
+    assert masked.capture == "export"
+    twin = copy.deepcopy(masked)
+    buffer = io.BytesIO()
+    torch.save(masked, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    model.train()
+    for converted in (masked, twin, loaded):
+        assert type(converted.extra) is nn.Conv2d, "not swapped before train mode calls it"
+        out, out_mask = converted.train()(x, m)
+        assert type(converted.extra) is mnn.MaskedConv2d
+        assert converted.graph_train is not converted.graph and "extra" in converted.code
+        with torch.no_grad():
+            assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
+        assert list(converted.state_dict()) == list(model.state_dict())
+        assert "extra" not in converted.eval().code

@@ -18,9 +18,11 @@ from .rewrite import Rewriter
 __all__ = ["convert_graph"]
 
 
-def _swap_layers(root: nn.Module, graphs: list[fx.Graph], kind: str, options: dict, share: bool) -> None:
-    """Replace every layer the graphs call with its masked counterpart, in place, under the same name."""
-    done = set()
+def _swap_layers(root: nn.Module, graphs: list[fx.Graph], kind: str, options: dict, share: bool,
+                 done: Optional[set] = None) -> set:
+    """Replace every layer the graphs call with its masked counterpart, in place, under the same name (but
+    those in ``done``, swapped already). The paths swapped, ``done`` included."""
+    done = set() if done is None else set(done)
     for graph in graphs:
         for node in graph.nodes:
             if node.op != "call_module" or node.target in done:
@@ -32,35 +34,56 @@ def _swap_layers(root: nn.Module, graphs: list[fx.Graph], kind: str, options: di
                 new.input_zeroed = True
             parent, _, child = node.target.rpartition(".")
             setattr(root.get_submodule(parent) if parent else root, child, new)
+    return done
 
 
-def _plain_graphs(pre: nn.Module, front: str, example: Optional[Tensor], name: str) -> tuple[dict, Any]:
-    """The model's graphs in eval and train mode, ``{training: graph}`` (one graph where they agree), and the
-    output structure (``None``: the graph returns it as it is)."""
+def _plain_graph(pre: nn.Module, front: str, example: Optional[Tensor], name: str, training: bool,
+                 ) -> tuple[fx.Graph, Any]:
+    """The model's graph in eval or train mode and the output structure (``None``: the graph returns it as
+    it is)."""
     if front == "fx":
-        graphs, spec = {False: _trace(pre, False), True: _trace(pre, True)}, None
-        for g in graphs.values():
-            _drop_unused_shape_reads(g)
-    else:
-        graphs, spec = {}, None
-        for training in (False, True):
-            graphs[training], spec = export_capture(pre, training, example, name)
-    if graphs[False].python_code("self").src == graphs[True].python_code("self").src:
-        graphs[True] = graphs[False]
-    return graphs, spec
+        graph = _trace(pre, training)
+        _drop_unused_shape_reads(graph)
+        return graph, None
+    return export_capture(pre, training, example, name)
 
 
-def _rewrite(pre: nn.Module, graphs: dict, spec, kind: str, options: dict, name: str,
-             front: str) -> MaskedGraphModule:
+def _rewrite(pre: nn.Module, graph: fx.Graph, spec, kind: str, options: dict, name: str, front: str,
+             example: Optional[Tensor]) -> MaskedGraphModule:
+    """The converted module of the eval-mode ``graph``; its train-mode graph is captured when it first runs in
+    train mode (:func:`train_graph`)."""
     root = shared_copy(pre, True)
-    _swap_layers(root, list(dict.fromkeys(graphs.values())), kind, options, True)
-    rewritten = {}
-    for training, graph in graphs.items():
-        if training and graph is graphs[False]:
-            rewritten[True] = rewritten[False]
-            continue
-        rewritten[training] = Rewriter(root, kind, options, f"Masked{name}").run(graph)
-    return MaskedGraphModule(root, rewritten, f"Masked{name}", spec, front).train(pre.training)
+    swapped = _swap_layers(root, [graph], kind, options, True)
+    eval_src = graph.python_code("self").src
+    rewritten = Rewriter(root, kind, options, f"Masked{name}").run(graph)
+    out = MaskedGraphModule(root, {False: rewritten}, f"Masked{name}", spec, front)
+    like = None if example is None else (tuple(example.shape), example.dtype)  # the train capture's example
+    out._lazy = dict(pre=pre, front=front, kind=kind, options=options, name=name, spec=spec, swapped=swapped,
+                     eval_src=eval_src, like=like, capture=train_graph)
+    return out.train(pre.training)
+
+
+def train_graph(out: MaskedGraphModule, lazy: dict, example: Optional[Tensor]) -> fx.Graph:
+    """The rewritten train-mode graph of ``out`` (converted by :func:`_rewrite`), captured from the plain
+    model ``lazy["pre"]`` as the eval-mode graph was (``example``: the input torch.export captures on); the
+    eval-mode graph itself where the two captures are the same code. Layers only train mode calls are swapped
+    in ``out``."""
+    front, name, kind, options = lazy["front"], lazy["name"], lazy["kind"], lazy["options"]
+    graph, spec = _plain_graph(lazy["pre"], front, example, name, True)
+    if graph.python_code("self").src == lazy["eval_src"]:
+        return out._graphs[False]
+    if front == "export" and not _same_spec(spec, lazy["spec"]):
+        raise ValueError(f"convert: {name}.forward returns another output structure in train mode than in eval "
+                         f"mode; masks follow one structure")
+    lazy["swapped"] = _swap_layers(out, [graph], kind, options, True, lazy["swapped"])
+    return Rewriter(out, kind, options, f"Masked{name}").run(graph)
+
+
+def _same_spec(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # a constant in the output that does not compare
+        return True
 
 
 def _mismatch(front: str, name: str, exc: CaptureMismatch) -> ValueError:
@@ -91,10 +114,10 @@ def _build(pre: nn.Module, how: dict, example: Optional[Tensor], others: Optiona
         if front == "export" and example is None:
             return None  # captured on the first call
         try:
-            graphs, spec = _plain_graphs(pre, front, example, name)
+            graph, spec = _plain_graph(pre, front, example, name, False)
             if check and example is not None:
-                check_capture(pre, graphs[False], example, spec, front, name, others)
-            return _rewrite(pre, graphs, spec, kind, options, name, front)
+                check_capture(pre, graph, example, spec, front, name, others)
+            return _rewrite(pre, graph, spec, kind, options, name, front, example)
         except CaptureMismatch as exc:
             error = _mismatch(front, name, exc)
         except (TypeError, ValueError) as exc:
@@ -123,8 +146,8 @@ def convert_graph(model: nn.Module, kind: str, options: dict, share: bool = Fals
         out._pending = how
         return out
     try:
-        graphs, spec = _plain_graphs(pre, "fx", None, name)
-        out = _rewrite(pre, graphs, spec, kind, options, name, "fx")
+        graph, spec = _plain_graph(pre, "fx", None, name, False)
+        out = _rewrite(pre, graph, spec, kind, options, name, "fx", None)
     except CaptureError as exc:  # fx cannot trace it (an op without a rule, or one that depends on the canvas,
         if capture == "fx":      # is refused at conversion, whatever captures it)
             raise
@@ -132,5 +155,5 @@ def convert_graph(model: nn.Module, kind: str, options: dict, share: bool = Fals
         out._pending = dict(how, fronts=["export"], fx_error=exc)
         return out
     if check:
-        out._pending = dict(how, graph=graphs[False], spec=spec, front="fx")
+        out._pending = dict(how, graph=graph, spec=spec, front="fx")
     return out

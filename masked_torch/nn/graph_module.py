@@ -26,8 +26,14 @@ class MaskedGraphModule(MaskedModule, nn.Module):
     out_mask)``, where ``out_mask`` has the structure of ``output`` (a tensor, tuple or dict; ``(N, 1)``
     sample validity for outputs without spatial dims). ``mask=None`` runs the plain model's computation.
 
-    ``.graph`` (and ``.graph_train`` where training runs other code) is the rewritten ``torch.fx`` graph,
-    ``.code`` its Python source.
+    ``.graph`` is the rewritten ``torch.fx`` graph of eval mode, ``.graph_train`` that of train mode (the same
+    object where training runs the same code), ``.code`` the Python source of the current mode's graph.
+
+    The train-mode graph is captured when the model first runs in train mode, as ``torch.compile`` does (most
+    converted models only ever run in eval mode, and a ``torch.export`` capture of a large model takes seconds):
+    on the plain model, by the same front end and on an input of the eval capture's shape (its dtype and device
+    those of the input of that call). Reading ``.graph_train`` (or ``.code`` in train mode) before that captures
+    it then. Deep copies and pickles keep what the capture needs.
     """
 
     def __init__(self, root: nn.Module, graphs: Optional[dict[bool, fx.Graph]], class_name: str, spec=None,
@@ -41,6 +47,8 @@ class MaskedGraphModule(MaskedModule, nn.Module):
         #: the front end that captured the graph: ``"fx"`` or ``"export"`` (``None`` until the first call)
         self.capture = capture if graphs else None
         self._pending: Optional[dict] = None
+        #: what the train-mode capture needs (:func:`masked_torch.nn.build.train_graph`); ``None`` once captured
+        self._lazy: Optional[dict] = None
         self._compile()
 
     def _adopt(self, root: nn.Module) -> None:
@@ -49,15 +57,18 @@ class MaskedGraphModule(MaskedModule, nn.Module):
         self._non_persistent_buffers_set = root._non_persistent_buffers_set
         self._modules = root._modules
 
+    def _compile_graph(self, training: bool) -> None:
+        code = self._graphs[training].python_code(root_module="self")
+        scope = dict(code.globals)
+        exec(compile(code.src, f"<masked {self._class_name} {'train' if training else 'eval'}>", "exec"), scope)
+        self._fns[training] = scope["forward"]
+        self._sources[training] = code.src
+
     def _compile(self) -> None:
-        fns, self._sources = {}, {}
-        for training, graph in self._graphs.items():
-            code = graph.python_code(root_module="self")
-            scope = dict(code.globals)
-            exec(compile(code.src, f"<masked {self._class_name} {'train' if training else 'eval'}>", "exec"), scope)
-            fns[training] = scope["forward"]
-            self._sources[training] = code.src
-        object.__setattr__(self, "_fns", fns)
+        object.__setattr__(self, "_fns", {})
+        self._sources = {}
+        for training in self._graphs:
+            self._compile_graph(training)
         # forward with the model's own signature (input, mask=None, *, other inputs), so that
         # inspect.signature, torch.export and ONNX see named inputs; it runs the train or eval graph
         if self._graphs:
@@ -73,11 +84,13 @@ class MaskedGraphModule(MaskedModule, nn.Module):
         if self._spec is not None:
             body = f"self._structure({body})"
         src = (f"def forward(self, {', '.join(params)}):\n"
-               f"    if self._pending is not None and self._first_call({names[0]}, {names[1]}, "
+               f"    if self._pending is not None and _eager(self._first_call)({names[0]}, {names[1]}, "
                f"{{{', '.join(f'{n!r}: {n}' for n in names[2:])}}}):\n"
                f"        return self.forward({', '.join(names[:2] + [f'{n}={n}' for n in names[2:]])})\n"
+               f"    if self.training and self._lazy is not None:\n"
+               f"        _eager(self._capture_train)({names[0]})\n"
                f"    return {body}\n")
-        scope: dict = {}
+        scope: dict = {"_eager": _eager}
         exec(compile(src, f"<masked {self._class_name} forward>", "exec"), scope)
         forward = scope["forward"]
         defaults = {n.target: n.args[0] for n in placeholders[2:] if n.args}
@@ -114,8 +127,30 @@ class MaskedGraphModule(MaskedModule, nn.Module):
             return False
         self._adopt(built)
         self._graphs, self._spec, self.capture = built._graphs, built._spec, built.capture
+        self._lazy = built._lazy
         self._compile()
         return True
+
+    def _capture_train(self, input=None) -> None:
+        """Capture, rewrite and compile the train-mode graph (``input``: the batch of the first call in train
+        mode, whose dtype and device the capture's example takes)."""
+        if torch.compiler.is_exporting():
+            raise RuntimeError(f"{self._class_name}: its train-mode graph is captured on its first call in train "
+                               f"mode, which must run eagerly: call it once in train mode before torch.export")
+        lazy = self._lazy
+        _take_tensors(lazy["pre"], self)  # .to(), .double(), load_state_dict since conversion: as self has them
+        example = None
+        if lazy["like"] is not None:
+            shape, dtype = lazy["like"]
+            if isinstance(input, Tensor):
+                dtype, device = input.dtype, input.device
+            else:
+                tensors = [t for t in (*self.parameters(), *self.buffers()) if t.is_floating_point()]
+                dtype, device = (tensors[0].dtype, tensors[0].device) if tensors else (dtype, None)
+            example = torch.zeros(shape, dtype=dtype, device=device)
+        self._graphs[True] = lazy["capture"](self, lazy, example)
+        self._compile_graph(True)
+        self._lazy = None
 
     @property
     def graph(self) -> fx.Graph:
@@ -123,10 +158,14 @@ class MaskedGraphModule(MaskedModule, nn.Module):
 
     @property
     def graph_train(self) -> fx.Graph:
+        if self._lazy is not None:
+            self._capture_train()
         return self._graphs[True]
 
     @property
     def code(self) -> str:
+        if self.training and self._lazy is not None:
+            self._capture_train()
         return self._sources[self.training]
 
     def __getstate__(self):
@@ -162,6 +201,13 @@ class MaskedGraphModule(MaskedModule, nn.Module):
 
     def _get_name(self) -> str:
         return self._class_name
+
+
+def _eager(fn):
+    """``fn``, run eagerly where ``torch.compile`` traces the caller (a graph break): a capture on the first call
+    or the first call in train mode is Python work that dynamo need not trace (``torch._dynamo`` is loaded
+    then already; it is not imported otherwise)."""
+    return torch.compiler.disable(fn, recursive=True) if torch.compiler.is_compiling() else fn
 
 
 def _take_tensors(plain: nn.Module, converted: nn.Module) -> None:
