@@ -16,8 +16,12 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# The tests run in one pytest-xdist worker per core (at most 8; tests/conftest.py gives each worker's torch its
+# share of the cores): about half the time of one process on 2 cores. `make test PYTEST_WORKERS=0` runs them in
+# this process; a plain `pytest` runs them in one process too.
+PYTEST_WORKERS ?= logical
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --maxprocesses=8 --dist worksteal
 
 # The default run (results/), then the other runs the README shows: the seed's experiment, a ResNet-18 and a
 # U-Net on the same photos, the stack with free-form holes in every image, and the training experiment on images
