@@ -50,8 +50,8 @@ def _plain_graph(pre: nn.Module, front: str, example: Optional[Tensor], name: st
 
 def _rewrite(pre: nn.Module, graph: fx.Graph, spec, kind: str, options: dict, name: str, front: str,
              example: Optional[Tensor]) -> MaskedGraphModule:
-    """The converted module of the eval-mode ``graph``; its train-mode graph is captured when it first runs in
-    train mode (:func:`train_graph`)."""
+    """The converted module of the eval-mode ``graph``. Its train-mode graph (:func:`train_graph`): a
+    ``torch.export`` capture's when it first runs in train mode (a capture takes seconds), an fx capture's now."""
     root = shared_copy(pre, True)
     swapped = _swap_layers(root, [graph], kind, options, True)
     eval_src = graph.python_code("self").src
@@ -60,6 +60,8 @@ def _rewrite(pre: nn.Module, graph: fx.Graph, spec, kind: str, options: dict, na
     like = None if example is None else (tuple(example.shape), example.dtype)  # the train capture's example
     out._lazy = dict(pre=pre, front=front, kind=kind, options=options, name=name, spec=spec, swapped=swapped,
                      eval_src=eval_src, like=like, capture=train_graph)
+    if front == "fx":  # tracing takes milliseconds, and a forward fx cannot trace in train mode is captured by
+        out._capture_train()  # torch.export instead (capture="auto"), at conversion as in eval mode
     return out.train(pre.training)
 
 
