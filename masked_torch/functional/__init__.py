@@ -42,8 +42,9 @@ from .pooling import (  # noqa: F401
 from .resample import (  # noqa: F401
     masked_unshuffle, check_interpolate, masked_interpolate, interpolate_per_image, masked_pixel_shuffle, interpolate_mask, interpolate_to,
 )
+from .attention import masked_softmax, masked_matmul, matmul_mask  # noqa: F401
 from .layout import (  # noqa: F401
-    reshape_mask, index_mask, split_masks, masked_cat, masked_pad, masked_stack, valid_extents,
+    reshape_mask, masked_reshape, image_sizes, index_mask, split_masks, masked_cat, masked_pad, masked_stack, valid_extents,
 )
 
 __all__ = [
@@ -73,6 +74,11 @@ __all__ = [
     "conv_transpose_mask",
     "interpolate_mask",
     "reshape_mask",
+    "masked_reshape",
+    "image_sizes",
+    "masked_softmax",
+    "masked_matmul",
+    "matmul_mask",
     "index_mask",
     "split_masks",
     "masked_cat",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 
 from typing import Optional, Sequence
 
@@ -12,7 +13,7 @@ from torch import Tensor
 from .masks import _mask_as, _zero_masked, check_input, intersect_masks, zero_masked
 from .windows import _grow
 
-__all__ = ["reshape_mask", "index_mask", "split_masks", "masked_cat", "masked_pad", "masked_stack", "valid_extents", "image_boxes"]
+__all__ = ["reshape_mask", "masked_reshape", "image_sizes", "index_mask", "split_masks", "masked_cat", "masked_pad", "masked_stack", "valid_extents", "image_boxes"]
 
 
 def masked_stack(tensors: Sequence[Tensor], masks: Sequence[Optional[Tensor]], dim: int = 0, *, zero: bool = True,
@@ -58,25 +59,9 @@ def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int],
     return groups
 
 
-def reshape_mask(mask: Optional[Tensor], in_shape: Sequence[int], out_shape: Sequence[int], *,
-                 name: str = "reshape", sizes: Sequence = ()) -> Optional[Tensor]:
-    """The mask of ``x.reshape(out_shape)`` for ``x`` of ``in_shape`` (view, flatten, unflatten, ...).
-
-    Runs of dims where the mask has size 1 stay size 1; a run where it varies is expanded to the tensor's
-    size there and reshaped with it (every value keeps its own validity).
-
-    Exactness per image: a run of dims merged or split puts element ``(i, j)`` at ``i * size_j + j``. Where an
-    image is narrower than the padded canvas along a dim after the first of the run (``size_j`` is the
-    canvas's, not the image's), its values land elsewhere than in the image alone: ``x.flatten(2)`` of a
-    padded map, whose image rows no longer follow one another, or ``(N, H*W, C) -> (N, C, H, W)``. That is
-    refused (``ValueError``). ``sizes``: the output dims whose new size is a spatial size of a masked tensor,
-    ``(dim, that tensor's mask, the dim it was read from or None)``: as a later dim of a run, each image's own
-    size there is its own extent, so every image must fill the canvas along it. Exact: ``(N, H, W, C) ->
-    (N, H, W * C)`` (channels after positions), ``(N, C, H, W) -> (N * C, H, W)``, a flatten of dims where
-    every image fills the canvas."""
-    if mask is None:
-        return None
-    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+def _reshape_plan(mask: Tensor, in_shape: tuple, out_shape: tuple, sizes: Sequence):
+    """The expanded shape and target shape of the mask of a canvas reshape, and where it would move an image's
+    values (``None``: nowhere; else ``(input run, output run, the first dim that moves them)``)."""
     expand, target, runs = list(mask.shape), [], []
     for gi, gj in _reshape_groups(in_shape, out_shape):
         if all(mask.shape[d] == 1 for d in gi):
@@ -95,12 +80,198 @@ def reshape_mask(mask: Optional[Tensor], in_shape: Sequence[int], out_shape: Seq
             if m is not None and (source_dim is None or not _fills_canvas(m, source_dim % m.dim())):
                 narrow.append(f"{d} of the output (sized by the canvas; alone, by each image)")
         if narrow:
-            raise ValueError(
-                f"{name}: reshape {in_shape} -> {out_shape} merges or splits dims {gi} -> {gj}, where an image is "
-                f"narrower than the padded canvas along dim {narrow[0]} (mask {tuple(mask.shape)}): each image's "
-                f"values would land elsewhere than in the image alone; merge only dims that every image fills "
-                f"(e.g. move the channels after the positions), or keep the spatial dims apart")
+            return expand, target, (gi, gj, narrow[0])
+    return expand, target, None
+
+
+def reshape_mask(mask: Optional[Tensor], in_shape: Sequence[int], out_shape: Sequence[int], *,
+                 name: str = "reshape", sizes: Sequence = ()) -> Optional[Tensor]:
+    """The mask of ``x.reshape(out_shape)`` for ``x`` of ``in_shape`` (view, flatten, unflatten, ...), where the
+    reshape keeps every image's values in place.
+
+    Runs of dims where the mask has size 1 stay size 1; a run where it varies is expanded to the tensor's
+    size there and reshaped with it (every value keeps its own validity).
+
+    Exactness per image: a run of dims merged or split puts element ``(i, j)`` at ``i * size_j + j``. Where an
+    image is narrower than the padded canvas along a dim after the first of the run (``size_j`` is the
+    canvas's, not the image's), its values land elsewhere than in the image alone: ``x.flatten(2)`` of a
+    padded map, whose image rows no longer follow one another, or ``(N, H*W, C) -> (N, C, H, W)``. That is
+    refused (``ValueError``); :func:`masked_reshape` reshapes each image alone there. ``sizes``: the output
+    dims whose new size is a spatial size of a masked tensor, ``(dim, that tensor's mask, the dim it was read
+    from or None)``: as a later dim of a run, each image's own size there is its own extent, so every image
+    must fill the canvas along it. Exact: ``(N, H, W, C) -> (N, H, W * C)`` (channels after positions),
+    ``(N, C, H, W) -> (N * C, H, W)``, a flatten of dims where every image fills the canvas."""
+    if mask is None:
+        return None
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    expand, target, moved = _reshape_plan(mask, in_shape, out_shape, sizes)
+    if moved is not None:
+        _refuse_moved(name, mask, in_shape, out_shape, moved)
     return mask.expand(expand).reshape(target)
+
+
+def _refuse_moved(name, mask, in_shape, out_shape, moved, why: str = "") -> None:
+    gi, gj, dim = moved
+    raise ValueError(
+        f"{name}: reshape {in_shape} -> {out_shape} merges or splits dims {gi} -> {gj}, where an image is "
+        f"narrower than the padded canvas along dim {dim} (mask {tuple(mask.shape)}): each image's values would "
+        f"land elsewhere than in the image alone{why}; merge only dims that every image fills (e.g. move the "
+        f"channels after the positions), or keep the spatial dims apart")
+
+
+def image_sizes(mask: Optional[Tensor], value, dim: int, size: Optional[int] = None):
+    """Each image's own size along ``dim`` of ``value`` (or of a tensor of that rank whose size there is
+    ``size``; pass ``value=None`` then), an ``(N,)`` integer tensor: 1 along the batch dim; the tensor's size where
+    the mask has size 1 (every image fills it); else the extent of the image's valid entries from the origin
+    (last valid index + 1; 0 for an image with none). ``mask=None``: the tensor's size, an int. What a shape read
+    ``x.size(dim)`` gives each image alone, where the valid region is a box at the origin (:func:`masked_reshape`
+    checks that where it uses these sizes)."""
+    if size is None:
+        size = value.shape[dim]
+    if mask is None:
+        return size
+    dim = dim % mask.dim()
+    n = mask.shape[0] if value is None else max(mask.shape[0], value.shape[0])
+    if dim == 0:
+        return torch.ones(n, dtype=torch.long, device=mask.device)
+    if mask.shape[dim] == 1:
+        return torch.full((n,), int(size), dtype=torch.long, device=mask.device)
+    others = tuple(d for d in range(1, mask.dim()) if d != dim)
+    along = (mask != 0).any(dim=others) if others else mask != 0  # (N or 1, size)
+    index = torch.arange(1, mask.shape[dim] + 1, device=mask.device)
+    return (along * index).amax(dim=1).expand(n)
+
+
+_RECIPE_OPS = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "floordiv": operator.floordiv,
+               "mod": operator.mod, "neg": operator.neg}
+
+
+def _evaluate(recipe, input: Tensor, mask: Tensor):
+    """A per-image size from its recipe (:func:`masked_reshape`): an int, ``-1``, ``None`` (unknown), ``("in",
+    d)`` (the input's own size along ``d``), ``("size", mask, d, canvas size)`` (a size read from a masked
+    tensor), ``(op, *recipes)`` (integer arithmetic)."""
+    if recipe is None or isinstance(recipe, (int, Tensor)):
+        return recipe
+    if not isinstance(recipe, tuple):
+        return int(recipe)
+    tag = recipe[0]
+    if tag == "in":
+        return image_sizes(mask, input, recipe[1])
+    if tag == "size":
+        _, m, d, size = recipe
+        return image_sizes(m, None, d, size) if m is not None else size
+    args = [_evaluate(r, input, mask) for r in recipe[1:]]
+    return None if any(a is None for a in args) else _RECIPE_OPS[tag](*args)
+
+
+def _image_shape(spec, input: Tensor, mask: Tensor, out_rank: int) -> list:
+    """The per-image sizes of the output dims: ``spec`` a list of recipes, or ``("flatten", start, end)``,
+    ``("unflatten", dim, [recipes])``, ``("squeeze", dims or None)``, ``("like", mask, shape)``."""
+    r = input.dim()
+    if isinstance(spec, tuple) and spec and spec[0] == "flatten":
+        start, end = spec[1] % r, spec[2] % r
+        spec = [("in", d) for d in range(start)] + [-1] + [("in", d) for d in range(end + 1, r)]
+    elif isinstance(spec, tuple) and spec and spec[0] == "unflatten":
+        dim = spec[1] % r
+        spec = [("in", d) for d in range(dim)] + list(spec[2]) + [("in", d) for d in range(dim + 1, r)]
+    elif isinstance(spec, tuple) and spec and spec[0] == "squeeze":
+        dims = spec[1]
+        dims = set(range(r)) if dims is None else {d % r for d in ((dims,) if isinstance(dims, int) else dims)}
+        spec = [("in", d) for d in range(r) if not (d in dims and input.shape[d] == 1)]
+    elif isinstance(spec, tuple) and spec and spec[0] == "like":
+        _, m, shape = spec
+        spec = [("size", m, d, shape[d]) for d in range(len(shape))]
+    spec = list(spec)
+    if len(spec) == 1 and isinstance(spec[0], (list, tuple)) and not (spec[0] and isinstance(spec[0][0], str)):
+        spec = list(spec[0])
+    if len(spec) != out_rank:
+        return [None] * out_rank
+    return [_evaluate(item, input, mask) for item in spec]
+
+
+def masked_reshape(input: Tensor, mask: Optional[Tensor], output: Tensor, image_shape: Sequence, *,
+                   name: str = "reshape", sizes: Sequence = ()) -> tuple[Tensor, Optional[Tensor]]:
+    """``output = input.reshape(...)`` on the padded batch, made what each image gets alone.
+
+    Where the reshape keeps every image's values in place (:func:`reshape_mask` accepts it), ``output`` as it is
+    and its mask. Elsewhere (a run of dims merged or split where an image is narrower than the canvas: ``x.flatten
+    (2)`` of a padded map, the view back, ``(N, HW, C).reshape(N, C, H, W)``) each image is reshaped alone: its box
+    (at the canvas origin; its valid region must be one) is cut out, reshaped to its own sizes and placed at the
+    origin of the output canvas, 0 around it. ``x.flatten(2)`` thus becomes a packed, right-padded sequence (each
+    image's positions first, in its own row-major order), and the view back unpacks it.
+
+    ``image_shape``: how to compute the new sizes for each image, one recipe per output dim (dim 0, the batch,
+    is 1 for each image): an int (the same for every image), ``-1`` (inferred per image), ``None`` (a size of the
+    canvas whose per-image value is unknown: refused where it matters), ``("size", mask, dim, canvas size)`` (a
+    spatial size read from a masked tensor: each image's own, :func:`image_sizes`), ``("in", dim)`` (the input's
+    own), ``(op, *recipes)`` (integer arithmetic: ``"add"``, ``"mul"``, ``"floordiv"``, ...); or, for the whole
+    shape, ``("flatten", start, end)``, ``("unflatten", dim, recipes)``, ``("squeeze", dims)``, ``("like", mask,
+    shape)``. They are evaluated only where an image is reshaped alone (no cost on the fast path). Returns ``(output, mask)``."""
+    if mask is None:
+        return output, None
+    in_shape, out_shape = tuple(input.shape), tuple(output.shape)
+    expand, target, moved = _reshape_plan(mask, in_shape, out_shape, sizes)
+    if moved is None:
+        return output, mask.expand(expand).reshape(target)
+    if moved[0][0] == 0 or moved[1][0] == 0:
+        _refuse_moved(name, mask, in_shape, out_shape, moved, " (the reshape moves the batch dim, so no image can "
+                                                              "be reshaped alone)")
+    image_shape = _image_shape(image_shape, input, mask, len(out_shape))
+    unknown = [j for j, s in enumerate(image_shape) if s is None]
+    if unknown:
+        _refuse_moved(name, mask, in_shape, out_shape, moved, f" (and output dim {unknown[0]} has a size computed "
+                                                              f"from the canvas in a way each image's own size "
+                                                              f"cannot follow: int()/float arithmetic)")
+    n = input.shape[0]
+    extents = image_boxes_nd(mask, input, name, "reshapes")
+    per = [s.tolist() if isinstance(s, Tensor) else [int(s)] * n for s in image_shape[1:]]
+    pieces, shapes = [], []
+    for k in range(n):
+        own = extents[k]
+        new = [per[j][k] for j in range(len(per))]
+        count = math.prod(own)
+        if -1 in new:
+            known = math.prod(s for s in new if s != -1)
+            if count and (known == 0 or count % known):
+                raise ValueError(f"{name}: sample {k} ({own} alone) cannot be reshaped to {tuple(new)}")
+            new[new.index(-1)] = count // known if known else 0
+        if math.prod(new) != count or any(s > c for s, c in zip(new, out_shape[1:])):
+            raise ValueError(f"{name}: sample {k} alone is {tuple(own)}, which does not reshape to {tuple(new)} "
+                             f"within the canvas {out_shape[1:]}")
+        piece = input[(slice(k, k + 1),) + tuple(slice(0, e) for e in own)].reshape([1] + new)
+        pad = []
+        for s, c in zip(reversed(new), reversed(out_shape[1:])):
+            pad += [0, c - s]
+        pieces.append(F.pad(piece, pad))
+        shapes.append(new)
+    out = torch.cat(pieces, 0) if pieces else output
+    sizes_t = torch.tensor(shapes, dtype=torch.long, device=mask.device).reshape(n, len(out_shape) - 1)
+    m = torch.ones((n,) + (1,) * (len(out_shape) - 1), dtype=mask.dtype, device=mask.device)
+    for j, c in enumerate(out_shape[1:]):
+        if bool((sizes_t[:, j] < c).any()):
+            shape = [n] + [1] * (len(out_shape) - 1)
+            shape[j + 1] = c
+            inside = torch.arange(c, device=mask.device)[None, :] < sizes_t[:, j:j + 1]
+            m = m * inside.reshape(shape).to(mask.dtype)
+    return out, m
+
+
+def image_boxes_nd(mask: Tensor, value: Tensor, name: str, what: str) -> list[tuple[int, ...]]:
+    """Each sample's own shape (dims 1..) in a tensor of any layout whose valid region in each sample is a box at
+    the origin (:func:`image_sizes` along every dim); ``ValueError`` for a mask with holes there."""
+    n = value.shape[0]
+    if n == 0:
+        return []
+    columns = torch.stack([image_sizes(mask, value, d) for d in range(1, value.dim())], 1) if value.dim() > 1 \
+        else torch.zeros(n, 0, dtype=torch.long)
+    broadcast = math.prod(value.shape[d] for d in range(1, value.dim()) if mask.shape[d] == 1)
+    counts = ((mask != 0).reshape(mask.shape[0], -1).sum(1) * broadcast).expand(n)
+    box = columns.prod(1)
+    if not bool((counts == box).all()):
+        k = int((counts != box).nonzero()[0])
+        raise ValueError(f"{name}: {what} each image's own region, which must be a box at the origin (as pad_batch "
+                         f"makes it); sample {k}'s mask {tuple(mask.shape)} has holes there")
+    return [tuple(row) for row in columns.tolist()]
 
 
 def _fills_canvas(mask: Tensor, dim: int) -> bool:
@@ -134,7 +305,8 @@ def index_mask(mask, value: Tensor, index, *, name: str = "getitem"):
         if item is None:
             out.append(None)
             continue
-        if d == 0 and not isinstance(item, slice):
+        if d == 0 and not isinstance(item, slice) and not (isinstance(item, int) and mask.shape[0] == 1
+                                                            and value.shape[0] != 1):
             raise ValueError(f"{name}: index {item!r} on the batch dim drops it (a masked tensor keeps its batch "
                              f"dim; slice it, e.g. x[:1])")
         if mask.shape[d] == 1 and value.shape[d] != 1:

@@ -51,6 +51,9 @@ class Rewriter:
         self.root, self.kind, self.options, self.name = root, kind, options, name
         self.model = type(root).__name__
         self.plain = kind == "plain"
+        self.recipes: dict = {}  # size node of the new graph -> how each image's own size is computed
+
+    _UNKNOWN = ("unknown",)
 
     # -- helpers --
     def call(self, fn: Callable, *args, **kwargs) -> fx.Node:
@@ -106,6 +109,12 @@ class Rewriter:
         self.g.output((out, masks))
 
     def node(self, node: fx.Node, env: dict) -> Val:
+        out = self._node(node, env)
+        if node.op == "call_function" and node.target in self._INT_OPS:
+            self._recipe_op(node, env, out)
+        return out
+
+    def _node(self, node: fx.Node, env: dict) -> Val:
         vals = []
         fx.map_arg((node.args, node.kwargs), lambda n: vals.append(env[n]))
         masked = any(v.masked for v in vals)
@@ -152,6 +161,8 @@ class Rewriter:
         value = self.g.create_node(node.op, node.target, args, kwargs, node.name)
         if node.op == "call_method" and node.target == "size" and (len(args) > 1 or kwargs):
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            if isinstance(dim, int):
+                self.recipes[value] = ("size", source.mask if source.masked else None, dim, value)
             if isinstance(dim, int) and dim in (0, 1):
                 return Val(value)
             return Val(value, canvas=(source, node, True))
@@ -163,6 +174,9 @@ class Rewriter:
     def shape_index(self, node, shape: Val, args, kwargs) -> Val:
         value = self.copy_node(node, args, kwargs)
         index = node.args[1]
+        if isinstance(index, int):
+            source = shape.shape_of
+            self.recipes[value] = ("size", source.mask if source.masked else None, index, value)
         if isinstance(index, slice):
             batch_or_channels = ((index.start or 0) >= 0 and index.stop is not None and 0 <= index.stop <= 2
                                  and index.step in (None, 1))
@@ -172,6 +186,38 @@ class Rewriter:
 
     _INT_OPS = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod,
                 operator.neg, operator.pow, operator.getitem, math.floor, math.ceil, int}
+
+    # Each image's own sizes: beside a size read from a masked tensor (the canvas's), a recipe of each image's own
+    # (``("size", mask, dim, canvas size)``), carried through integer arithmetic, that a reshape evaluates where it
+    # reshapes each image alone (:func:`~masked_torch.functional.masked_reshape`); nothing is computed elsewhere.
+    _RECIPE_OPS = {operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.floordiv: "floordiv",
+                   operator.mod: "mod", operator.neg: "neg"}
+
+    def recipe(self, item, env: dict):
+        """How each image's own value of the size ``item`` (a captured node's argument) is computed: its recipe,
+        the value itself where it is the same for every image, ``None`` where it is a canvas size that the
+        recipes cannot follow."""
+        if not isinstance(item, fx.Node):
+            return item
+        v = env[item]
+        found = self.recipes.get(v.value) if isinstance(v.value, fx.Node) else None
+        if found is self._UNKNOWN:
+            return None
+        if found is not None:
+            return found
+        return None if v.canvas is not None else v.value
+
+    def _recipe_op(self, node, env, out: Val) -> None:
+        if not isinstance(out.value, fx.Node) or not any(
+                isinstance(env[n].value, fx.Node) and env[n].value in self.recipes for n in node.all_input_nodes):
+            return
+        op = self._RECIPE_OPS.get(node.target)
+        parts = [self.recipe(a, env) for a in node.args]
+        if op is None or node.kwargs or any(p is None for p in parts) or any(
+                not isinstance(p, (int, tuple, fx.Node)) for p in parts):
+            self.recipes[out.value] = self._UNKNOWN
+        else:
+            self.recipes[out.value] = (op, *parts)
 
     def canvas_use(self, node, env, args, kwargs, tainted) -> Optional[Val]:
         """A node that uses a spatial size: arithmetic on it (tainted in turn), a reshape of a masked tensor

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .. import functional as MF
 
-__all__ = ["enter", "zero_unless_same", "fit_mask", "refit_mask", "reshape_like", "check_unmasked_dim",
+__all__ = ["enter", "zero_unless_same", "fit_mask", "refit_mask", "reshape_like", "reshape_per_image", "check_unmasked_dim",
            "field_mask", "mask_method"]
 
 
@@ -56,6 +56,19 @@ def reshape_like(mask: Optional[Tensor], before: Tensor, after: Tensor, name: st
         base = base % before.dim()  # unflatten(-1, ...)
         sizes = tuple((base + j, m, d) for j, m, d in sizes)
     return MF.reshape_mask(mask, before.shape, after.shape, name=name, sizes=sizes)
+
+
+def reshape_per_image(input: Tensor, mask: Optional[Tensor], output: Tensor, image_shape, name: str = "reshape",
+                      base: int = 0, sizes=(), like: Optional[Tensor] = None):
+    """``(output, mask)`` of a view/reshape, each image reshaped alone where the canvas reshape would move its
+    values (:func:`~masked_torch.functional.masked_reshape`; ``image_shape``: the recipes of each image's new
+    sizes). ``base``, ``sizes``, ``like`` as in :func:`reshape_like`."""
+    if like is not None:
+        sizes = tuple((j, like, j) for j in range(2, output.dim()))
+    elif sizes:
+        base = base % input.dim()
+        sizes = tuple((base + j, m, d) for j, m, d in sizes)
+    return MF.masked_reshape(input, mask, output, image_shape, name=name, sizes=sizes)
 
 
 def check_unmasked_dim(value: Tensor, mask: Optional[Tensor], dim: int, name: str) -> Tensor:

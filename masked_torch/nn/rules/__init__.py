@@ -2,7 +2,8 @@
 
 Each rule is written once and filed (:func:`register`) under every way its op appears: torch functions,
 Tensor method names, ATen ops, and the ``nn.Module`` types of the op's layers (with the masked layer that stands
-for each). The built-in rules live in :mod:`.elementwise`, :mod:`.reduce`, :mod:`.layers` and :mod:`.layout`;
+for each). The built-in rules live in :mod:`.elementwise`, :mod:`.reduce`, :mod:`.layers`, :mod:`.layout` and
+:mod:`.attention`;
 :mod:`.aten` turns the ATen calls of a ``torch.export`` capture into the torch function or Tensor method whose
 rule they take. Users add rules with :func:`register_elementwise` and :func:`register_rule`.
 """
@@ -12,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from . import elementwise, layers, layout, reduce  # noqa: F401  (they fill the table)
+from . import attention, elementwise, layers, layout, reduce  # noqa: F401  (they fill the table)
 from .aten import ATEN, VALUES_ONLY, aten_to_torch, register_aten
 from .elementwise import unary
 from .table import FUNCTIONS, METHODS, NAMED, Rule, Val, register, rule_for, sig

@@ -69,11 +69,19 @@ def binary(rw, node, env, args, kwargs, op: str) -> Val:
 
 
 def along_dim(rw, node, env, args, kwargs) -> Val:
-    """softmax, normalize: along a dim where the mask must not vary."""
+    """softmax / log_softmax over each image's own entries (:func:`~masked_torch.functional.masked_softmax`:
+    padded entries get no weight); normalize along a dim where the mask must not vary."""
     (x,) = rw.masked_args(node, env)
     dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
     if not isinstance(dim, int):
         rw.fail(node, "needs an explicit dim")
+    if node.target is not F.normalize:
+        dtype = kwargs.get("dtype", args[3] if len(args) > 3 and node.target in (F.softmax, F.log_softmax) else None)
+        if node.target in (torch.softmax, torch.log_softmax, "softmax", "log_softmax") and len(args) > 2:
+            dtype = args[2]
+        log = node.target in (F.log_softmax, torch.log_softmax, "log_softmax")
+        t = rw.call(MF.masked_softmax, args[0], x.mask, dim, log=log, dtype=dtype)
+        return rw.result(node, t, args, kwargs)
     checked = rw.call(check_unmasked_dim, args[0], x.mask, dim, rw.label(node))
     value = rw.g.create_node(node.op, node.target, (checked,) + tuple(args[1:]), kwargs, node.name)
     return Val(value, x.mask, True, False)
@@ -127,4 +135,5 @@ for _op, _targets in {
     register(binary, *_targets, aten={aten.rsub: rsub} if _op == "sub" else None, op=_op)
 
 register(along_dim, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.normalize, "softmax",
-         "log_softmax")
+         "log_softmax", aten={aten._softmax: call(torch.softmax, "self", "dim"),
+                              aten._log_softmax: call(torch.log_softmax, "self", "dim")})

@@ -9,7 +9,7 @@ from torch import fx, nn
 
 from ... import functional as MF
 from .. import linear as _linear, resample as _resample, shuffle as _shuffle
-from ..runtime import field_mask, mask_method, reshape_like
+from ..runtime import field_mask, mask_method, reshape_per_image
 from .aten import aten, call, method, select_index, slice_index
 from .table import Val, register, sig
 
@@ -34,12 +34,43 @@ def same_op(rw, node, env, args, kwargs, method=None) -> Val:
 
 
 def reshape(rw, node, env, args, kwargs) -> Val:
+    """The mask moves with the values where the reshape keeps each image's values in place; elsewhere each image
+    is reshaped alone, to its own sizes (:func:`~masked_torch.functional.masked_reshape`)."""
     x = env[node.args[0]]
     if not x.masked:
         rw.fail(node, "reshapes with a masked tensor as the target shape")
-    value = rw.copy_node(node, args, kwargs)
-    return Val(value, rw.call(reshape_like, x.mask, args[0], value, rw.label(node), **_canvas_sizes(rw, node, env)),
-               True, x.clean)
+    plain = rw.copy_node(node, args, kwargs)
+    t = rw.call(reshape_per_image, args[0], x.mask, plain, _image_shape(rw, node, env, args), rw.label(node),
+                **_canvas_sizes(rw, node, env))
+    # an image reshaped alone is cut from its box (all valid) and placed in zeros: clean where the input was
+    return Val(plain if rw.plain else rw.get(0, t), rw.get(1, t), True, x.clean)
+
+
+def _image_shape(rw, node, env, args):
+    """How each image's own new sizes are computed (the recipes of
+    :func:`~masked_torch.functional.masked_reshape`), from the captured node's shape arguments."""
+    target = node.target
+    if target in ("flatten", torch.flatten):
+        b = rw.bind(node, sig("input", ("start_dim", 0), ("end_dim", -1)), args, node.kwargs)
+        return ("flatten", b.get("start_dim", 0), b.get("end_dim", -1))
+    if target in ("squeeze", torch.squeeze):
+        b = rw.bind(node, sig("input", ("dim", None)), args, node.kwargs)
+        return ("squeeze", b.get("dim"))
+    if target in ("view_as", "reshape_as"):
+        other = env[node.args[1]] if isinstance(node.args[1], fx.Node) else None
+        if other is None or not other.masked:
+            return ("like", None, rw.call(getattr, args[1], "shape"))
+        return ("like", other.mask, rw.call(getattr, args[1], "shape"))
+    if target in ("unflatten", torch.unflatten):
+        b = rw.bind(node, sig("input", "dim", "sizes"), node.args, node.kwargs)
+        return ("unflatten", b["dim"], tuple(rw.recipe(s, env) for s in b["sizes"]))
+    items = node.args[1:] or (node.kwargs.get("shape", node.kwargs.get("size")),)
+    if len(items) == 1 and isinstance(items[0], (list, tuple)):
+        items = items[0]
+    elif len(items) == 1 and isinstance(items[0], fx.Node) and env[items[0]].shape_of is not None:
+        other = env[items[0]].shape_of  # x.view(y.shape)
+        return ("like", other.mask if other.masked else None, env[items[0]].value)
+    return [rw.recipe(s, env) for s in items]
 
 
 def _read_dim(read: fx.Node):
