@@ -237,7 +237,9 @@ def masked_reshape(input: Tensor, mask: Optional[Tensor], output: Tensor, image_
             new[new.index(-1)] = count // known if known else 0
         if math.prod(new) != count or any(s > c for s, c in zip(new, out_shape[1:])):
             raise ValueError(f"{name}: sample {k} alone is {tuple(own)}, which does not reshape to {tuple(new)} "
-                             f"within the canvas {out_shape[1:]}")
+                             f"within the canvas {out_shape[1:]}: its sizes are read from masks that disagree (a "
+                             f"partial convolution with update_mask=True grows the mask into the padding; convert "
+                             f"with update_mask=False)")
         piece = input[(slice(k, k + 1),) + tuple(slice(0, e) for e in own)].reshape([1] + new)
         pad = []
         for s, c in zip(reversed(new), reversed(out_shape[1:])):
