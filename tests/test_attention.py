@@ -90,12 +90,6 @@ def test_state_dict_loads_strict_both_ways(name, front):
     model.load_state_dict(converted.state_dict(), strict=True)
 
 
-def test_partial_with_a_growing_mask_refuses_the_per_image_reshape():
-    converted = mnn.convert(_build("position_attention").train(), "partial", capture="fx")
-    with pytest.raises(ValueError, match=r"node 'reshape'.*masks that disagree.*update_mask=False"):
-        converted(*_padded(_images("position_attention")))
-
-
 # -- the pieces, against independent references --
 
 def _box_mask(n, shape, extents):

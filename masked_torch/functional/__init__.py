@@ -40,7 +40,7 @@ from .pooling import (  # noqa: F401
     adaptive_sizes, masked_adaptive_pool,
 )
 from .resample import (  # noqa: F401
-    masked_unshuffle, check_interpolate, masked_interpolate, interpolate_per_image, masked_pixel_shuffle, interpolate_mask, interpolate_to,
+    masked_unshuffle, check_interpolate, masked_interpolate, interpolate_per_image, interpolate_to_sizes, masked_pixel_shuffle, interpolate_mask, interpolate_to,
 )
 from .attention import masked_softmax, masked_matmul, matmul_mask  # noqa: F401
 from .layout import (  # noqa: F401
@@ -86,6 +86,7 @@ __all__ = [
     "masked_pad",
     "interpolate_to",
     "interpolate_per_image",
+    "interpolate_to_sizes",
     "masked_var",
     "masked_max_dim",
     "masked_stack",

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layout import image_boxes, valid_extents
+from .layout import _evaluate, image_boxes, valid_extents
 from .masks import _mask_as, _no_autocast, _zero_masked, check_input, check_mask
 from .windows import _index_anchor
 
@@ -209,6 +209,43 @@ def interpolate_to(input: Tensor, mask: Optional[Tensor], like_mask: Optional[Te
     seen = torch.tensor([a is not None for a in src], dtype=out_mask.dtype, device=out_mask.device)
     out_mask = out_mask * seen.view(-1, *([1] * (out_mask.dim() - 1)))
     return out * (out_mask != 0), out_mask
+
+
+def interpolate_to_sizes(input: Tensor, mask: Optional[Tensor], size, image_size, mode: str = "nearest",
+                         align_corners: Optional[bool] = None, *, name: str = "interpolate"
+                         ) -> tuple[Tensor, Optional[Tensor]]:
+    """``F.interpolate(input, size=...)`` where ``size`` is computed from spatial sizes of the canvas (``[d // 4
+    for d in x.shape[2:]]``, as Segformer's head writes it): each sample's valid region (a box at the canvas
+    origin) is resized alone to its own size, evaluated from ``image_size`` (the recipes of
+    :func:`~masked_torch.functional.masked_reshape`: each image's own sizes through the same integer arithmetic),
+    and placed at the origin of the ``size`` canvas. One interpolation per sample (a host sync)."""
+    kwargs = {} if mode in _NEAREST_MODES | {"area"} else {"align_corners": align_corners}
+    size = tuple(int(s) for s in size)
+    if mask is None:
+        return F.interpolate(input, size=size, mode=mode, **kwargs), None
+    n = input.shape[0]
+    targets = []
+    for s, recipe in zip(size, image_size):
+        own = _evaluate(recipe, input, mask)
+        if own is None:
+            raise ValueError(f"{name}: size {size} is computed from the padded canvas's size in a way each image's "
+                             f"own size cannot follow (int()/float arithmetic)")
+        targets.append(own.tolist() if isinstance(own, Tensor) else [int(own)] * n)
+    spread = mask.expand(tuple(mask.shape[:2]) + tuple(input.shape[2:])) if mask.dim() == input.dim() else mask
+    out = input.new_zeros(tuple(input.shape[:2]) + size)
+    out_mask = torch.zeros((n, 1) + size, dtype=_mask_as(mask, input).dtype, device=mask.device)
+    what = "interpolate(size=...) resizes"
+    for k, extent in enumerate(image_boxes((spread != 0).any(dim=1, keepdim=True), name, what)):
+        target = tuple(t[k] for t in targets)
+        if not extent or any(e == 0 for e in extent) or any(t <= 0 for t in target):
+            continue
+        if any(t > s for t, s in zip(target, size)):
+            raise ValueError(f"{name}: sample {k} alone is resized to {target}, larger than the canvas {size}")
+        crop = input[(slice(k, k + 1), slice(None)) + tuple(slice(0, e) for e in extent)]
+        region = (slice(k, k + 1), slice(None)) + tuple(slice(0, t) for t in target)
+        out[region] = F.interpolate(crop, size=target, mode=mode, **kwargs)
+        out_mask[region] = 1
+    return out, out_mask
 
 
 def interpolate_per_image(input: Tensor, mask: Optional[Tensor], scale_factor, mode: str = "nearest",

@@ -18,6 +18,7 @@ import math
 import operator
 from typing import Any, Callable, Optional
 
+import torch
 from torch import fx, nn
 
 from .. import functional as MF
@@ -40,6 +41,15 @@ def _broadcasts_mask(module: nn.Module) -> bool:
     inner = module.module if isinstance(module, Unmasked) else module
     return isinstance(module, (Masked, MaskedLinear, MaskedLayerNorm, MaskedFlatten)) or isinstance(
         inner, (nn.Linear, nn.LayerNorm, nn.Flatten)) or (isinstance(module, Unmasked) and is_elementwise(inner))
+
+
+def _pure(node: fx.Node) -> bool:
+    """An ATen op that mutates nothing, or a torch tensor factory: without users, it can be left out."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is not None:
+        return not schema.is_mutable
+    return node.op == "call_function" and node.target in (torch.empty, torch.zeros, torch.ones, torch.full,
+                                                           torch.rand, torch.randn)
 
 
 class Rewriter:
@@ -232,6 +242,8 @@ class Rewriter:
             use = rule.canvas(self, node, env, args, kwargs, **rule.options)
             if use is not NotImplemented:
                 return use
+        if not node.users and _pure(node):  # a tensor nobody reads (smp's empty placeholder feature): dropped
+            return Val(None)
         self.fail(node, f"uses a spatial size of a masked tensor (read at node {read.name!r}): that is the padded "
                         f"canvas's size, not each image's. Only dims 0 and 1 (batch, channels) may be read; a "
                         f"spatial size may only shape a view/reshape of a masked tensor or be an "

@@ -102,6 +102,14 @@ def interpolate_to(rw, node, env, args, kwargs) -> Val:
     taints = [env[p].canvas if isinstance(p, fx.Node) else None for p in parts]
     sources = {id(t[0]) for t in taints if t is not None}
     x = env[node.args[0]]
+    if x.masked and (None in taints or len(sources) != 1 or not all(t[2] for t in taints)):
+        # a size computed from spatial sizes ([d // 4 for d in x.shape[2:]]): each image's own, through the same
+        # arithmetic on its own sizes (refused when it runs where a recipe cannot follow)
+        recipes = tuple(rw.recipe(p, env) for p in parts)
+        if all(r is not None for r in recipes):
+            t = rw.call(MF.interpolate_to_sizes, rw.clean(x), x.mask, b["size"], recipes, b.get("mode", "nearest"),
+                        b.get("align_corners"), name=rw.label(node))
+            return rw.result(node, t, args, kwargs)
     if None in taints or len(sources) != 1 or not all(t[2] for t in taints) or not x.masked:
         rw.fail(node, "interpolate(size=...) resizes to the padded canvas's size: only a size read as it is "
                       "from a masked tensor (size=t.shape[-2:]) is resized per image", ValueError)
