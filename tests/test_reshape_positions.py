@@ -1,5 +1,6 @@
-"""Reshapes that merge or split dims of a masked tensor (functional.reshape_mask): exact where each image's
-values keep their places, refused where the padded canvas's size would move them. Both front ends."""
+"""Reshapes that merge or split dims of a masked tensor (functional.reshape_mask, functional.masked_reshape): the
+plain reshape where each image's values keep their places; each image reshaped alone where the padded canvas's
+size would move them; refused where no image can be reshaped alone (the batch dim merged). Both front ends."""
 import pytest
 import torch
 from hypothesis import given, settings
@@ -83,48 +84,64 @@ def _batch(sizes, seed=0):
 
 
 @pytest.mark.parametrize("front", FRONTS)
-@pytest.mark.parametrize("kind", ["masked", "partial"])
 @pytest.mark.parametrize("cls", [RowsAsSequence, ChannelsFromPositions])
-def test_a_reshape_that_moves_an_images_values_by_the_canvas_size_is_refused(cls, kind, front):
-    """Was silently wrong (0.29 and 0.79 absolute against each image alone): now one ValueError naming
-    the node, before any output exists."""
+def test_a_reshape_that_would_move_an_images_values_reshapes_each_image_alone(cls, front):
+    """Was silently wrong (0.29 and 0.79 absolute against each image alone), then refused: now each image is
+    reshaped alone where the canvas's sizes would move its values (``x.flatten(2)`` packs each image's positions
+    first, in its own row-major order; the view back unpacks them), so the Conv1d over the sequence and the
+    channels mixed by ``H * W`` are each image's own. Images that fill the canvas keep the plain reshape."""
     torch.manual_seed(0)
     model = cls().double().eval()
+    converted = mnn.convert(model, "masked", capture=front)
+    for sizes in ([(5, 6), (7, 8)], [(5, 8), (7, 8), (3, 8)], [(7, 8), (7, 8)]):
+        imgs, x, m = _batch(sizes)
+        with torch.no_grad():
+            out, out_mask = converted(x, m)
+        assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
+
+
+@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.parametrize("cls", [RowsAsSequence, ChannelsFromPositions])
+def test_partial_is_padding_invariant_through_a_reshape_of_each_image_alone(cls, front):
+    torch.manual_seed(0)
+    converted = mnn.convert(cls().double().eval(), "partial", capture=front, update_mask=False)
+    imgs, x, m = _batch([(5, 6), (7, 8)])
+    # the same two images in a larger canvas (a third, larger image sets it; then it is left out)
+    xb, mb = pad_batch(imgs + [torch.zeros(3, 10, 11, dtype=torch.float64)], mask_dtype=torch.float64)
+    xb, mb = xb[:2], mb[:2]
+    xb = torch.where(mb.bool().expand_as(xb), xb, torch.full_like(xb, float("nan")))
+    with torch.no_grad():
+        a, _ = converted(x, m)
+        b, _ = converted(xb, mb)
+    assert not bool(torch.isnan(a).any() or torch.isnan(b).any())
+    torch.testing.assert_close(a, b[tuple(slice(0, n) for n in a.shape)], rtol=1e-9, atol=1e-12)
+
+
+class RowsAsBatch(nn.Module):
+    """``(N, H, C, W) -> (N * H, C, W)``: rows as a batch of sequences (axial attention's layout). Merging the
+    batch dim with a dim where images are narrower leaves no image to reshape alone: refused."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.seq = nn.Conv1d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        n, c, h, w = y.shape
+        rows = self.seq(y.permute(0, 2, 1, 3).reshape(n * h, c, w))
+        return rows.reshape(n, h, c, w).permute(0, 2, 1, 3)
+
+
+@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.parametrize("kind", ["masked", "partial"])
+def test_a_reshape_that_merges_the_batch_with_a_dim_images_do_not_fill_is_refused(kind, front):
+    torch.manual_seed(0)
+    converted = mnn.convert(RowsAsBatch().double().eval(), kind, capture=front)
     _, x, m = _batch([(5, 6), (7, 8)])
-    converted = mnn.convert(model, kind, capture=front)
-    with pytest.raises(ValueError, match=r"node 'flatten'.*reshape \(2, 4, 7, 8\) -> \(2, 4, 56\).*narrower than "
-                                         r"the padded canvas along dim 3"):
+    with pytest.raises(ValueError, match=r"node 'reshape'.*reshape \(2, 7, 4, 8\) -> \(14, 4, 8\).*narrower than "
+                                         r"the padded canvas along dim 1.*moves the batch dim"):
         converted(x, m)
-
-
-@pytest.mark.parametrize("front", FRONTS)
-def test_a_flatten_is_exact_where_every_image_fills_the_canvas_width(front):
-    """Heights differ, widths do not: ``y * W + x`` is each image's own index, so the merge and the view back
-    are exact."""
-    torch.manual_seed(0)
-    model = RowsAsSequence().double().eval()
-    imgs, x, m = _batch([(5, 8), (7, 8), (3, 8)])
-    converted = mnn.convert(model, "masked", capture=front)
-    with torch.no_grad():
-        out, out_mask = converted(x, m)
-    assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
-
-
-@pytest.mark.parametrize("front", FRONTS)
-def test_a_split_sized_by_the_canvas_is_refused_where_an_image_is_smaller(front):
-    """``(N, H*W, C).reshape(N, C, H, W)``: even with full rows, which values meet in a channel depends on
-    ``H * W``: refused, naming the output dim sized by the canvas. Images that fill the canvas are exact."""
-    torch.manual_seed(0)
-    model = ChannelsFromPositions().double().eval()
-    converted = mnn.convert(model, "masked", capture=front)
-    _, x, m = _batch([(5, 8), (7, 8), (3, 8)])
-    with pytest.raises(ValueError, match=r"node 'reshape'.*\(3, 56, 4\) -> \(3, 4, 7, 8\).*along dim 2 of the "
-                                         r"output \(sized by the canvas"):
-        converted(x, m)
-    imgs, x, m = _batch([(7, 8), (7, 8)], seed=1)
-    with torch.no_grad():
-        out, out_mask = converted(x, m)
-    assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
 
 
 @pytest.mark.parametrize("front", FRONTS)

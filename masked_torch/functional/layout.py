@@ -210,7 +210,7 @@ def masked_reshape(input: Tensor, mask: Optional[Tensor], output: Tensor, image_
     if mask is None:
         return output, None
     in_shape, out_shape = tuple(input.shape), tuple(output.shape)
-    expand, target, moved = _reshape_plan(mask, in_shape, out_shape, sizes)
+    expand, target, moved = _reshape_plan(mask, in_shape, out_shape, tuple(sizes) + _recipe_sizes(image_shape))
     if moved is None:
         return output, mask.expand(expand).reshape(target)
     if moved[0][0] == 0 or moved[1][0] == 0:
@@ -225,11 +225,14 @@ def masked_reshape(input: Tensor, mask: Optional[Tensor], output: Tensor, image_
     n = input.shape[0]
     extents = image_boxes_nd(mask, input, name, "reshapes")
     per = [s.tolist() if isinstance(s, Tensor) else [int(s)] * n for s in image_shape[1:]]
-    pieces, shapes = [], []
+    out, shapes = input.new_zeros(out_shape), []
     for k in range(n):
         own = extents[k]
-        new = [per[j][k] for j in range(len(per))]
         count = math.prod(own)
+        if not count:  # an empty image: nothing of it anywhere
+            shapes.append([0] * len(per))
+            continue
+        new = [per[j][k] for j in range(len(per))]
         if -1 in new:
             known = math.prod(s for s in new if s != -1)
             if count and (known == 0 or count % known):
@@ -241,21 +244,42 @@ def masked_reshape(input: Tensor, mask: Optional[Tensor], output: Tensor, image_
                              f"partial convolution with update_mask=True grows the mask into the padding; convert "
                              f"with update_mask=False)")
         piece = input[(slice(k, k + 1),) + tuple(slice(0, e) for e in own)].reshape([1] + new)
-        pad = []
-        for s, c in zip(reversed(new), reversed(out_shape[1:])):
-            pad += [0, c - s]
-        pieces.append(F.pad(piece, pad))
+        out[(slice(k, k + 1),) + tuple(slice(0, s) for s in new)] = piece
         shapes.append(new)
-    out = torch.cat(pieces, 0) if pieces else output
     sizes_t = torch.tensor(shapes, dtype=torch.long, device=mask.device).reshape(n, len(out_shape) - 1)
     m = torch.ones((n,) + (1,) * (len(out_shape) - 1), dtype=mask.dtype, device=mask.device)
     for j, c in enumerate(out_shape[1:]):
-        if bool((sizes_t[:, j] < c).any()):
+        if any(shape[j] < c for shape in shapes):
             shape = [n] + [1] * (len(out_shape) - 1)
             shape[j + 1] = c
             inside = torch.arange(c, device=mask.device)[None, :] < sizes_t[:, j:j + 1]
             m = m * inside.reshape(shape).to(mask.dtype)
     return out, m
+
+
+def _recipe_sizes(image_shape) -> tuple:
+    """The output dims that recipes size by the canvas, as :func:`reshape_mask`'s ``sizes``: ``(dim, mask, the
+    dim it was read from, or None where it is computed)``."""
+    if not isinstance(image_shape, list):
+        return ()
+    items = image_shape[0] if len(image_shape) == 1 and isinstance(image_shape[0], list) else image_shape
+    found = []
+    for j, r in enumerate(items):
+        if isinstance(r, tuple) and r and r[0] == "size" and r[1] is not None:
+            found.append((j, r[1], r[2]))
+        elif isinstance(r, tuple) and r and r[0] in _RECIPE_OPS:
+            leaves = [x for x in _leaves(r) if x[1] is not None]
+            if leaves:
+                found.append((j, leaves[0][1], None))
+    return tuple(found)
+
+
+def _leaves(recipe):
+    if isinstance(recipe, tuple) and recipe and recipe[0] == "size":
+        yield recipe
+    elif isinstance(recipe, tuple) and recipe and recipe[0] in _RECIPE_OPS:
+        for r in recipe[1:]:
+            yield from _leaves(r)
 
 
 def image_boxes_nd(mask: Tensor, value: Tensor, name: str, what: str) -> list[tuple[int, ...]]:
@@ -268,6 +292,7 @@ def image_boxes_nd(mask: Tensor, value: Tensor, name: str, what: str) -> list[tu
         else torch.zeros(n, 0, dtype=torch.long)
     broadcast = math.prod(value.shape[d] for d in range(1, value.dim()) if mask.shape[d] == 1)
     counts = ((mask != 0).reshape(mask.shape[0], -1).sum(1) * broadcast).expand(n)
+    columns = columns * (counts > 0)[:, None]  # an image with no valid entry: size 0 along every dim
     box = columns.prod(1)
     if not bool((counts == box).all()):
         k = int((counts != box).nonzero()[0])
