@@ -90,6 +90,31 @@ def test_state_dict_loads_strict_both_ways(name, front):
     model.load_state_dict(converted.state_dict(), strict=True)
 
 
+class ComputedSize(torch.nn.Module):
+    """``interpolate(size=...)`` to sizes computed from the input's (Segformer's head: ``[d // 4 for d in
+    x.shape[2:]]``; here twice the size, and a quarter): each image alone is resized to its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        up = torch.nn.functional.interpolate(y, size=(x.shape[2] * 2, x.shape[3] * 2), mode="bilinear")
+        return torch.nn.functional.interpolate(up, size=(x.shape[2] // 4, x.shape[3] // 4), mode="nearest")
+
+
+@pytest.mark.parametrize("front", ["fx", "export"])
+def test_interpolate_to_a_size_computed_from_the_canvas_is_each_images_own(front):
+    torch.manual_seed(0)
+    model = ComputedSize().double().eval()
+    imgs = [torch.randn(3, h, w, dtype=torch.float64) for h, w in [(9, 13), (16, 8), (12, 12)]]
+    converted = mnn.convert(model, "masked", capture=front)
+    with torch.no_grad():
+        out, out_mask = converted(*_padded(imgs))
+    assert_per_image(out, out_mask, lambda k: model(imgs[k][None]))
+
+
 # -- the pieces, against independent references --
 
 def _box_mask(n, shape, extents):

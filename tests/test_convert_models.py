@@ -224,7 +224,6 @@ class Block(nn.Module):
     (lambda x: F.interpolate(x, size=(8, 8)), "size= resizes the padded canvas"),
     (lambda x: x * x.shape[-1], "uses a spatial size of a masked tensor"),
     (lambda x: x + x.new_zeros(x.size(0), 1, x.size(2), 1), "uses a spatial size of a masked tensor"),
-    (lambda x: F.interpolate(x, size=(x.shape[2] * 2, x.shape[3] * 2)), "only a size read as it is"),
     (lambda x: x.mean((2, 3), keepdim=True).expand(-1, -1, x.shape[2], x.shape[3]), "uses a spatial size"),
     (lambda x: F.pad(x, (0, 1, 0, 1), mode="reflect"), "mode='reflect'"),
     (lambda x: F.pad(x, (0, -1, 0, 1)), "fixed non-negative"),

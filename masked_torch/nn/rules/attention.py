@@ -20,7 +20,7 @@ def matmul(rw, node, env, args, kwargs) -> Val:
     if len(operands) != 2 or (node.kwargs and set(node.kwargs) - {"input", "other", "mat2"}):
         rw.fail(node, "a matrix product takes two operands")
     vals = [env[o] if isinstance(o, fx.Node) else Val(o) for o in operands]
-    values = [rw.clean(v) for v in vals]
+    values = [v.value for v in vals]  # masked_matmul selects the valid entries itself (dirty or not)
     masks = [v.mask if v.masked else None for v in vals]
     t = rw.call(MF.masked_matmul, values[0], masks[0], values[1], masks[1], name=rw.label(node))
     return rw.result(node, t, args, kwargs)
