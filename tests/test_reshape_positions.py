@@ -117,14 +117,9 @@ def test_partial_is_padding_invariant_through_a_reshape_of_each_image_alone(cls,
     torch.testing.assert_close(a, b[tuple(slice(0, n) for n in a.shape)], rtol=1e-9, atol=1e-12)
 
 
-class RowsAsBatch(nn.Module):
+class RowsAsBatch(RowsAsSequence):
     """``(N, H, C, W) -> (N * H, C, W)``: rows as a batch of sequences (axial attention's layout). Merging the
     batch dim with a dim where images are narrower leaves no image to reshape alone: refused."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.seq = nn.Conv1d(4, 4, 3, padding=1)
 
     def forward(self, x):
         y = self.conv(x)

@@ -283,8 +283,9 @@ def _leaves(recipe):
 
 
 def image_boxes_nd(mask: Tensor, value: Tensor, name: str, what: str) -> list[tuple[int, ...]]:
-    """Each sample's own shape (dims 1..) in a tensor of any layout whose valid region in each sample is a box at
-    the origin (:func:`image_sizes` along every dim); ``ValueError`` for a mask with holes there."""
+    """Each sample's own shape (dims 1..) in a tensor of any layout (tokens, attention maps) whose valid region in
+    each sample is a box at the origin (:func:`image_sizes` along every dim); ``ValueError`` for a mask with holes
+    there; an empty sample has size 0 along every dim."""
     n = value.shape[0]
     if n == 0:
         return []
@@ -295,9 +296,7 @@ def image_boxes_nd(mask: Tensor, value: Tensor, name: str, what: str) -> list[tu
     columns = columns * (counts > 0)[:, None]  # an image with no valid entry: size 0 along every dim
     box = columns.prod(1)
     if not bool((counts == box).all()):
-        k = int((counts != box).nonzero()[0])
-        raise ValueError(f"{name}: {what} each image's own region, which must be a box at the origin (as pad_batch "
-                         f"makes it); sample {k}'s mask {tuple(mask.shape)} has holes there")
+        _refuse_holes(name, what, mask, int((counts != box).nonzero()[0]))
     return [tuple(row) for row in columns.tolist()]
 
 
@@ -467,15 +466,19 @@ def valid_extents(mask: Tensor) -> list[tuple[int, ...]]:
 
 
 def image_boxes(mask: Tensor, name: str, what: str) -> list[tuple[int, ...]]:
-    """:func:`valid_extents` of a mask whose valid region in each sample (and each mask channel) is a box at the
-    canvas origin, as ``pad_batch`` makes it: for a rule that runs on each image's own region (``what`` says
-    which, for the message). A sample whose mask has holes there, or channels that differ, raises
-    ``ValueError``; a sample with no valid position has extent 0."""
-    extents = valid_extents(mask)
-    counts = (mask != 0).flatten(2).sum(-1).tolist()  # (N, C_mask) valid positions of each sample and channel
-    for k, (extent, count) in enumerate(zip(extents, counts)):
-        if set(count) != {math.prod(extent)}:
-            raise ValueError(f"{name}: {what} each image's own region, which must be a box at the canvas origin (as "
-                             f"pad_batch makes it); sample {k}'s mask {tuple(mask.shape)} has holes or differs "
-                             f"between channels")
-    return extents
+    """:func:`valid_extents` of a mask ``(N, C, *S)`` whose valid region in each sample (and each mask channel) is
+    a box at the canvas origin, as ``pad_batch`` makes it: for a rule that runs on each image's own region
+    (``what`` says which, for the message). A sample whose mask has holes there, or channels that differ, raises
+    ``ValueError``; a sample with no valid position has extent 0 (:func:`image_boxes_nd` of the spatial dims)."""
+    valid = mask != 0
+    if mask.shape[1] > 1 and bool((valid != valid[:, :1]).any()):
+        k = int((valid != valid[:, :1]).flatten(1).any(1).nonzero()[0])
+        _refuse_holes(name, what, mask, k)
+    first = mask[:, :1]
+    return [extent[1:] for extent in image_boxes_nd(first, first, name, what)]
+
+
+def _refuse_holes(name: str, what: str, mask: Tensor, k: int) -> None:
+    raise ValueError(f"{name}: {what} each image's own region, which must be a box at the canvas origin (as "
+                     f"pad_batch makes it); sample {k}'s mask {tuple(mask.shape)} has holes or differs between "
+                     f"channels")
