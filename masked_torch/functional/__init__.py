@@ -40,11 +40,13 @@ from .pooling import (  # noqa: F401
     adaptive_sizes, masked_adaptive_pool,
 )
 from .resample import (  # noqa: F401
-    masked_unshuffle, check_interpolate, masked_interpolate, interpolate_per_image, interpolate_to_sizes, masked_pixel_shuffle, interpolate_mask, interpolate_to,
+    masked_unshuffle, check_interpolate, masked_interpolate, interpolate_per_image, interpolate_to_sizes,
+    masked_pixel_shuffle, interpolate_mask, interpolate_to,
 )
 from .attention import masked_softmax, masked_matmul, matmul_mask  # noqa: F401
 from .layout import (  # noqa: F401
-    reshape_mask, masked_reshape, image_sizes, index_mask, split_masks, masked_cat, masked_pad, masked_stack, valid_extents,
+    reshape_mask, masked_reshape, image_sizes, index_mask, split_masks, masked_cat, masked_pad, masked_stack,
+    valid_extents,
 )
 
 __all__ = [

@@ -206,7 +206,8 @@ def masked_reshape(input: Tensor, mask: Optional[Tensor], output: Tensor, image_
     spatial size read from a masked tensor: each image's own, :func:`image_sizes`), ``("in", dim)`` (the input's
     own), ``(op, *recipes)`` (integer arithmetic: ``"add"``, ``"mul"``, ``"floordiv"``, ...); or, for the whole
     shape, ``("flatten", start, end)``, ``("unflatten", dim, recipes)``, ``("squeeze", dims)``, ``("like", mask,
-    shape)``. They are evaluated only where an image is reshaped alone (no cost on the fast path). Returns ``(output, mask)``."""
+    shape)``. They are evaluated only where an image is reshaped alone (no cost on the fast path).
+    Returns ``(output, mask)``."""
     if mask is None:
         return output, None
     in_shape, out_shape = tuple(input.shape), tuple(output.shape)

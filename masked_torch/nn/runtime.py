@@ -7,8 +7,8 @@ from torch import Tensor
 
 from .. import functional as MF
 
-__all__ = ["enter", "zero_unless_same", "fit_mask", "refit_mask", "reshape_like", "reshape_per_image", "check_unmasked_dim",
-           "field_mask", "mask_method"]
+__all__ = ["enter", "zero_unless_same", "fit_mask", "refit_mask", "reshape_like", "reshape_per_image",
+           "check_unmasked_dim", "field_mask", "mask_method"]
 
 
 def enter(input: Tensor, mask: Optional[Tensor], zero: bool, name: str):
