@@ -8,6 +8,7 @@ from __future__ import annotations
 import operator
 
 from torch import fx, nn
+from torch.fx import _symbolic_trace
 
 from .check import CaptureError
 from .registry import has_rule
@@ -15,10 +16,29 @@ from .registry import has_rule
 
 class _Tracer(fx.Tracer):
     """Layers with a mask rule are leaves; everything else (the model's own blocks, and plain ``torch.nn``
-    modules without a rule) is traced through, down to functions that need a rule of their own."""
+    modules without a rule) is traced through, down to functions that need a rule of their own.
+
+    ``int(x.size(2))`` in a forward is recorded as a call of ``int`` (a size passed on as a Python number, as
+    model code does before resizing onto a skip), as ``torch.fx.wrap("int")`` at the top of each forward's
+    module would: fx cannot make a Proxy a number."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return has_rule(m)
+
+    def trace(self, root, concrete_args=None):
+        table = getattr(_symbolic_trace, "_wrapped_fns_to_patch", None)
+        added = []
+        if isinstance(table, dict) and isinstance(root, nn.Module):
+            for m in root.modules():
+                scope = getattr(type(m).forward, "__globals__", None)
+                if isinstance(scope, dict) and "int" not in scope and (id(scope), "int") not in table:
+                    table[(id(scope), "int")] = scope
+                    added.append((id(scope), "int"))
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            for key in added:
+                table.pop(key, None)
 
 
 def _trace(root: nn.Module, training: bool) -> fx.Graph:

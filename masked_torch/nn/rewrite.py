@@ -223,6 +223,9 @@ class Rewriter:
             return
         op = self._RECIPE_OPS.get(node.target)
         parts = [self.recipe(a, env) for a in node.args]
+        if node.target is int and len(parts) == 1 and not node.kwargs and parts[0] is not None:
+            self.recipes[out.value] = parts[0]  # int() of a size: the same size
+            return
         if op is None or node.kwargs or any(p is None for p in parts) or any(
                 not isinstance(p, (int, tuple, fx.Node)) for p in parts):
             self.recipes[out.value] = self._UNKNOWN
@@ -235,7 +238,7 @@ class Rewriter:
         source, read, _ = tainted[0]
         if node.op == "call_function" and node.target in self._INT_OPS and not any(
                 env[n].masked for n in node.all_input_nodes):
-            exact = node.target is operator.getitem and tainted[0][2]
+            exact = node.target in (operator.getitem, int) and len(node.args) <= 2 and tainted[0][2]
             return Val(self.copy_node(node, args, kwargs), canvas=(source, read, exact))
         rule = rule_for(node)
         if rule is not None and rule.canvas is not None:
