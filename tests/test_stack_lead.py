@@ -8,7 +8,7 @@ from torch import nn
 
 import masked_torch.nn as mnn
 from masked_torch.utils import pad_batch
-from test_convert_models import assert_per_image, assert_training_step
+from test_convert_models import Head, assert_per_image, assert_training_step
 
 FRONTS = ["fx", "export"]
 
@@ -97,16 +97,6 @@ def test_partial_is_padding_invariant_and_trains(front):
     model.load_state_dict(masked.state_dict(), strict=True)
 
 
-class Misread(nn.Module):
-    def __init__(self, op):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.op = op
-
-    def forward(self, x):
-        return self.op(self.conv(x))
-
-
 @pytest.mark.parametrize("front", FRONTS)
 @pytest.mark.parametrize("op", [
     lambda a: torch.stack([a, a]).permute(1, 0, 2, 3, 4).flatten(1, 2),  # the stack dim moved among channels
@@ -115,6 +105,6 @@ class Misread(nn.Module):
 ])
 def test_other_uses_of_a_stack_in_front_of_the_batch_are_refused_naming_the_node(op, front):
     _, x, m = _batch()
-    model = Misread(op).double()
+    model = Head(op).double()
     with pytest.raises(ValueError, match=r"node '.*in front of the batch dim"):
         mnn.convert(model, "masked", capture=front)(x, m)
